@@ -1,0 +1,166 @@
+"""The model catalog: ``models/catalog.toml`` plus the user's files named by ``CONVOY_CATALOG``.
+
+An entry names the kinds it serves, its family (the predictor that serves it), its weights
+(a ``.safetensors`` file with a JSON sidecar) or a diffusers pipeline folder, its labels,
+input size, queue, batching limits and dtype. Relative paths resolve against the folder of
+the catalog file that names them. Reading the catalog never imports torch: the API host
+needs only this file and the sidecars.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+BUILTIN_CATALOG = Path(__file__).with_name("catalog.toml")
+KINDS = ("classify", "segment", "reconstruct", "sample", "generate", "finetune")
+
+
+class ModelNotFound(KeyError):
+    """No catalog entry of that name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"unknown model {self.name!r}"
+
+
+class InputSpec(BaseModel):
+    channels: int = 3
+    height: int = 64
+    width: int = 64
+
+
+class Limits(BaseModel):
+    """Per-model bounds on job inputs (validated at submission)."""
+
+    max_n: int = 16
+    max_steps: int = 1000
+    max_side: int = 1024  # height/width for pipelines that take them
+    max_prompt_chars: int = 1000
+    max_top_k: int = 100
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str
+    family: str  # predictor family: lenet5, resnet, unet, vae, dcgan, ddpm, torchvision, diffusers
+    kinds: list[str]
+    description: str = ""
+    weights: Path | None = None  # .safetensors state dict with a JSON sidecar
+    path: Path | None = None  # diffusers pipeline folder
+    sha256: str | None = None  # checked at load when given
+    arch: str | None = None  # torchvision architecture name
+    labels: list[str] = Field(default_factory=list)
+    input: InputSpec = Field(default_factory=InputSpec)
+    queue: str = "convoy"
+    max_batch: int = 8
+    max_wait_ms: float = 5.0
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    compile: bool = False
+    limits: Limits = Field(default_factory=Limits)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    config: dict[str, Any] = Field(default_factory=dict)  # family-specific extras
+    source: Path | None = None  # the catalog file that defined the entry
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, kinds: list[str]) -> list[str]:
+        unknown = [k for k in kinds if k not in KINDS]
+        if unknown:
+            raise ValueError(f"unknown kinds {unknown}; known: {list(KINDS)}")
+        return kinds
+
+    @property
+    def sidecar(self) -> dict[str, Any]:
+        if self.weights is None:
+            return {}
+        path = self.weights.with_suffix(".json")
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def public(self) -> dict[str, Any]:
+        """The entry as ``GET /v1/models`` shows it."""
+        return {
+            "name": self.name,
+            "kinds": self.kinds,
+            "family": self.family,
+            "labels": self.labels,
+            "input": self.input.model_dump(),
+            "description": self.description,
+            "metrics": self.metrics,
+            "queue": self.queue,
+            "max_batch": self.max_batch,
+            "limits": self.limits.model_dump(),
+        }
+
+
+def _resolve(base: Path, value: str | None) -> Path | None:
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _entry(name: str, raw: dict[str, Any], source: Path) -> ModelEntry:
+    raw = dict(raw)
+    base = source.parent
+    weights = _resolve(base, raw.pop("weights", None))
+    path = _resolve(base, raw.pop("path", None))
+    labels = raw.pop("labels", None)
+    sidecar: dict[str, Any] = {}
+    if weights is not None and weights.with_suffix(".json").exists():
+        sidecar = json.loads(weights.with_suffix(".json").read_text())
+    if isinstance(labels, str):  # a labels file, one per line
+        labels_path = _resolve(base, labels)
+        assert labels_path is not None
+        labels = [s.strip() for s in labels_path.read_text().splitlines() if s.strip()]
+    if labels is None:
+        labels = sidecar.get("labels", [])
+    raw.setdefault("input", sidecar.get("input", {}))
+    raw.setdefault("metrics", sidecar.get("metrics", {}))
+    return ModelEntry(
+        name=name, weights=weights, path=path, labels=labels, source=source, **raw
+    )
+
+
+class Catalog:
+    """Entries by name; later files override earlier ones of the same name."""
+
+    def __init__(self, entries: dict[str, ModelEntry]) -> None:
+        self.entries = entries
+
+    @classmethod
+    def load(cls, extra: list[Path] | None = None, builtin: bool = True) -> Catalog:
+        files = ([BUILTIN_CATALOG] if builtin else []) + list(extra or [])
+        entries: dict[str, ModelEntry] = {}
+        for file in files:
+            file = Path(file).resolve()
+            if not file.exists():
+                raise FileNotFoundError(f"catalog file {file} does not exist")
+            data = tomllib.loads(file.read_text())
+            for name, raw in data.get("models", {}).items():
+                if raw.get("weights") and not _resolve(file.parent, raw["weights"]).exists():  # type: ignore[union-attr]
+                    # A built-in whose weights are not trained yet is skipped, not fatal.
+                    if file == BUILTIN_CATALOG.resolve():
+                        continue
+                entries[name] = _entry(name, raw, file)
+        return cls(entries)
+
+    def get(self, name: str) -> ModelEntry:
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise ModelNotFound(name) from None
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.entries.values())
+
+    def __len__(self) -> int:
+        return len(self.entries)

@@ -1,0 +1,55 @@
+"""The ``classify`` predictor for the built-in classifiers (weights + sidecar)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from models.checkpoint import load_model
+from models.images import batch_tensor
+from models.predictor import Predictor, Request, StepCallback
+from models.registry import register_predictor
+
+
+def top_k(logits: torch.Tensor, labels: list[str], k: int) -> list[dict[str, Any]]:
+    """Softmax scores of the k best classes, best first."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    k = min(k, probs.shape[-1])
+    scores, indices = probs.topk(k)
+    return [
+        {"label": labels[i] if i < len(labels) else str(i), "index": int(i), "score": float(s)}
+        for s, i in zip(scores.tolist(), indices.tolist(), strict=True)
+    ]
+
+
+@register_predictor("lenet5", "alexnet", "vgg", "googlenet", "resnet")
+class ClassifierPredictor(Predictor):
+    kinds = ("classify",)
+
+    def load(self) -> None:
+        assert self.entry.weights is not None, f"{self.entry.name} has no weights"
+        self.model, sidecar = load_model(self.entry.weights, self.entry.sha256, self.device)
+        norm = sidecar.get("normalize") or {}
+        c = self.entry.input.channels
+        self.mean = torch.tensor(norm.get("mean", [0.0] * c), device=self.device).view(1, c, 1, 1)
+        self.std = torch.tensor(norm.get("std", [1.0] * c), device=self.device).view(1, c, 1, 1)
+
+    def modules_for_memory(self) -> list[torch.nn.Module]:
+        return [self.model]
+
+    @torch.inference_mode()
+    def predict(
+        self, batch: list[Request], on_step: StepCallback | None = None
+    ) -> list[dict[str, Any] | None]:
+        spec = self.entry.input
+        x = batch_tensor([r.input["image"] for r in batch], spec.channels, spec.height, spec.width)
+        x = (x.to(self.device) - self.mean) / self.std
+        logits = self.model(x)
+        return [
+            {
+                "predictions": top_k(row, self.entry.labels, r.input.get("top_k", 5)),
+                "input_size": {"height": spec.height, "width": spec.width},
+            }
+            for row, r in zip(logits, batch, strict=True)
+        ]

@@ -1,0 +1,87 @@
+"""The predictor contract (in the manner of cog's ``BasePredictor``).
+
+A predictor serves one catalog entry: ``load()`` once per process, then
+``predict(batch, on_step=None)`` any number of times. ``predict`` is batch-first and pure:
+no Celery, no FastAPI, no job store. Each ``Request`` carries the job kind and its validated
+input, with images already decoded to ``PIL.Image``. The result for each request is a
+JSON-able dict in which ``Artifact`` objects (images, masks) may appear anywhere; the
+runtime stores them and replaces each with its link.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+    from models.catalog import ModelEntry
+
+
+@dataclass
+class Artifact:
+    """Bytes a job produces; ``meta`` holds width, height and, for generated images, seed."""
+
+    name: str
+    data: bytes
+    content_type: str = "image/png"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Request:
+    """One job's share of a batch: its kind and validated input."""
+
+    kind: str
+    input: dict[str, Any]
+
+
+class StepCallback(Protocol):
+    """Called by iterative predictors after each step.
+
+    ``previews`` (when given) has one entry per live batch member: an ``Artifact`` or None.
+    Returns, per live member, whether it is still wanted; a predictor drops the members
+    marked False (canceled jobs) and goes on with the rest. Live members keep their original
+    order, so the callback and the predictor agree on which is which.
+    """
+
+    def __call__(
+        self, step: int, total: int, previews: Sequence[Artifact | None] | None = None
+    ) -> Sequence[bool]: ...
+
+
+class InvalidRequest(ValueError):
+    """An input the model cannot serve, found only at prediction time (→ ``invalid_input``)."""
+
+
+class Predictor:
+    """Base class. Subclasses set ``kinds`` and implement ``load`` and ``predict``."""
+
+    kinds: tuple[str, ...] = ()
+
+    def __init__(self, entry: ModelEntry, device: torch.device | str = "cpu") -> None:
+        self.entry = entry
+        self.device = device
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def batch_key(self, request: Request) -> Hashable:
+        """Requests with equal keys may share one ``predict`` call (same kind by default)."""
+        return (request.kind,)
+
+    def predict(
+        self, batch: list[Request], on_step: StepCallback | None = None
+    ) -> list[dict[str, Any] | None]:
+        """One result per request (None for a member dropped through ``on_step``)."""
+        raise NotImplementedError
+
+    def memory_bytes(self) -> int:
+        """Approximate device memory the loaded model holds (parameters and buffers)."""
+        total = 0
+        for module in getattr(self, "modules_for_memory", lambda: [])():
+            for t in list(module.parameters()) + list(module.buffers()):
+                total += t.numel() * t.element_size()
+        return total
