@@ -1,0 +1,1 @@
+"""Process fixtures (filled in by the integration tests)."""

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from workers.store import TERMINAL, JobStore
+from workers.store.base import now_iso
+from workers.store.sqlite import SQLiteStore
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
+    if request.param == "sqlite":
+        return SQLiteStore(tmp_path / "t.db")
+    from workers.store.redis import RedisStore
+
+    return RedisStore(request.getfixturevalue("redis_url"))
+
+
+def job(jid: str, owner: str = "alice", kind: str = "classify") -> dict:
+    return {"id": jid, "owner": owner, "kind": kind, "model": "m", "queue": "convoy",
+            "input": {"top_k": 3}, "request_hash": "h", "created_at": now_iso(),
+            "status": "queued", "attempts": 0}
+
+
+def test_create_is_idempotent_and_get_roundtrips(store: JobStore) -> None:
+    rec, created = store.create(job("a"))
+    assert created and rec["status"] == "queued"
+    again, created2 = store.create(job("a"))
+    assert not created2 and again["id"] == "a"
+    got = store.get("a")
+    assert got is not None and got["input"] == {"top_k": 3} and got["attempts"] == 0
+    assert store.get("missing") is None
+
+
+def test_claim_finish_requeue_transitions(store: JobStore) -> None:
+    store.create(job("a"))
+    assert store.count_queued() == 1
+    claimed = store.claim("a", "w1")
+    assert claimed is not None and claimed["status"] == "running" and claimed["attempts"] == 1
+    assert store.claim("a", "w2") is None  # already held
+    assert store.count_queued() == 0
+    assert store.running_jobs() == [("a", "w1")]
+    assert store.requeue("a", "w2") is False  # not the holder
+    assert store.requeue("a", "w1") is True
+    again = store.claim("a", "w2")
+    assert again is not None and again["attempts"] == 2
+    assert store.finish("a", "w1", "succeeded") is None  # w1 no longer holds it
+    done = store.finish("a", "w2", "succeeded", output={"x": 1})
+    assert done is not None and done["status"] in TERMINAL and done["output"] == {"x": 1}
+    assert store.finish("a", None, "canceled") is None  # terminal stays terminal
+    assert store.running_jobs() == []
+
+
+def test_events_are_ordered_and_resumable(store: JobStore) -> None:
+    store.create(job("a"))
+    seqs = [store.append_event("a", "progress", {"step": i}) for i in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    assert [e.data["step"] for e in store.events("a", after=2)] == [2, 3, 4]
+    assert store.events("a", after=5) == []
+
+
+def test_events_block_until_one_arrives(store: JobStore) -> None:
+    store.create(job("a"))
+    threading.Timer(0.2, lambda: store.append_event("a", "log", {"m": "hi"})).start()
+    t0 = time.monotonic()
+    got = store.events("a", after=0, block_s=3.0)
+    assert [e.type for e in got] == ["log"] and time.monotonic() - t0 < 2.5
+
+
+def test_list_is_owner_scoped_newest_first_with_cursor(store: JobStore) -> None:
+    for i in range(5):
+        store.create(job(f"j{i}"))
+    store.create(job("other", owner="bob"))
+    page, cursor = store.list("alice", None, None, 2, None)
+    assert [j["id"] for j in page] == ["j4", "j3"] and cursor
+    page2, cursor2 = store.list("alice", None, None, 10, cursor)
+    assert [j["id"] for j in page2] == ["j2", "j1", "j0"] and cursor2 is None
+    assert [j["id"] for j in store.list("bob", None, None, 10, None)[0]] == ["other"]
+
+
+def test_artifacts_cancel_and_workers(store: JobStore) -> None:
+    store.create(job("a"))
+    store.put_artifact("a", "image-0.png", b"\x89PNG...", "image/png")
+    assert store.get_artifact("a", "image-0.png") == (b"\x89PNG...", "image/png")
+    assert store.get_artifact("a", "nope.png") is None
+    assert store.artifact_names("a") == ["image-0.png"]
+    assert not store.cancel_requested("a")
+    store.request_cancel("a")
+    assert store.cancel_requested("a")
+    store.heartbeat("w1", {"device": "cpu"}, ttl_s=5)
+    store.heartbeat("w2", {"device": "cpu"}, ttl_s=0.2)
+    time.sleep(0.3)
+    assert [w["id"] for w in store.workers()] == ["w1"]

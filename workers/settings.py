@@ -1,0 +1,119 @@
+"""All of convoy's settings, in one place (environment variables with the ``CONVOY_`` prefix)."""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class UnsafeSettings(ValueError):
+    """A combination of settings that convoy refuses to start with."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CONVOY_", extra="ignore")
+
+    # Modes and places
+    redis_url: str | None = None  # unset: embedded mode (SQLite + local Celery transport)
+    data_dir: Path = Path(".convoy")  # embedded store, broker folders
+    catalog: Annotated[list[Path], NoDecode] = Field(default_factory=list)  # extra catalog files, ':' or ',' separated
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: str | None = None  # owner1:key1,owner2:key2
+    api_keys_file: Path | None = None  # one owner:key per line
+    insecure: bool = False  # allow a public bind without API keys
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    max_wait_s: float = 60.0  # bound of Prefer: wait=N
+    rate_limit_per_s: float = 50.0  # per API key, token bucket refill
+    rate_limit_burst: int = 200
+    max_queued_per_owner: int = 1000
+    max_queue_depth: int = 10000
+
+    # Jobs
+    retention_s: int = 24 * 3600  # records, events and artifacts expire after this
+    max_attempts: int = 3  # a job that kills its worker this many times fails worker_lost
+    job_timeout_s: float = 600.0  # default per-job deadline
+    max_job_timeout_s: float = 3600.0  # bound of a submission's timeout_s
+
+    # Workers
+    worker_concurrency: int = 8  # jobs a worker process takes at once (threads)
+    heartbeat_s: float = 1.0  # worker heartbeat interval
+    worker_dead_after_s: float = 5.0  # a worker silent this long is gone; its jobs requeue
+    batching: bool = True  # micro-batch concurrent jobs of the same model
+    preload: Annotated[list[str], NoDecode] = Field(default_factory=list)  # models loaded at worker start
+    memory_budget: str | None = None  # per device: bytes ("2GB") or fraction ("0.8")
+    poll_interval_s: float = 0.02  # embedded broker polling
+
+    @field_validator("catalog", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(p) for p in value.replace(",", ":").split(":") if p.strip()]
+        return value
+
+    @field_validator("preload", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        return not self.redis_url
+
+    def keys(self) -> dict[str, str]:
+        """API key → owner, from CONVOY_API_KEYS and CONVOY_API_KEYS_FILE."""
+        lines: list[str] = []
+        if self.api_keys:
+            lines += self.api_keys.split(",")
+        if self.api_keys_file is not None:
+            lines += self.api_keys_file.read_text().splitlines()
+        keys: dict[str, str] = {}
+        for line in lines:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            owner, sep, key = line.partition(":")
+            if not sep or not owner.strip() or not key.strip():
+                raise UnsafeSettings(f"API key entries must read owner:key, got {line[:20]!r}")
+            keys[key.strip()] = owner.strip()
+        return keys
+
+    def check_bind(self, host: str) -> None:
+        """Refuse a public bind address without API keys (unless insecure)."""
+        if self.keys() or self.insecure or is_loopback(host):
+            return
+        raise UnsafeSettings(
+            f"refusing to listen on {host} without API keys: set CONVOY_API_KEYS "
+            "(owner:key,...) or CONVOY_API_KEYS_FILE, bind to 127.0.0.1, or pass --insecure"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def new_id() -> str:
+    """A random, unguessable id (160 bits)."""
+    return secrets.token_urlsafe(20)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

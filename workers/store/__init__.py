@@ -1,0 +1,34 @@
+"""The job store: records, per-job event logs, artifacts, cancel flags and worker heartbeats.
+
+One interface (``JobStore``), two implementations: SQLite (embedded mode) and Redis
+(distributed mode). ``open_store(settings)`` picks by ``CONVOY_REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from workers.store.base import (
+    TERMINAL,
+    Event,
+    JobStore,
+    StoreUnavailable,
+    public_record,
+)
+
+if TYPE_CHECKING:
+    from workers.settings import Settings
+
+
+def open_store(settings: Settings) -> JobStore:
+    if settings.redis_url:
+        from workers.store.redis import RedisStore
+
+        return RedisStore(settings.redis_url, retention_s=settings.retention_s)
+    from workers.store.sqlite import SQLiteStore
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return SQLiteStore(settings.data_dir / "convoy.db", retention_s=settings.retention_s)
+
+
+__all__ = ["TERMINAL", "Event", "JobStore", "StoreUnavailable", "open_store", "public_record"]

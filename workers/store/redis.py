@@ -1,0 +1,290 @@
+"""The distributed store on Redis: job hashes, per-job Streams for events, TTLs for retention.
+
+Transitions run as Lua scripts, so a claim, a finish or a requeue is one atomic step no
+matter how many API hosts and workers share the Redis.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+
+from workers.store.base import MUTABLE, Event, JobStore, StoreUnavailable, now_iso
+
+T = TypeVar("T")
+P = "convoy:"
+
+_CLAIM = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('SREM', KEYS[2], ARGV[3]); redis.call('SREM', KEYS[3], ARGV[3])
+redis.call('SADD', KEYS[4], ARGV[3])
+return 1
+"""
+# ARGV: worker ('' for any), status, output, error, finished_at, id
+_FINISH = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s or s == 'succeeded' or s == 'failed' or s == 'canceled' then return 0 end
+if ARGV[1] ~= '' and (s ~= 'running' or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'output', ARGV[3], 'error', ARGV[4],
+           'finished_at', ARGV[5])
+redis.call('SREM', KEYS[2], ARGV[6]); redis.call('SREM', KEYS[3], ARGV[6])
+redis.call('SREM', KEYS[4], ARGV[6])
+return 1
+"""
+_REQUEUE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'worker', '', 'progress', 'null')
+redis.call('SREM', KEYS[4], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[2]); redis.call('SADD', KEYS[3], ARGV[2])
+return 1
+"""
+_APPEND = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[2], n .. '-1', 'type', ARGV[1], 'data', ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return n
+"""
+
+
+def _guard(fn: Callable[..., T]) -> Callable[..., T]:
+    """Turn connection trouble into StoreUnavailable (the API answers 503)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as e:
+            raise StoreUnavailable(f"redis: {e}") from e
+
+    return wrapper
+
+
+class RedisStore(JobStore):
+    def __init__(self, url: str, retention_s: int = 86400) -> None:
+        self.retention_s = retention_s
+        opts: dict[str, Any] = dict(socket_connect_timeout=2.0, retry_on_timeout=False)
+        self.r = redis.Redis.from_url(url, socket_timeout=3.0, **opts)
+        self._claim = self.r.register_script(_CLAIM)
+        self._finish = self.r.register_script(_FINISH)
+        self._requeue = self.r.register_script(_REQUEUE)
+        self._append = self.r.register_script(_APPEND)
+
+    @staticmethod
+    def _k(job_id: str) -> str:
+        return f"{P}job:{job_id}"
+
+    def _status_keys(self, job_id: str, owner: str) -> list[str]:
+        return [self._k(job_id), f"{P}queued", f"{P}queued:{owner}", f"{P}running"]
+
+    @staticmethod
+    def _decode(h: dict[bytes, bytes]) -> dict[str, Any] | None:
+        if not h or b"fixed" not in h:
+            return None
+        job: dict[str, Any] = json.loads(h[b"fixed"])
+        for key in MUTABLE:
+            raw = h.get(key.encode())
+            if key in ("progress", "output", "error"):
+                job[key] = json.loads(raw) if raw else None
+            elif key in ("attempts",):
+                job[key] = int(raw or 0)
+            elif key == "cancel_requested":
+                job[key] = bool(int(h.get(b"cancel", b"0")))
+            else:
+                job[key] = raw.decode() if raw else None
+        return job
+
+    # -- records ---------------------------------------------------------------------------
+    @_guard
+    def create(self, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        key = self._k(job["id"])
+        fixed = {k: v for k, v in job.items() if k not in MUTABLE}
+        if not self.r.hsetnx(key, "fixed", json.dumps(fixed)):
+            existing = self.get(job["id"])
+            assert existing is not None
+            return existing, False
+        n = self.r.incr(f"{P}counter")
+        pipe = self.r.pipeline()
+        pipe.hset(key, mapping={"status": "queued", "attempts": 0, "seq": 0, "n": n, "cancel": 0})
+        pipe.expire(key, self.retention_s)
+        pipe.zadd(f"{P}owner:{job['owner']}", {job["id"]: n})
+        pipe.sadd(f"{P}queued", job["id"])
+        pipe.sadd(f"{P}queued:{job['owner']}", job["id"])
+        pipe.execute()
+        created = self.get(job["id"])
+        assert created is not None
+        return created, True
+
+    @_guard
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        return self._decode(self.r.hgetall(self._k(job_id)))  # type: ignore[arg-type]
+
+    @_guard
+    def list(
+        self, owner: str, status: str | None, kind: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        zkey = f"{P}owner:{owner}"
+        top: float | str = f"({cursor}" if cursor else "+inf"
+        jobs: list[dict[str, Any]] = []
+        last: float | None = None
+        while len(jobs) < limit:
+            page = self.r.zrevrangebyscore(zkey, top, "-inf", start=0, num=200, withscores=True)
+            if not page:
+                return jobs, None
+            for raw_id, score in page:
+                job = self.get(raw_id.decode())
+                if job is None:
+                    self.r.zrem(zkey, raw_id)  # expired
+                elif (status is None or job["status"] == status) and (
+                    kind is None or job["kind"] == kind
+                ):
+                    jobs.append(job)
+                    last = score
+                    if len(jobs) == limit:
+                        break
+                top = f"({int(score)}"
+        more = self.r.zrevrangebyscore(zkey, f"({int(last)}", "-inf", start=0, num=1) if last else []
+        return jobs, (str(int(last)) if more and last is not None else None)
+
+    @_guard
+    def count_queued(self, owner: str | None = None) -> int:
+        return int(self.r.scard(f"{P}queued" if owner is None else f"{P}queued:{owner}"))
+
+    # -- transitions -------------------------------------------------------------------------
+    @_guard
+    def claim(self, job_id: str, worker: str) -> dict[str, Any] | None:
+        job = self.get(job_id)
+        if job is None:
+            return None
+        if not self._claim(keys=self._status_keys(job_id, job["owner"]),
+                           args=[worker, now_iso(), job_id]):
+            return None
+        return self.get(job_id)
+
+    @_guard
+    def set_progress(self, job_id: str, step: int, total: int) -> None:
+        self.r.hset(self._k(job_id), "progress", json.dumps({"step": step, "total": total}))
+
+    @_guard
+    def finish(
+        self, job_id: str, worker: str | None, status: str,
+        output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        job = self.get(job_id)
+        if job is None:
+            return None
+        ok = self._finish(
+            keys=self._status_keys(job_id, job["owner"]),
+            args=[worker or "", status, json.dumps(output), json.dumps(error), now_iso(), job_id],
+        )
+        return self.get(job_id) if ok else None
+
+    @_guard
+    def requeue(self, job_id: str, worker: str) -> bool:
+        job = self.get(job_id)
+        if job is None:
+            return False
+        return bool(self._requeue(keys=self._status_keys(job_id, job["owner"]),
+                                  args=[worker, job_id]))
+
+    @_guard
+    def request_cancel(self, job_id: str) -> None:
+        self.r.hset(self._k(job_id), "cancel", 1)
+
+    @_guard
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.r.hget(self._k(job_id), "cancel") == b"1"
+
+    @_guard
+    def running_jobs(self) -> list[tuple[str, str]]:
+        out = []
+        for raw in self.r.smembers(f"{P}running"):
+            worker = self.r.hget(self._k(raw.decode()), "worker")
+            if worker is None:
+                self.r.srem(f"{P}running", raw)  # expired record
+                continue
+            out.append((raw.decode(), worker.decode()))
+        return out
+
+    # -- events ------------------------------------------------------------------------------
+    @_guard
+    def append_event(self, job_id: str, type: str, data: dict[str, Any]) -> int:
+        seq = int(self._append(keys=[self._k(job_id), f"{P}events:{job_id}"],
+                               args=[type, json.dumps(data), self.retention_s]))
+        if seq == 0:
+            raise KeyError(job_id)
+        return seq
+
+    @_guard
+    def events(self, job_id: str, after: int = 0, block_s: float = 0.0) -> list[Event]:
+        key = f"{P}events:{job_id}"
+        if block_s > 0:
+            found = self.r.xread({key: f"{after}-1"}, block=max(1, int(block_s * 1000)))
+            rows = found[0][1] if found else []
+        else:
+            rows = self.r.xrange(key, min=f"({after}-1", max="+")
+        return [
+            Event(int(entry_id.split(b"-")[0]), f[b"type"].decode(), json.loads(f[b"data"]))
+            for entry_id, f in rows
+        ]
+
+    # -- artifacts ---------------------------------------------------------------------------
+    @_guard
+    def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str) -> None:
+        key = f"{P}art:{job_id}"
+        pipe = self.r.pipeline()
+        pipe.hset(key, mapping={f"d:{name}": data, f"t:{name}": content_type})
+        pipe.expire(key, self.retention_s)
+        pipe.execute()
+
+    @_guard
+    def get_artifact(self, job_id: str, name: str) -> tuple[bytes, str] | None:
+        data, ctype = self.r.hmget(f"{P}art:{job_id}", [f"d:{name}", f"t:{name}"])
+        return (data, ctype.decode()) if data is not None and ctype is not None else None
+
+    @_guard
+    def artifact_names(self, job_id: str) -> list[str]:
+        return sorted(k.decode()[2:] for k in self.r.hkeys(f"{P}art:{job_id}")
+                      if k.startswith(b"t:"))
+
+    # -- workers -----------------------------------------------------------------------------
+    @_guard
+    def heartbeat(self, worker: str, info: dict[str, Any], ttl_s: float) -> None:
+        pipe = self.r.pipeline()
+        pipe.set(f"{P}worker:{worker}", json.dumps(info), px=int(ttl_s * 1000))
+        pipe.zadd(f"{P}workers", {worker: time.time() + ttl_s})
+        pipe.execute()
+
+    @_guard
+    def workers(self) -> list[dict[str, Any]]:
+        now = time.time()
+        self.r.zremrangebyscore(f"{P}workers", "-inf", now - 3600)
+        ids = [w.decode() for w in self.r.zrangebyscore(f"{P}workers", now, "+inf")]
+        infos = self.r.mget([f"{P}worker:{w}" for w in ids]) if ids else []
+        return [{"id": w, **json.loads(i)} for w, i in zip(ids, infos, strict=True) if i]
+
+    @_guard
+    def remove_worker(self, worker: str) -> None:
+        self.r.delete(f"{P}worker:{worker}")
+        self.r.zrem(f"{P}workers", worker)
+
+    # -- upkeep ------------------------------------------------------------------------------
+    @_guard
+    def ping(self) -> None:
+        self.r.ping()
+
+    def purge_expired(self) -> int:
+        return 0  # keys carry their own TTLs; stale index entries are dropped lazily
+
+    def close(self) -> None:
+        self.r.close()

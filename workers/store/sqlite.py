@@ -1,0 +1,275 @@
+"""The embedded store: one SQLite file under the data dir, shared by the API and workers."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from workers.store.base import MUTABLE, TERMINAL, Event, JobStore, StoreUnavailable, now_iso
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    owner TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    worker TEXT,
+    fixed TEXT NOT NULL,
+    mutable TEXT NOT NULL,
+    seq INTEGER NOT NULL DEFAULT 0,
+    cancel INTEGER NOT NULL DEFAULT 0,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, n);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    job_id TEXT NOT NULL, name TEXT NOT NULL, content_type TEXT NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (job_id, name)
+);
+CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, info TEXT NOT NULL, expires_at REAL NOT NULL);
+"""
+
+
+class SQLiteStore(JobStore):
+    def __init__(self, path: Path, retention_s: int = 86400, poll_s: float = 0.01) -> None:
+        self.path = Path(path)
+        self.retention_s = retention_s
+        self.poll_s = poll_s
+        self._local = threading.local()
+        self._db().executescript(SCHEMA)
+
+    # -- plumbing --------------------------------------------------------------------------
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as e:
+            raise StoreUnavailable(f"sqlite: {e}") from e
+
+    @staticmethod
+    def _job(row: sqlite3.Row | tuple[Any, ...] | None) -> dict[str, Any] | None:
+        if row is None:
+            return None
+        fixed, mutable = json.loads(row[0]), json.loads(row[1])
+        return {**fixed, **mutable}
+
+    def _row(self, db: sqlite3.Connection, job_id: str) -> dict[str, Any] | None:
+        cur = db.execute("SELECT fixed, mutable FROM jobs WHERE id = ?", (job_id,))
+        return self._job(cur.fetchone())
+
+    def _write(self, db: sqlite3.Connection, job: dict[str, Any]) -> None:
+        mutable = {k: job.get(k) for k in MUTABLE}
+        db.execute(
+            "UPDATE jobs SET status = ?, worker = ?, mutable = ? WHERE id = ?",
+            (job["status"], job.get("worker"), json.dumps(mutable), job["id"]),
+        )
+
+    # -- records ---------------------------------------------------------------------------
+    def create(self, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        with self._tx() as db:
+            existing = self._row(db, job["id"])
+            if existing is not None:
+                return existing, False
+            fixed = {k: v for k, v in job.items() if k not in MUTABLE}
+            mutable = {k: job.get(k) for k in MUTABLE}
+            db.execute(
+                "INSERT INTO jobs (id, owner, kind, status, fixed, mutable, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job["id"], job["owner"], job["kind"], job["status"], json.dumps(fixed),
+                 json.dumps(mutable), time.time() + self.retention_s),
+            )
+        return job, True
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        try:
+            cur = self._db().execute("SELECT fixed, mutable FROM jobs WHERE id = ?", (job_id,))
+            return self._job(cur.fetchone())
+        except sqlite3.OperationalError as e:
+            raise StoreUnavailable(f"sqlite: {e}") from e
+
+    def list(
+        self, owner: str, status: str | None, kind: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        sql = "SELECT fixed, mutable, n FROM jobs WHERE owner = ?"
+        args: list[Any] = [owner]
+        if status:
+            sql += " AND status = ?"
+            args.append(status)
+        if kind:
+            sql += " AND kind = ?"
+            args.append(kind)
+        if cursor:
+            sql += " AND n < ?"
+            args.append(int(cursor))
+        sql += " ORDER BY n DESC LIMIT ?"
+        args.append(limit + 1)
+        rows = self._db().execute(sql, args).fetchall()
+        jobs = [self._job(r) for r in rows[:limit]]
+        next_cursor = str(rows[limit - 1][2]) if len(rows) > limit else None
+        return [j for j in jobs if j is not None], next_cursor
+
+    def count_queued(self, owner: str | None = None) -> int:
+        if owner is None:
+            row = self._db().execute("SELECT count(*) FROM jobs WHERE status = 'queued'").fetchone()
+        else:
+            row = self._db().execute(
+                "SELECT count(*) FROM jobs WHERE status = 'queued' AND owner = ?", (owner,)
+            ).fetchone()
+        return int(row[0])
+
+    # -- transitions -------------------------------------------------------------------------
+    def claim(self, job_id: str, worker: str) -> dict[str, Any] | None:
+        with self._tx() as db:
+            job = self._row(db, job_id)
+            if job is None or job["status"] != "queued":
+                return None
+            job.update(status="running", worker=worker, attempts=(job.get("attempts") or 0) + 1,
+                       started_at=now_iso())
+            self._write(db, job)
+            return job
+
+    def set_progress(self, job_id: str, step: int, total: int) -> None:
+        with self._tx() as db:
+            job = self._row(db, job_id)
+            if job is not None and job["status"] == "running":
+                job["progress"] = {"step": step, "total": total}
+                self._write(db, job)
+
+    def finish(
+        self, job_id: str, worker: str | None, status: str,
+        output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        with self._tx() as db:
+            job = self._row(db, job_id)
+            if job is None or job["status"] in TERMINAL:
+                return None
+            if worker is not None and (job["status"] != "running" or job.get("worker") != worker):
+                return None
+            job.update(status=status, output=output, error=error, finished_at=now_iso())
+            self._write(db, job)
+            return job
+
+    def requeue(self, job_id: str, worker: str) -> bool:
+        with self._tx() as db:
+            job = self._row(db, job_id)
+            if job is None or job["status"] != "running" or job.get("worker") != worker:
+                return False
+            job.update(status="queued", worker=None, progress=None)
+            self._write(db, job)
+            return True
+
+    def request_cancel(self, job_id: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET cancel = 1 WHERE id = ?", (job_id,))
+
+    def cancel_requested(self, job_id: str) -> bool:
+        row = self._db().execute("SELECT cancel FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return bool(row and row[0])
+
+    def running_jobs(self) -> list[tuple[str, str]]:
+        rows = self._db().execute("SELECT id, worker FROM jobs WHERE status = 'running'").fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    # -- events ------------------------------------------------------------------------------
+    def append_event(self, job_id: str, type: str, data: dict[str, Any]) -> int:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET seq = seq + 1 WHERE id = ?", (job_id,))
+            row = db.execute("SELECT seq FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(job_id)
+            seq = int(row[0])
+            db.execute("INSERT INTO events VALUES (?, ?, ?, ?)",
+                       (job_id, seq, type, json.dumps(data)))
+            return seq
+
+    def events(self, job_id: str, after: int = 0, block_s: float = 0.0) -> list[Event]:
+        deadline = time.monotonic() + block_s
+        while True:
+            try:
+                rows = self._db().execute(
+                    "SELECT seq, type, data FROM events WHERE job_id = ? AND seq > ? ORDER BY seq",
+                    (job_id, after),
+                ).fetchall()
+            except sqlite3.OperationalError as e:
+                raise StoreUnavailable(f"sqlite: {e}") from e
+            if rows or time.monotonic() >= deadline:
+                return [Event(int(s), t, json.loads(d)) for s, t, d in rows]
+            time.sleep(self.poll_s)
+
+    # -- artifacts ---------------------------------------------------------------------------
+    def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?)",
+                       (job_id, name, content_type, data))
+
+    def get_artifact(self, job_id: str, name: str) -> tuple[bytes, str] | None:
+        row = self._db().execute(
+            "SELECT data, content_type FROM artifacts WHERE job_id = ? AND name = ?",
+            (job_id, name),
+        ).fetchone()
+        return (bytes(row[0]), row[1]) if row else None
+
+    def artifact_names(self, job_id: str) -> list[str]:
+        rows = self._db().execute(
+            "SELECT name FROM artifacts WHERE job_id = ? ORDER BY name", (job_id,)).fetchall()
+        return [r[0] for r in rows]
+
+    # -- workers -----------------------------------------------------------------------------
+    def heartbeat(self, worker: str, info: dict[str, Any], ttl_s: float) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO workers VALUES (?, ?, ?)",
+                       (worker, json.dumps(info), time.time() + ttl_s))
+
+    def workers(self) -> list[dict[str, Any]]:
+        rows = self._db().execute(
+            "SELECT id, info FROM workers WHERE expires_at > ?", (time.time(),)).fetchall()
+        return [{"id": r[0], **json.loads(r[1])} for r in rows]
+
+    def remove_worker(self, worker: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM workers WHERE id = ?", (worker,))
+
+    # -- upkeep ------------------------------------------------------------------------------
+    def ping(self) -> None:
+        try:
+            self._db().execute("SELECT 1").fetchone()
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"sqlite: {e}") from e
+
+    def purge_expired(self) -> int:
+        now = time.time()
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute("SELECT id FROM jobs WHERE expires_at <= ?", (now,))]
+            for table in ("events", "artifacts"):
+                db.executemany(f"DELETE FROM {table} WHERE job_id = ?", [(i,) for i in ids])
+            db.execute("DELETE FROM jobs WHERE expires_at <= ?", (now,))
+            db.execute("DELETE FROM workers WHERE expires_at <= ?", (now - 3600,))
+        return len(ids)
