@@ -1,0 +1,127 @@
+"""The FastAPI app factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.catalog import Catalog, ModelNotFound
+from service.deps import State
+from service.limits import BodyLimit, RateLimiter
+from service.metrics import REGISTRY, WorkerCollector
+from service.routes import health, jobs, models
+from workers.celery_app import make_celery
+from workers.errors import ConvoyError, RateLimited, Unavailable
+from workers.settings import Settings, get_settings
+from workers.store import StoreUnavailable, open_store
+
+log = logging.getLogger(__name__)
+PAGE = Path(__file__).with_name("static") / "index.html"
+_HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "not_found", 409: "conflict",
+               413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_input",
+               429: "rate_limited", 503: "unavailable"}
+_collector: WorkerCollector | None = None
+_current: dict[str, State] = {}
+
+
+def _error(status: int, code: str, message: str, details: object = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "details": details}},
+                        status_code=status, headers=headers)
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ConvoyError)
+    async def convoy_error(_: Request, exc: ConvoyError) -> JSONResponse:
+        headers = None
+        if isinstance(exc, RateLimited | Unavailable):
+            headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+        return _error(exc.status, exc.code, exc.message, exc.details, headers)
+
+    @app.exception_handler(ModelNotFound)
+    async def model_not_found(_: Request, exc: ModelNotFound) -> JSONResponse:
+        return _error(404, "not_found", str(exc))
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_down(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        return _error(503, "unavailable", "the job store does not answer; try again shortly",
+                      headers={"Retry-After": "2"})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+                   for e in exc.errors()]
+        first = details[0] if details else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"] if p != "body")
+        return _error(422, "invalid_input", f"{where}: {first['msg']}" if where else
+                      str(first["msg"]), details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "invalid_input" if exc.status_code < 500
+                               else "internal")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return _error(500, "internal", "internal error")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Prefer: wait and event streams hold a worker thread each while they wait.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 512
+        yield
+        state.store.close()
+
+    state = State(
+        settings=settings,
+        store=open_store(settings),
+        catalog=Catalog.load(settings.catalog),
+        celery=make_celery(settings),
+        keys=settings.keys(),
+        limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+    )
+    state.celery.conf.task_publish_retry_policy = {
+        "max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+    _register_collector(state)
+    app = FastAPI(
+        title="convoy",
+        version="1",
+        description="A job service for convolutional models. See the Kinds section of the "
+        "request body of POST /v1/jobs for each kind's input.",
+        lifespan=lifespan,
+    )
+    app.state.convoy = state
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    _install_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text())
+
+    return app
+
+
+def _register_collector(state: State) -> None:
+    """One collector per process, reading the newest app's store."""
+    global _collector
+    _current["state"] = state
+    if _collector is None:
+        _collector = WorkerCollector(lambda: _current["state"].store if _current else None)
+        REGISTRY.register(_collector)

@@ -1,0 +1,59 @@
+"""What routes depend on: the app's state, and the caller's identity."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, Request
+
+from models.catalog import Catalog
+from service.limits import RateLimiter
+from workers.errors import Unauthorized
+from workers.settings import Settings
+from workers.store import JobStore
+
+LOCAL_OWNER = "local"
+
+
+@dataclass
+class State:
+    settings: Settings
+    store: JobStore
+    catalog: Catalog
+    celery: Celery
+    keys: dict[str, str]  # API key -> owner
+    limiter: RateLimiter
+
+
+def get_state(request: Request) -> State:
+    state: State = request.app.state.convoy
+    return state
+
+
+StateDep = Annotated[State, Depends(get_state)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    owner: str
+    key: str  # the rate limit's bucket: the API key (or the owner when keys are off)
+
+
+def get_caller(request: Request, state: StateDep) -> Caller:
+    """The owner behind ``Authorization: Bearer <key>`` (everyone is 'local' without keys)."""
+    if not state.keys:
+        return Caller(LOCAL_OWNER, LOCAL_OWNER)
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("send Authorization: Bearer <API key>")
+    for key, owner in state.keys.items():
+        if hmac.compare_digest(key.encode(), token.strip().encode()):
+            return Caller(owner, key)
+    raise Unauthorized("unknown API key")
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -1,0 +1,50 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+
+from service.deps import StateDep
+from service.metrics import render
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(state: StateDep) -> JSONResponse:
+    """200 when the store and broker answer and a worker was seen within its heartbeat."""
+    checks: dict[str, Any] = {}
+    try:
+        state.store.ping()
+        checks["store"] = "ok"
+    except Exception as e:
+        checks["store"] = f"down: {e}"
+    try:
+        with state.celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        checks["broker"] = "ok"
+    except Exception as e:
+        checks["broker"] = f"down: {type(e).__name__}"
+    try:
+        workers = state.store.workers() if checks["store"] == "ok" else []
+        checks["workers"] = len(workers)
+    except Exception:
+        workers = []
+        checks["workers"] = 0
+    ready = checks["store"] == "ok" and checks["broker"] == "ok" and bool(workers)
+    headers = {} if ready else {"Retry-After": "2"}
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503,
+                        headers=headers)
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(state: StateDep) -> Response:
+    return Response(render(state.store), media_type="text/plain; version=0.0.4")

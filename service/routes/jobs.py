@@ -1,0 +1,177 @@
+"""``/v1/jobs``: submit, get, list, cancel, events (SSE), artifacts."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi.responses import JSONResponse
+from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+
+from service.deps import Caller, CallerDep, State, StateDep
+from service.metrics import JOBS_SUBMITTED
+from workers.celery_app import dispatch
+from workers.contract import JobRequest, check, request_hash
+from workers.errors import Conflict, InvalidInput, NotFound, RateLimited, Unavailable
+from workers.runtime import finish_and_announce
+from workers.settings import new_id
+from workers.store import TERMINAL, public_record
+from workers.store.base import STATUSES, now_iso
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+_WAIT = re.compile(r"wait\s*=\s*(\d+(?:\.\d+)?)")
+
+
+def owned_job(state: State, caller: Caller, job_id: str) -> dict[str, Any]:
+    """The caller's job, or 404 (also for someone else's job: its existence is not told)."""
+    job = state.store.get(job_id)
+    if job is None or job["owner"] != caller.owner:
+        raise NotFound(f"no job {job_id!r}")
+    return job
+
+
+def _prefer_wait(prefer: str | None, limit: float) -> float:
+    if not prefer:
+        return 0.0
+    match = _WAIT.search(prefer)
+    return min(float(match.group(1)), limit) if match else 0.0
+
+
+@router.post("", status_code=202, responses={200: {"description": "finished (Prefer: wait) or "
+                                                    "an idempotent resubmission"}})
+def submit(
+    state: StateDep,
+    caller: CallerDep,
+    body: Annotated[JobRequest, Body()],
+    prefer: Annotated[str | None, Header(description="wait=N: hold the reply up to N s")] = None,
+) -> JSONResponse:
+    """Submit a job. The input schema depends on ``kind`` (see the request body's variants)."""
+    settings = state.settings
+    retry = state.limiter.take(caller.key)
+    if retry > 0:
+        raise RateLimited("too many requests for this API key", retry_after=retry)
+    entry = state.catalog.get(body.model)
+    data = check(body.kind, body.input.model_dump(), entry, settings.max_image_pixels)
+    if body.timeout_s is not None and body.timeout_s > settings.max_job_timeout_s:
+        raise InvalidInput(f"timeout_s is over the limit of {settings.max_job_timeout_s}")
+    fingerprint = request_hash(body.model_dump(mode="json", exclude={"id"}))
+    if body.id is not None:
+        existing = state.store.get(body.id)
+        if existing is not None:
+            return _resubmitted(existing, caller, fingerprint)
+    if state.store.count_queued(caller.owner) >= settings.max_queued_per_owner:
+        raise RateLimited(f"this key already has {settings.max_queued_per_owner} queued jobs",
+                          retry_after=5.0)
+    if state.store.count_queued() >= settings.max_queue_depth:
+        raise Unavailable("the queue is full", retry_after=10.0)
+    job = {
+        "id": body.id or new_id(), "owner": caller.owner, "kind": body.kind,
+        "model": entry.name, "queue": entry.queue, "input": data,
+        "request_hash": fingerprint, "webhook": body.webhook, "timeout_s": body.timeout_s,
+        "created_at": now_iso(), "status": "queued", "attempts": 0,
+    }
+    record, created = state.store.create(job)
+    if not created:
+        return _resubmitted(record, caller, fingerprint)
+    state.store.append_event(job["id"], "status", {"status": "queued"})
+    try:
+        dispatch(state.celery, job["id"], entry.queue)
+    except Exception as e:
+        finish_and_announce(state.store, job["id"], None, "failed",
+                            error={"code": "internal", "message": "the job could not be queued"})
+        raise Unavailable(f"the broker does not answer: {type(e).__name__}") from e
+    JOBS_SUBMITTED.labels(kind=body.kind, model=entry.name).inc()
+    wait = _prefer_wait(prefer, settings.max_wait_s)
+    if wait > 0:
+        done = state.store.wait_terminal(job["id"], wait)
+        if done is not None and done["status"] in TERMINAL:
+            return JSONResponse(public_record(done), status_code=200)
+        record = done or record
+    return JSONResponse(public_record(record), status_code=202)
+
+
+def _resubmitted(existing: dict[str, Any], caller: Caller, fingerprint: str) -> JSONResponse:
+    if existing["owner"] != caller.owner or existing.get("request_hash") != fingerprint:
+        raise Conflict(f"job id {existing['id']!r} is taken by a different submission")
+    return JSONResponse(public_record(existing), status_code=200)
+
+
+@router.get("")
+def list_jobs(
+    state: StateDep,
+    caller: CallerDep,
+    status: Annotated[str | None, Query(description=f"one of {', '.join(STATUSES)}")] = None,
+    kind: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(pattern=r"^\d{1,18}$")] = None,
+) -> dict[str, Any]:
+    """The caller's jobs, newest first."""
+    if status is not None and status not in STATUSES:
+        raise InvalidInput(f"status must be one of {list(STATUSES)}")
+    jobs, next_cursor = state.store.list(caller.owner, status, kind, limit, cursor)
+    return {"jobs": [public_record(j) for j in jobs], "next_cursor": next_cursor}
+
+
+@router.get("/{job_id}")
+def get_job(job_id: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    return public_record(owned_job(state, caller, job_id))
+
+
+@router.post("/{job_id}/cancel")
+def cancel_job(job_id: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    """Cancel a queued or running job; a finished job is returned unchanged."""
+    job = owned_job(state, caller, job_id)
+    if job["status"] in TERMINAL:
+        return public_record(job)
+    state.store.request_cancel(job_id)
+    if job["status"] == "queued":
+        finish_and_announce(state.store, job_id, None, "canceled")
+    return public_record(owned_job(state, caller, job_id))
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse,
+            responses={200: {"content": {"text/event-stream": {}}}})
+async def job_events(
+    job_id: str,
+    state: StateDep,
+    caller: CallerDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventSourceResponse:
+    """Server-sent events; reconnect with ``Last-Event-ID`` to resume after that event."""
+    await anyio.to_thread.run_sync(owned_job, state, caller, job_id)
+    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    return EventSourceResponse(_stream(state, job_id, after), ping=15)
+
+
+async def _stream(state: State, job_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
+    while True:
+        events = await anyio.to_thread.run_sync(state.store.events, job_id, after, 1.0)
+        for event in events:
+            after = event.seq
+            yield ServerSentEvent(data=json.dumps(event.data), event=event.type, id=str(event.seq))
+            if event.type == "status" and event.data.get("status") in TERMINAL:
+                return
+        if not events:
+            job = await anyio.to_thread.run_sync(state.store.get, job_id)
+            if job is None:
+                return
+            if job["status"] in TERMINAL:  # the final event was read before `after`
+                tail = await anyio.to_thread.run_sync(state.store.events, job_id, after, 0.0)
+                if not tail:
+                    return
+
+
+@router.get("/{job_id}/artifacts/{name}", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}})
+def get_artifact(job_id: str, name: str, state: StateDep, caller: CallerDep) -> Response:
+    owned_job(state, caller, job_id)
+    found = state.store.get_artifact(job_id, name)
+    if found is None:
+        raise NotFound(f"job {job_id!r} has no artifact {name!r}")
+    data, content_type = found
+    return Response(data, media_type=content_type,
+                    headers={"Cache-Control": "private, max-age=86400"})

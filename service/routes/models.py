@@ -1,0 +1,30 @@
+"""``/v1/models`` and ``/v1/workers``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from service.deps import CallerDep, StateDep
+
+router = APIRouter(prefix="/v1", tags=["models"])
+
+
+@router.get("/models")
+def list_models(state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    return {"models": [e.public() for e in state.catalog]}
+
+
+@router.get("/models/{name}")
+def get_model(name: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    return state.catalog.get(name).public()
+
+
+@router.get("/workers", tags=["workers"])
+def list_workers(state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    """Live workers: device, loaded models, memory in use, jobs done."""
+    workers = state.store.workers()
+    for w in workers:
+        w.pop("stats", None)
+    return {"workers": workers}

@@ -1,0 +1,205 @@
+"""The device executor: groups concurrent requests into batches and runs them one at a time.
+
+Requests with the same key (model + the predictor's batch key) are grouped up to the
+model's ``max_batch``. The executor never idles waiting for a batch to fill: while it runs
+one batch the next accumulates; it waits up to ``max_wait_ms`` only while more jobs are
+known to be on their way (claimed by this worker but not yet submitted).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from models.catalog import ModelEntry
+    from models.predictor import Artifact, Predictor, Request
+
+log = logging.getLogger(__name__)
+
+
+class Stopped(Exception):
+    """A request left its batch: ``reason`` is 'canceled' or 'timeout'."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class OutOfMemory(Exception):
+    """A batch of one did not fit on the device."""
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
+@dataclass
+class Item:
+    """One job's request waiting for (or riding in) a batch."""
+
+    job_id: str
+    predictor: Predictor
+    entry: ModelEntry
+    request: Request
+    wanted: Callable[[], str | None]  # None while wanted, else why not ('canceled', 'timeout')
+    on_progress: Callable[[int, int], None]
+    on_preview: Callable[[Artifact], None]
+    future: Future[dict[str, Any]] = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.monotonic)
+    key: Hashable = None
+
+    def __post_init__(self) -> None:
+        self.key = (self.entry.name, self.predictor.batch_key(self.request))
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    items: int = 0
+    sizes: list[int] = field(default_factory=list)
+
+
+class Batcher:
+    def __init__(self, enabled: bool = True, on_batch: Callable[[int], None] | None = None) -> None:
+        self.enabled = enabled
+        self.on_batch = on_batch
+        self.stats = BatchStats()
+        self._pending: list[Item] = []
+        self._incoming = 0
+        self._cv = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="convoy-executor", daemon=True)
+        self._thread.start()
+
+    # -- the job threads' side ---------------------------------------------------------------
+    def expect(self) -> None:
+        """A job is on its way (claimed, loading its model)."""
+        with self._cv:
+            self._incoming += 1
+
+    def unexpect(self) -> None:
+        with self._cv:
+            self._incoming = max(0, self._incoming - 1)
+            self._cv.notify_all()
+
+    def submit(self, item: Item) -> Future[dict[str, Any]]:
+        with self._cv:
+            self._pending.append(item)
+            self._incoming = max(0, self._incoming - 1)
+            self._cv.notify_all()
+        return item.future
+
+    # -- the executor --------------------------------------------------------------------------
+    def _take(self) -> list[Item]:
+        with self._cv:
+            while not self._pending:
+                self._cv.wait()
+            first = self._pending[0]
+            limit = max(1, first.entry.max_batch) if self.enabled else 1
+            deadline = first.enqueued + first.entry.max_wait_ms / 1000.0
+            while True:
+                same = [p for p in self._pending if p.key == first.key][:limit]
+                left = deadline - time.monotonic()
+                if len(same) >= limit or left <= 0 or self._incoming == 0:
+                    break
+                self._cv.wait(left)
+            for p in same:
+                self._pending.remove(p)
+            return same
+
+    def _loop(self) -> None:
+        while True:
+            items = self._take()
+            try:
+                self._run_safe(items)
+            except BaseException as e:  # never let the executor die with futures unresolved
+                for it in items:
+                    if not it.future.done():
+                        it.future.set_exception(e)
+                if not isinstance(e, Exception):
+                    raise
+
+    def _run_safe(self, items: list[Item]) -> None:
+        live = []
+        for it in items:
+            reason = it.wanted()
+            if reason:
+                it.future.set_exception(Stopped(reason))
+            else:
+                live.append(it)
+        if not live:
+            return
+        try:
+            results = self._predict(live)
+        except Exception as e:
+            if _is_oom(e):
+                _free()
+                if len(live) == 1:
+                    live[0].future.set_exception(OutOfMemory(str(e)[:300]))
+                    return
+                log.warning("out of memory at batch %d: splitting", len(live))
+                half = len(live) // 2
+                self._run_safe(live[:half])
+                self._run_safe(live[half:])
+                return
+            if len(live) == 1:
+                live[0].future.set_exception(e)
+                return
+            log.warning("batch of %d failed (%s): running its members one by one", len(live), e)
+            for it in live:
+                self._run_safe([it])
+            return
+        for it, result in zip(live, results, strict=True):
+            if it.future.done():
+                continue
+            if result is None:
+                it.future.set_exception(Stopped(it.wanted() or "canceled"))
+            else:
+                it.future.set_result(result)
+
+    def _predict(self, items: list[Item]) -> list[dict[str, Any] | None]:
+        alive = list(items)
+
+        def on_step(step: int, total: int,
+                    previews: Sequence[Artifact | None] | None = None) -> list[bool]:
+            keep: list[bool] = []
+            for idx, it in enumerate(alive):
+                reason = it.wanted()
+                if reason:
+                    it.future.set_exception(Stopped(reason))
+                    keep.append(False)
+                    continue
+                it.on_progress(step, total)
+                if previews is not None and idx < len(previews) and previews[idx] is not None:
+                    it.on_preview(previews[idx])  # type: ignore[arg-type]
+                keep.append(True)
+            alive[:] = [it for it, k in zip(alive, keep, strict=True) if k]
+            return keep
+
+        self.stats.batches += 1
+        self.stats.items += len(items)
+        if self.on_batch is not None:
+            self.on_batch(len(items))
+        predictor = items[0].predictor
+        results = predictor.predict([it.request for it in items], on_step=on_step)
+        if len(results) != len(items):
+            raise RuntimeError(f"{predictor.entry.name} returned {len(results)} results for "
+                               f"{len(items)} requests")
+        return results
+
+
+def _free() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,74 @@
+"""The Celery app: JSON only, late acks, one message prefetched per thread, routed by queue.
+
+Embedded mode uses kombu's filesystem transport under the data dir (polled every
+``poll_interval_s``); distributed mode uses Redis, with a visibility timeout above the
+longest job a submission may ask for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from workers.settings import Settings
+
+TASK = "convoy.run_job"
+
+
+def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
+    if settings.redis_url:
+        return settings.redis_url, {
+            "visibility_timeout": int(settings.max_job_timeout_s * settings.max_attempts + 600),
+            "socket_timeout": 5,
+            "socket_connect_timeout": 2,
+        }
+    folder = (settings.data_dir / "broker").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "processed").mkdir(exist_ok=True)
+    (folder / "control").mkdir(exist_ok=True)
+    return "filesystem://", {
+        "data_folder_in": str(folder),
+        "data_folder_out": str(folder),
+        "processed_folder": str(folder / "processed"),
+        "control_folder": str(folder / "control"),
+        "store_processed": False,
+        "polling_interval": settings.poll_interval_s,
+    }
+
+
+def make_celery(settings: Settings) -> Celery:
+    url, options = broker_options(settings)
+    app = Celery("convoy", broker=url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue="convoy",
+        task_create_missing_queues=True,
+        broker_transport_options=options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=2,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        worker_enable_remote_control=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        broker_heartbeat=0,
+    )
+    return app
+
+
+def dispatch(app: Celery, job_id: str, queue: str) -> None:
+    """Send the message that carries a job: its id, nothing else."""
+    app.send_task(TASK, args=[job_id], queue=queue, task_id=f"{job_id}.{_nonce()}")
+
+
+def _nonce() -> str:
+    import secrets
+
+    return secrets.token_hex(4)

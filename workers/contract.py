@@ -1,0 +1,186 @@
+"""The job contract: one pydantic input schema per kind, checked against the model's
+catalog entry at submission and turned into a predictor ``Request`` input by the worker.
+
+Adding a kind means adding a schema and a ``Kind`` here (and a predictor in models/); the
+queue, the store and the routes take it as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from workers.errors import InvalidInput
+from workers.images import decode_image
+
+if TYPE_CHECKING:
+    from models.catalog import ModelEntry
+
+Seed = Annotated[int, Field(ge=0, lt=2**63, description="makes the job reproducible")]
+Image_ = Annotated[
+    str, Field(description="base64 image (PNG, JPEG, WebP, BMP), optionally a data URL",
+               min_length=1)
+]
+MAX_N = 256  # schema bound; each model's limits are tighter
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassifyInput(_Input):
+    image: Image_
+    top_k: int = Field(5, ge=1, le=1000, description="how many labels to return")
+
+
+class SegmentInput(_Input):
+    image: Image_
+
+
+class ReconstructInput(_Input):
+    image: Image_
+
+
+class SampleInput(_Input):
+    n: int = Field(1, ge=1, le=MAX_N)
+    seed: Seed | None = None
+    class_label: str | None = Field(None, description="for class-conditional models")
+    truncation: float = Field(1.0, gt=0, le=10, description="scales the latent")
+    interpolate_between: list[Image_] | None = Field(
+        None, min_length=2, max_length=2, description="VAE: decode the path between two images"
+    )
+    steps: int | None = Field(None, ge=2, le=MAX_N, description="points on the interpolation path")
+
+
+class GenerateInput(_Input):
+    n: int = Field(1, ge=1, le=MAX_N)
+    seed: Seed | None = None
+    class_label: str | None = None
+    prompt: str | None = Field(None, max_length=100_000)
+    negative_prompt: str | None = Field(None, max_length=100_000)
+    steps: int = Field(20, ge=1, le=100_000)
+    scheduler: Literal["ddpm", "ddim", "dpmpp", "euler"] = "dpmpp"
+    guidance_scale: float | None = Field(None, ge=0, le=100)
+    height: int | None = Field(None, ge=8, le=100_000)
+    width: int | None = Field(None, ge=8, le=100_000)
+    preview_every: int = Field(0, ge=0, le=100_000, description="emit a preview every N steps")
+
+
+class _Job(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200)
+    id: str | None = Field(None, pattern=r"^[A-Za-z0-9._~-]{1,128}$",
+                           description="client-chosen id: makes submission idempotent")
+    webhook: str | None = Field(None, max_length=2000)
+    timeout_s: float | None = Field(None, gt=0, description="deadline of the job")
+
+
+class ClassifyJob(_Job):
+    kind: Literal["classify"]
+    input: ClassifyInput
+
+
+class SegmentJob(_Job):
+    kind: Literal["segment"]
+    input: SegmentInput
+
+
+class ReconstructJob(_Job):
+    kind: Literal["reconstruct"]
+    input: ReconstructInput
+
+
+class SampleJob(_Job):
+    kind: Literal["sample"]
+    input: SampleInput
+
+
+class GenerateJob(_Job):
+    kind: Literal["generate"]
+    input: GenerateInput
+
+
+JobRequest = Annotated[
+    Union[ClassifyJob, SegmentJob, ReconstructJob, SampleJob, GenerateJob],  # noqa: UP007
+    Field(discriminator="kind"),
+]
+IMAGE_FIELDS = ("image",)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pixels: int
+
+
+def _label_index(entry: ModelEntry, label: str | None) -> int | None:
+    if label is None:
+        return None
+    if label in entry.labels:
+        return entry.labels.index(label)
+    raise InvalidInput(
+        f"unknown class_label {label!r} for {entry.name}",
+        details={"labels": entry.labels},
+    )
+
+
+def check(kind: str, data: dict[str, Any], entry: ModelEntry, max_pixels: int) -> dict[str, Any]:
+    """Check a validated input against the model; return the input to store (seed filled)."""
+    if kind not in entry.kinds:
+        raise InvalidInput(f"model {entry.name} does not serve {kind!r}; it serves {entry.kinds}")
+    limits = entry.limits
+    for name in IMAGE_FIELDS:
+        if data.get(name) is not None:
+            decode_image(data[name], max_pixels, name)
+    for i, value in enumerate(data.get("interpolate_between") or []):
+        decode_image(value, max_pixels, f"interpolate_between[{i}]")
+    if "top_k" in data and data["top_k"] > limits.max_top_k:
+        raise InvalidInput(f"top_k {data['top_k']} is over this model's limit of {limits.max_top_k}")
+    if "n" in data and data["n"] > limits.max_n:
+        raise InvalidInput(f"n {data['n']} is over this model's limit of {limits.max_n}")
+    if kind == "generate" and data["steps"] > limits.max_steps:
+        raise InvalidInput(f"steps {data['steps']} is over this model's limit of {limits.max_steps}")
+    for side in ("height", "width"):
+        if data.get(side) is not None and data[side] > limits.max_side:
+            raise InvalidInput(f"{side} {data[side]} is over this model's limit of {limits.max_side}")
+    for text in ("prompt", "negative_prompt"):
+        if data.get(text) is not None and len(data[text]) > limits.max_prompt_chars:
+            raise InvalidInput(
+                f"{text} is {len(data[text])} characters, over the limit of {limits.max_prompt_chars}"
+            )
+    if data.get("class_label") is not None:
+        if not entry.labels:
+            raise InvalidInput(f"model {entry.name} is not class-conditional: drop class_label")
+        _label_index(entry, data["class_label"])
+    if "seed" in data and data["seed"] is None:
+        data = {**data, "seed": secrets.randbelow(2**31)}
+    return data
+
+
+def prepare(kind: str, data: dict[str, Any], entry: ModelEntry, max_pixels: int) -> dict[str, Any]:
+    """The predictor's view of a stored input: images decoded, labels and seeds resolved."""
+    out = dict(data)
+    for name in IMAGE_FIELDS:
+        if out.get(name) is not None:
+            out[name] = decode_image(out[name], max_pixels, name)
+    if out.get("interpolate_between"):
+        out["interpolate_between"] = [decode_image(v, max_pixels) for v in out["interpolate_between"]]
+    if "class_label" in out:
+        out["class_index"] = _label_index(entry, out.pop("class_label"))
+    if "seed" in out:
+        seed = out.pop("seed")
+        out["seeds"] = [(seed + i) % 2**63 for i in range(out.get("n", 1))]
+    if kind == "generate" and out.get("guidance_scale") is None:
+        out["guidance_scale"] = float(entry.config.get("guidance_scale", 3.0))
+    return out
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    """What makes two submissions with the same client id the same submission."""
+    canon = {k: body.get(k) for k in ("kind", "model", "input", "webhook", "timeout_s")}
+    return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()
