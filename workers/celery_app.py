@@ -27,7 +27,7 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "processed").mkdir(exist_ok=True)
     (folder / "control").mkdir(exist_ok=True)
-    return "filesystem://", {
+    return "filesystem://localhost/", {
         "data_folder_in": str(folder),
         "data_folder_out": str(folder),
         "processed_folder": str(folder / "processed"),
@@ -40,6 +40,8 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
 def make_celery(settings: Settings) -> Celery:
     url, options = broker_options(settings)
     app = Celery("convoy", broker=url, set_as_current=False)
+    if not settings.redis_url:
+        app.conf.broker_transport = "workers.fs_transport:Transport"
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

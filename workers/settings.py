@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".convoy")  # embedded store, broker folders
     catalog: Annotated[list[Path], NoDecode] = Field(default_factory=list)  # extra catalog files, ':' or ',' separated
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)  # modules that register predictor families
 
     # HTTP
     host: str = "127.0.0.1"
@@ -61,12 +62,19 @@ class Settings(BaseSettings):
             return [Path(p) for p in value.replace(",", ":").split(":") if p.strip()]
         return value
 
-    @field_validator("preload", mode="before")
+    @field_validator("preload", "plugins", mode="before")
     @classmethod
     def _split_names(cls, value: object) -> object:
         if isinstance(value, str):
             return [p.strip() for p in value.split(",") if p.strip()]
         return value
+
+    def load_plugins(self) -> None:
+        """Import the modules named in CONVOY_PLUGINS (they register predictor families)."""
+        import importlib
+
+        for module in self.plugins:
+            importlib.import_module(module)
 
     @property
     def embedded(self) -> bool:

@@ -50,6 +50,7 @@ def run_worker(settings: Settings, queues: list[str] | None = None,
     device = resolve_device(settings.device)
     if device.type == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
+    settings.load_plugins()
     store = open_store(settings)
     if settings.redis_url:
         from workers.startup import check_redis

@@ -51,7 +51,7 @@ def submit(
 ) -> JSONResponse:
     """Submit a job. The input schema depends on ``kind`` (see the request body's variants)."""
     settings = state.settings
-    retry = state.limiter.take(caller.key)
+    retry = state.limiter.take(caller.key) if state.keys else 0.0
     if retry > 0:
         raise RateLimited("too many requests for this API key", retry_after=retry)
     entry = state.catalog.get(body.model)
