@@ -50,7 +50,15 @@ def run_worker(settings: Settings, queues: list[str] | None = None,
     device = resolve_device(settings.device)
     if device.type == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
+    import warnings
+
+    from celery.exceptions import SecurityWarning
+
+    from models.registry import list_models
+
+    warnings.filterwarnings("ignore", category=SecurityWarning)  # containers run as root
     settings.load_plugins()
+    list_models()  # import every family now, not on the first job
     store = open_store(settings)
     if settings.redis_url:
         from workers.startup import check_redis
