@@ -95,3 +95,25 @@ def test_artifacts_cancel_and_workers(store: JobStore) -> None:
     store.heartbeat("w2", {"device": "cpu"}, ttl_s=0.2)
     time.sleep(0.3)
     assert [w["id"] for w in store.workers()] == ["w1"]
+
+
+def test_sqlite_retention_purges_jobs_events_and_artifacts(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "t.db", retention_s=0)
+    store.create(job("old"))
+    store.append_event("old", "log", {})
+    store.put_artifact("old", "a.png", b"x", "image/png")
+    assert store.purge_expired() == 1
+    assert store.get("old") is None and store.get_artifact("old", "a.png") is None
+    assert store.events("old") == []
+
+
+def test_redis_records_expire_after_retention(redis_url: str) -> None:
+    from workers.store.redis import RedisStore
+
+    store = RedisStore(redis_url, retention_s=1)
+    store.create(job("old"))
+    store.append_event("old", "log", {})
+    store.put_artifact("old", "a.png", b"x", "image/png")
+    time.sleep(1.3)
+    assert store.get("old") is None and store.get_artifact("old", "a.png") is None
+    assert store.events("old") == []
