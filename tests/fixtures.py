@@ -48,7 +48,8 @@ def free_port() -> int:
 class Service:
     """An API process and any number of worker processes sharing one store and broker."""
 
-    def __init__(self, tmp: Path, redis_url: str | None = None, **env: str) -> None:
+    def __init__(self, tmp: Path, redis_url: str | None = None, catalogs: tuple[Path, ...] = (),
+                 **env: str) -> None:
         self.tmp = tmp
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -58,7 +59,7 @@ class Service:
         self.env = {
             **os.environ,
             "CONVOY_DATA_DIR": str(tmp / "data"),
-            "CONVOY_CATALOG": str(catalog),
+            "CONVOY_CATALOG": ":".join(str(p) for p in (catalog, *catalogs)),
             "CONVOY_PLUGINS": "tests.support.plugins",
             "CONVOY_HEARTBEAT_S": "0.5",
             "CONVOY_WORKER_DEAD_AFTER_S": "2.5",
@@ -150,14 +151,22 @@ def wait_status(client: httpx.Client, job_id: str, statuses: tuple[str, ...],
     raise AssertionError(f"job {job_id} stayed {job.get('status')}, wanted {statuses}")
 
 
+@pytest.fixture(scope="session")
+def tiny_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny models of every kind (built by the tests) and the catalog file serving them."""
+    from tests.support.tiny_models import build_tiny_catalog
+
+    return build_tiny_catalog(tmp_path_factory.mktemp("tiny-models"))
+
+
 @pytest.fixture(scope="session", params=["embedded", "redis"])
-def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[Service]:
+def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+            tiny_catalog: Path) -> Iterator[Service]:
     """A running API + one worker, in each mode (shared by the tests of the session)."""
     from tests.conftest import redis_db_url
 
     redis_url = redis_db_url(12) if request.param == "redis" else None
-    svc = Service(tmp_path_factory.mktemp(f"svc-{request.param}"), redis_url)
+    svc = Service(tmp_path_factory.mktemp(f"svc-{request.param}"), redis_url, (tiny_catalog,))
     svc.mode = request.param  # type: ignore[attr-defined]
     try:
         svc.start_api()
