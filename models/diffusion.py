@@ -1,0 +1,360 @@
+"""Class-conditional denoising diffusion (Ho et al., 2020) on diffusers' ``UNet2DModel``.
+
+The UNet predicts the noise epsilon added to an image at timestep t, given a class label;
+its class embedding has one entry more than there are classes, the null class, which
+training substitutes for the label about one time in ten. At sampling time classifier-free
+guidance (Ho & Salimans, 2022) runs one doubled batch [conditional; null] and mixes
+eps = eps_null + g * (eps_cond - eps_null). The loop below is as short as diffusers'
+``pipeline_ddpm.py``: model output, guidance, scheduler step, callback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UNet2DModel,
+)
+
+from models.checkpoint import load_model
+from models.images import grid, png_artifact
+from models.predictor import Artifact, InvalidRequest, Predictor, Request, StepCallback
+from models.registry import register_model, register_predictor
+
+BLOCK_TYPES = {"DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D"}
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    sample_size: int = 32  # square image side the UNet is trained at
+    channels: int = 1  # image channels
+    num_classes: int = 10  # conditioning classes; index num_classes is the null class
+    block_out_channels: tuple[int, ...] = (16, 32, 64)  # UNet width per resolution
+    layers_per_block: int = 1  # resnet blocks per down block (up blocks get one more)
+    down_block_types: tuple[str, ...] = (
+        "DownBlock2D",
+        "DownBlock2D",
+        "AttnDownBlock2D",
+    )  # per level
+    up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D")  # per level
+    norm_num_groups: int = 8  # group norm groups; must divide every width
+    attention_head_dim: int = 8  # channels per attention head in the attention blocks
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    num_train_timesteps: int = 1000  # steps of the forward (noising) process
+    beta_schedule: str = "linear"  # "linear", "scaled_linear" or "squaredcos_cap_v2"
+    beta_start: float = 1e-4  # first beta of a linear schedule
+    beta_end: float = 0.02  # last beta of a linear schedule
+    prediction_type: str = "epsilon"  # what the UNet predicts
+
+
+def _from_json(cls: type, raw: dict[str, Any]) -> Any:
+    """A config dataclass from sidecar JSON (lists become tuples; unknown keys refused)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(known)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
+def build_unet(config: DiffusionConfig) -> UNet2DModel:
+    """The UNet2DModel a config describes, with num_classes + 1 class embeddings."""
+    levels = len(config.block_out_channels)
+    if not (levels == len(config.down_block_types) == len(config.up_block_types)):
+        raise ValueError(
+            f"block_out_channels, down and up block types differ in length: {levels}, "
+            f"{len(config.down_block_types)}, {len(config.up_block_types)}"
+        )
+    unknown = sorted({*config.down_block_types, *config.up_block_types} - BLOCK_TYPES)
+    if unknown:
+        raise ValueError(f"unknown block types {unknown}; known: {sorted(BLOCK_TYPES)}")
+    bad = [w for w in config.block_out_channels if w % config.norm_num_groups]
+    if bad:
+        raise ValueError(
+            f"widths {bad} are not divisible by norm_num_groups={config.norm_num_groups}"
+        )
+    if config.sample_size % 2 ** (levels - 1):
+        raise ValueError(f"sample_size {config.sample_size} is not divisible by 2**{levels - 1}")
+    if config.num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {config.num_classes}")
+    return UNet2DModel(
+        sample_size=config.sample_size,
+        in_channels=config.channels,
+        out_channels=config.channels,
+        block_out_channels=config.block_out_channels,
+        layers_per_block=config.layers_per_block,
+        down_block_types=config.down_block_types,
+        up_block_types=config.up_block_types,
+        norm_num_groups=config.norm_num_groups,
+        attention_head_dim=config.attention_head_dim,
+        num_class_embeds=config.num_classes + 1,
+    )
+
+
+@register_model("ddpm")
+def ddpm(**config: Any) -> UNet2DModel:
+    return build_unet(_from_json(DiffusionConfig, config))
+
+
+SCHEDULERS = {
+    "ddpm": DDPMScheduler,
+    "ddim": DDIMScheduler,
+    "dpmpp": DPMSolverMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+}
+
+
+def make_scheduler(name: str, schedule: NoiseSchedule) -> Any:
+    """A fresh scheduler (they keep per-run state) on the training noise schedule."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; known: {sorted(SCHEDULERS)}")
+    kwargs: dict[str, Any] = {
+        "num_train_timesteps": schedule.num_train_timesteps,
+        "beta_schedule": schedule.beta_schedule,
+        "beta_start": schedule.beta_start,
+        "beta_end": schedule.beta_end,
+        "prediction_type": schedule.prediction_type,
+    }
+    if name == "dpmpp":
+        kwargs["algorithm_type"] = "dpmsolver++"
+    return SCHEDULERS[name](**kwargs)
+
+
+def predicted_x0(scheduler: Any, output: Any) -> torch.Tensor | None:
+    """The step's prediction of the clean sample, where the scheduler exposes it."""
+    x0 = getattr(output, "pred_original_sample", None)
+    if x0 is None and getattr(scheduler.config, "algorithm_type", "") in (
+        "dpmsolver++",
+        "sde-dpmsolver++",
+    ):
+        x0 = scheduler.model_outputs[-1]  # DPM-Solver++ keeps its x0 predictions
+    return x0
+
+
+def keep_in_scheduler_state(scheduler: Any, keep: torch.Tensor, batch: int) -> None:
+    """Slice per-sample history a multistep scheduler keeps (e.g. DPM-Solver's model outputs)."""
+
+    def cut(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.ndim == 4 and value.shape[0] == batch:
+            return value[keep]
+        return value
+
+    for name, value in list(vars(scheduler).items()):
+        if isinstance(value, list):
+            setattr(scheduler, name, [cut(v) for v in value])
+        else:
+            setattr(scheduler, name, cut(value))
+
+
+# step, total, predicted clean images (B, C, H, W) → per-image mask of the ones to go on with
+StepHook = Callable[[int, int, torch.Tensor], torch.Tensor | None]
+
+
+def sample_loop(
+    unet: UNet2DModel,
+    scheduler: Any,
+    steps: int,
+    noise: torch.Tensor,
+    generators: list[torch.Generator],
+    class_labels: torch.Tensor | None = None,
+    null_class: int | None = None,
+    guidance_scale: float = 1.0,
+    on_step: StepHook | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Denoise ``noise`` (B, C, H, W) in ``steps`` scheduler steps.
+
+    Returns (samples, kept): the final samples of the images still wanted and the indices,
+    into the original batch, of those images. ``on_step`` may return a boolean mask over the
+    live images; the ones marked False leave the batch before the next step.
+    """
+    if len(generators) != noise.shape[0]:
+        raise ValueError(f"need one generator per image: {len(generators)} for {noise.shape[0]}")
+    guided = class_labels is not None and null_class is not None and guidance_scale != 1.0
+    kept = torch.arange(noise.shape[0])
+    scheduler.set_timesteps(steps, device=noise.device)
+    latents = noise * scheduler.init_noise_sigma
+    total = len(scheduler.timesteps)
+    for i, t in enumerate(scheduler.timesteps):
+        # 1. model input, doubled [conditional; null] for guidance  (2B or B, C, H, W)
+        x_in = scheduler.scale_model_input(latents, t)
+        labels = class_labels
+        if guided:
+            x_in = torch.cat([x_in, x_in])
+            labels = torch.cat([class_labels, torch.full_like(class_labels, null_class)])  # type: ignore[arg-type]
+        eps = unet(x_in, t, class_labels=labels).sample
+        # 2. classifier-free guidance  (B, C, H, W)
+        if guided:
+            eps_cond, eps_null = eps.chunk(2)
+            eps = eps_null + guidance_scale * (eps_cond - eps_null)
+        # 3. scheduler step, each image drawing from its own generator
+        output = scheduler.step(eps, t, latents, generator=generators)
+        latents = output.prev_sample
+        # 4. callback; drop the images no longer wanted
+        if on_step is None:
+            continue
+        x0 = predicted_x0(scheduler, output)
+        keep = on_step(i + 1, total, x0 if x0 is not None else latents)
+        if keep is not None and not bool(keep.all()):
+            keep = keep.to(latents.device)
+            keep_in_scheduler_state(scheduler, keep, latents.shape[0])
+            latents, kept = latents[keep], kept[keep.cpu()]
+            generators = [g for g, k in zip(generators, keep.tolist(), strict=True) if k]
+            if class_labels is not None:
+                class_labels = class_labels[keep]
+            if latents.shape[0] == 0:
+                break
+    return latents, kept
+
+
+def preview_artifact(step: int, x0: torch.Tensor, max_side: int = 256) -> Artifact:
+    """A small grid PNG of predicted clean images (N, C, H, W) in [-1, 1]."""
+    images = ((x0.float() + 1) / 2).clamp(0, 1).cpu()
+    nrow = min(len(images), 4)
+    picture = grid(images, nrow=nrow, padding=1)
+    if max(picture.size) > max_side:
+        picture.thumbnail((max_side, max_side))
+    return png_artifact(f"preview-{step}.png", picture, step=step)
+
+
+def per_image_noise(
+    seeds: list[int], shape: tuple[int, ...]
+) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Initial noise (N, *shape), each image from its own CPU generator, and those generators
+    (stochastic schedulers draw from them too, so a seed fixes the whole trajectory)."""
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
+    return noise, generators
+
+
+def request_hook(
+    batch_size: int, owner: list[int], inputs: list[dict[str, Any]], on_step: StepCallback
+) -> tuple[StepHook, list[bool]]:
+    """Adapt a per-request ``on_step`` to the per-image hook of ``sample_loop``.
+
+    ``owner[i]`` is the request of image i. Returns the hook and the live flag per request,
+    which the hook keeps up to date.
+    """
+    live = [True] * batch_size
+    owners = list(owner)  # request of each live image
+
+    def hook(step: int, total: int, x0: torch.Tensor) -> torch.Tensor:
+        members = [r for r in range(batch_size) if live[r]]
+        previews: list[Artifact | None] = []
+        for r in members:
+            every = int(inputs[r].get("preview_every") or 0)
+            mine = [i for i, o in enumerate(owners) if o == r]
+            previews.append(
+                preview_artifact(step, x0[mine]) if every > 0 and step % every == 0 else None
+            )
+        wanted = list(on_step(step, total, previews))
+        if len(wanted) != len(members):
+            raise ValueError(f"on_step answered for {len(wanted)} members, {len(members)} are live")
+        for r, w in zip(members, wanted, strict=True):
+            live[r] = bool(w)
+        keep = torch.tensor([live[o] for o in owners], dtype=torch.bool)
+        owners[:] = [o for o in owners if live[o]]
+        return keep
+
+    return hook, live
+
+
+@register_predictor("ddpm")
+class DiffusionPredictor(Predictor):
+    kinds = ("generate",)
+
+    def load(self) -> None:
+        assert self.entry.weights is not None, f"{self.entry.name} has no weights"
+        self.unet, sidecar = load_model(self.entry.weights, self.entry.sha256, self.device)
+        self.config: DiffusionConfig = _from_json(DiffusionConfig, sidecar["config"])
+        self.schedule: NoiseSchedule = _from_json(NoiseSchedule, sidecar.get("noise_schedule", {}))
+        self.labels = self.entry.labels or [str(i) for i in range(self.config.num_classes)]
+        self.dtype = torch.float32
+        if torch.device(self.device).type == "cuda" and self.entry.dtype != "float32":
+            self.dtype = getattr(torch, self.entry.dtype)
+            self.unet.to(self.dtype)
+
+    def modules_for_memory(self) -> list[torch.nn.Module]:
+        return [self.unet]
+
+    def batch_key(self, request: Request) -> Hashable:
+        inp = request.input
+        return (request.kind, inp.get("steps"), inp.get("scheduler"), inp.get("guidance_scale"))
+
+    def _check(self, request: Request) -> None:
+        inp, side = request.input, self.config.sample_size
+        if request.kind != "generate":
+            raise InvalidRequest(f"{self.entry.name} serves 'generate', not {request.kind!r}")
+        if inp.get("prompt") or inp.get("negative_prompt"):
+            raise InvalidRequest(f"{self.entry.name} is class-conditional and takes no prompt")
+        for key in ("height", "width"):
+            if inp.get(key) not in (None, side):
+                raise InvalidRequest(
+                    f"{self.entry.name} generates {side}x{side} images, not {key}={inp[key]}"
+                )
+        if len(inp["seeds"]) != inp["n"]:
+            raise InvalidRequest(f"expected {inp['n']} seeds, got {len(inp['seeds'])}")
+        cls = inp.get("class_index")
+        if cls is not None and not 0 <= cls < self.config.num_classes:
+            raise InvalidRequest(f"class index {cls} is outside 0..{self.config.num_classes - 1}")
+        if inp["scheduler"] not in SCHEDULERS:
+            raise InvalidRequest(
+                f"unknown scheduler {inp['scheduler']!r}; known: {sorted(SCHEDULERS)}"
+            )
+        if int(inp["steps"]) < 1:
+            raise InvalidRequest(f"steps must be at least 1, got {inp['steps']}")
+
+    @torch.inference_mode()
+    def predict(
+        self, batch: list[Request], on_step: StepCallback | None = None
+    ) -> list[dict[str, Any] | None]:
+        for request in batch:
+            self._check(request)
+        first = batch[0].input
+        # 1. every image of every request in one batch: its noise, generator, class, owner
+        seeds = [s for r in batch for s in r.input["seeds"]]
+        owner = [k for k, r in enumerate(batch) for _ in r.input["seeds"]]
+        null = self.config.num_classes  # a request without a class samples unconditionally
+        classes = [
+            null if r.input.get("class_index") is None else r.input["class_index"]
+            for r in batch
+            for _ in r.input["seeds"]
+        ]
+        c, side = self.config.channels, self.config.sample_size
+        noise, generators = per_image_noise(seeds, (c, side, side))
+        # 2. one sampling loop on a scheduler instance of this call's own
+        hook, live = (None, [True] * len(batch))
+        if on_step is not None:
+            hook, live = request_hook(len(batch), owner, [r.input for r in batch], on_step)
+        samples, kept = sample_loop(
+            self.unet,
+            make_scheduler(first["scheduler"], self.schedule),
+            int(first["steps"]),
+            noise.to(self.device, self.dtype),
+            generators,
+            class_labels=torch.tensor(classes, device=self.device),
+            null_class=null,
+            guidance_scale=float(first["guidance_scale"]),
+            on_step=hook,
+        )
+        # 3. images back to [0, 1], split per request (None for the dropped ones)
+        images = ((samples.float() + 1) / 2).clamp(0, 1).cpu()
+        results: list[dict[str, Any] | None] = [{"images": []} if ok else None for ok in live]
+        for image, index in zip(images, kept.tolist(), strict=True):
+            k = owner[index]
+            out = results[k]
+            if out is None:
+                continue
+            meta: dict[str, Any] = {"seed": seeds[index]}
+            if classes[index] != null:
+                meta["class_label"] = self.labels[classes[index]]
+            out["images"].append(png_artifact(f"image-{len(out['images'])}.png", image, **meta))
+        return results

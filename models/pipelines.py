@@ -1,0 +1,331 @@
+"""``generate`` with any diffusers pipeline folder on disk (Stable Diffusion included).
+
+The folder loads with ``DiffusionPipeline.from_pretrained(path, use_safetensors=True)``,
+local files only and no remote or custom code: every component must come from diffusers
+or transformers, and every model component must hold safetensors weights.
+
+Three ways through a pipeline, by what it is:
+
+- a pixel-space ``UNet2DModel`` pipeline (DDPM, DDIM): our own sampling loop of
+  ``models.diffusion`` on its UNet, so every scheduler, preview and per-member drop works;
+- a pipeline with ``callback_on_step_end`` (text-to-image and most others): called with
+  that callback, which reports steps and previews and, once every member is canceled, sets
+  ``_interrupt`` so the pipeline stops stepping;
+- any other pipeline (DiT takes ``class_labels`` but no callback): steps are reported from
+  its scheduler's ``step``, and a canceled batch stops by an exception from there.
+
+Previews show the scheduler's current prediction of the clean image, decoded through the
+pipeline's VAE where it has one. Each call gets its own scheduler instance and its own
+shallow copy of the pipeline, so per-run state never leaks between jobs.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+import inspect
+import json
+import logging
+from collections.abc import Hashable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.diffusion import (
+    SCHEDULERS,
+    per_image_noise,
+    predicted_x0,
+    request_hook,
+    sample_loop,
+)
+from models.images import png_artifact
+from models.predictor import InvalidRequest, Predictor, Request, StepCallback
+from models.registry import register_predictor
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class _Canceled(Exception):
+    """Every member of the batch was canceled; raised to leave a pipeline between steps."""
+
+
+def check_pipeline_folder(path: Path) -> None:
+    """Refuse a folder that is not a plain diffusers pipeline with safetensors weights."""
+    import diffusers
+
+    path = Path(path)
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ValueError(f"{path} is not a diffusers pipeline folder: it has no model_index.json")
+    spec = json.loads(index.read_text())
+    name = spec.get("_class_name")
+    if not isinstance(name, str) or not hasattr(diffusers, name):
+        raise ValueError(
+            f"{path}: pipeline class {name!r} is not a diffusers pipeline; custom code is not run"
+        )
+    for component, value in spec.items():
+        if component.startswith("_") or not isinstance(value, list) or value[0] is None:
+            continue
+        library = value[0]
+        if (
+            library not in ("diffusers", "transformers")
+            and importlib.util.find_spec(f"diffusers.pipelines.{library}") is None
+        ):
+            raise ValueError(
+                f"{path}: component {component!r} comes from {library!r}; "
+                "only diffusers and transformers components load"
+            )
+        folder = path / component
+        if not folder.is_dir():
+            continue
+        files = [f.name for f in folder.iterdir()]
+        if any(f.endswith(PICKLE_SUFFIXES) for f in files) and not any(
+            f.endswith(".safetensors") for f in files
+        ):
+            raise ValueError(
+                f"{path}: component {component!r} holds only pickle weights "
+                f"({', '.join(sorted(f for f in files if f.endswith(PICKLE_SUFFIXES)))}); "
+                "only .safetensors weights load: convert them first"
+            )
+
+
+def _scheduler_for(pipe: Any, name: str) -> Any:
+    """A new scheduler of the chosen kind on the pipeline's own noise schedule."""
+    if name not in SCHEDULERS:
+        raise InvalidRequest(f"unknown scheduler {name!r}; known: {sorted(SCHEDULERS)}")
+    extra = {"algorithm_type": "dpmsolver++"} if name == "dpmpp" else {}
+    return SCHEDULERS[name].from_config(pipe.scheduler.config, **extra)
+
+
+def _tap(scheduler: Any, generators: list[torch.Generator], after: Any = None) -> dict[str, Any]:
+    """Wrap ``scheduler.step`` to keep its latest clean-sample prediction in ``state["x0"]``
+    (and call ``after()`` once per step). A pipeline that passes no generator to the step
+    (DiT) gets the per-image ones, so stochastic schedulers stay reproducible."""
+    state: dict[str, Any] = {"x0": None}
+    step = scheduler.step
+    takes_generator = "generator" in inspect.signature(step).parameters
+
+    @functools.wraps(step)  # pipelines read the signature to decide on passing a generator
+    def tapped(*args: Any, return_dict: bool = True, **kwargs: Any) -> Any:
+        if takes_generator and kwargs.get("generator") is None:
+            sample = args[2] if len(args) > 2 else kwargs["sample"]
+            repeat = max(1, sample.shape[0] // len(generators))  # guidance may double the batch
+            kwargs["generator"] = generators * repeat
+        out = step(*args, return_dict=True, **kwargs)
+        state["x0"] = predicted_x0(scheduler, out)
+        if state["x0"] is None:
+            state["x0"] = out.prev_sample
+        if after is not None:
+            after()
+        return out if return_dict else out.to_tuple()
+
+    scheduler.step = tapped
+    return state
+
+
+@register_predictor("diffusers")
+class PipelinePredictor(Predictor):
+    kinds = ("generate",)
+
+    def load(self) -> None:
+        from diffusers import DiffusionPipeline, UNet2DModel
+
+        if self.entry.path is None:
+            raise ValueError(f"{self.entry.name}: a diffusers entry needs a pipeline folder (path)")
+        check_pipeline_folder(self.entry.path)
+        dtype = torch.float32
+        if torch.device(self.device).type == "cuda" and self.entry.dtype != "float32":
+            dtype = getattr(torch, self.entry.dtype)
+        try:
+            pipe = DiffusionPipeline.from_pretrained(
+                self.entry.path,
+                use_safetensors=True,
+                local_files_only=True,
+                trust_remote_code=False,
+                dtype=dtype,
+            )
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"cannot load the diffusers pipeline in {self.entry.path}: {err}"
+            ) from err
+        self.pipe = pipe.to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        params = inspect.signature(self.pipe.__call__).parameters
+        pixel_unet = set(self.pipe.components) == {"unet", "scheduler"}  # no VAE, no text encoder
+        if pixel_unet and isinstance(self.pipe.unet, UNet2DModel):
+            self.mode = "unet2d"
+        elif "callback_on_step_end" in params:
+            self.mode = "callback"
+        else:
+            self.mode = "tap"
+        self.takes = set(params)
+
+    def modules_for_memory(self) -> list[torch.nn.Module]:
+        return [m for m in self.pipe.components.values() if isinstance(m, torch.nn.Module)]
+
+    def batch_key(self, request: Request) -> Hashable:
+        inp = request.input
+        return (
+            request.kind,
+            inp.get("steps"),
+            inp.get("scheduler"),
+            inp.get("guidance_scale"),
+            inp.get("height"),
+            inp.get("width"),
+        )
+
+    def _check(self, request: Request) -> None:
+        inp = request.input
+        if request.kind != "generate":
+            raise InvalidRequest(f"{self.entry.name} serves 'generate', not {request.kind!r}")
+        if len(inp["seeds"]) != inp["n"]:
+            raise InvalidRequest(f"expected {inp['n']} seeds, got {len(inp['seeds'])}")
+        text = "prompt" in self.takes
+        if text and not inp.get("prompt"):
+            raise InvalidRequest(
+                f"{self.entry.name} is a text-to-image pipeline: a prompt is required"
+            )
+        if not text and (inp.get("prompt") or inp.get("negative_prompt")):
+            raise InvalidRequest(f"{self.entry.name} takes no prompt")
+        conditional = "class_labels" in self.takes or (
+            self.mode == "unet2d" and self.pipe.unet.config.num_class_embeds
+        )
+        if conditional and inp.get("class_index") is None:
+            raise InvalidRequest(f"{self.entry.name} is class-conditional: a class is required")
+        if not conditional and inp.get("class_index") is not None:
+            raise InvalidRequest(f"{self.entry.name} takes no class")
+        if (inp.get("height") or inp.get("width")) and "height" not in self.takes:
+            raise InvalidRequest(f"{self.entry.name} does not take height and width")
+
+    @torch.inference_mode()
+    def predict(
+        self, batch: list[Request], on_step: StepCallback | None = None
+    ) -> list[dict[str, Any] | None]:
+        for request in batch:
+            self._check(request)
+        seeds = [s for r in batch for s in r.input["seeds"]]
+        owner = [k for k, r in enumerate(batch) for _ in r.input["seeds"]]
+        hook, live = (None, [True] * len(batch))
+        if on_step is not None:
+            hook, live = request_hook(len(batch), owner, [r.input for r in batch], on_step)
+        if self.mode == "unet2d":
+            images, kept = self._run_unet2d(batch, seeds, hook)
+        else:
+            images, kept = self._run_pipeline(batch, seeds, hook, live)
+        results: list[dict[str, Any] | None] = [{"images": []} if ok else None for ok in live]
+        for image, index in zip(images, kept, strict=True):
+            out = results[owner[index]]
+            if out is not None:
+                name = f"image-{len(out['images'])}.png"
+                out["images"].append(png_artifact(name, image, seed=seeds[index]))
+        return results
+
+    def _run_unet2d(
+        self, batch: list[Request], seeds: list[int], hook: Any
+    ) -> tuple[torch.Tensor, list[int]]:
+        unet, first = self.pipe.unet, batch[0].input
+        size = unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        noise, generators = per_image_noise(seeds, (unet.config.in_channels, h, w))
+        labels = None
+        if unet.config.num_class_embeds:
+            labels = torch.tensor(
+                [r.input["class_index"] for r in batch for _ in r.input["seeds"]],
+                device=self.device,
+            )
+        samples, kept = sample_loop(
+            unet,
+            _scheduler_for(self.pipe, first["scheduler"]),
+            int(first["steps"]),
+            noise.to(self.device, unet.dtype),
+            generators,
+            class_labels=labels,
+            on_step=hook,
+        )
+        return ((samples.float() + 1) / 2).clamp(0, 1).cpu(), kept.tolist()
+
+    def _decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """Predicted clean latents → images in [-1, 1] (through the VAE where there is one)."""
+        vae = getattr(self.pipe, "vae", None)
+        if vae is None:
+            return x0
+        latents = x0 / vae.config.scaling_factor
+        if getattr(vae.config, "shift_factor", None):
+            latents = latents + vae.config.shift_factor
+        return vae.decode(latents.to(vae.dtype)).sample
+
+    def _run_pipeline(
+        self, batch: list[Request], seeds: list[int], hook: Any, live: list[bool]
+    ) -> tuple[torch.Tensor, list[int]]:
+        first, n = batch[0].input, len(seeds)
+        pipe = copy.copy(self.pipe)  # a per-call view: its own scheduler and interrupt flag
+        pipe.scheduler = _scheduler_for(self.pipe, first["scheduler"])
+        steps = int(first["steps"])
+
+        def report() -> None:
+            if hook is None or not any(live):
+                return
+            total = getattr(pipe, "_num_timesteps", None) or len(pipe.scheduler.timesteps)
+            tap["calls"] += 1
+            x0 = tap["x0"][:n]  # guidance may step a doubled batch
+            hook(tap["calls"], total, _LazyDecode(self, x0))
+            if not any(live):
+                if self.mode == "tap":
+                    raise _Canceled
+                pipe._interrupt = True
+
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        tap = _tap(pipe.scheduler, generators, report if self.mode == "tap" else None)
+        tap["calls"] = 0
+        kwargs: dict[str, Any] = {
+            "num_inference_steps": steps,
+            "generator": generators,
+            "output_type": "np",
+        }
+        if "guidance_scale" in self.takes:
+            kwargs["guidance_scale"] = float(first["guidance_scale"])
+        if "prompt" in self.takes:
+            kwargs["prompt"] = [r.input["prompt"] for r in batch for _ in r.input["seeds"]]
+            if any(r.input.get("negative_prompt") for r in batch):
+                kwargs["negative_prompt"] = [
+                    r.input.get("negative_prompt") or "" for r in batch for _ in r.input["seeds"]
+                ]
+        if "class_labels" in self.takes:
+            kwargs["class_labels"] = [
+                r.input["class_index"] for r in batch for _ in r.input["seeds"]
+            ]
+        elif "batch_size" in self.takes:
+            kwargs["batch_size"] = n
+        if first.get("height") and first.get("width"):
+            kwargs["height"], kwargs["width"] = int(first["height"]), int(first["width"])
+        if self.mode == "callback":
+
+            def callback(_pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+                report()
+                return {}
+
+            kwargs["callback_on_step_end"] = callback
+        try:
+            output = pipe(**kwargs)
+        except _Canceled:
+            return torch.empty(0), []
+        if not any(live):
+            return torch.empty(0), []
+        images = torch.from_numpy(np.asarray(output.images)).permute(0, 3, 1, 2).float()
+        return images, list(range(n))
+
+
+class _LazyDecode:
+    """Predicted clean latents that decode (through the VAE) only for rows that are read,
+    so steps without previews cost nothing."""
+
+    def __init__(self, predictor: PipelinePredictor, x0: torch.Tensor) -> None:
+        self.predictor, self.x0 = predictor, x0
+
+    def __getitem__(self, rows: Any) -> torch.Tensor:
+        return self.predictor._decode(self.x0[rows])
