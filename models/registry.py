@@ -25,6 +25,12 @@ _TRAINERS: dict[str, Callable[..., Any]] = {}
 _MODULES = [
     "models.classification.lenet",
     "models.classification.predictor",
+    "models.classification.alexnet",
+    "models.classification.vgg",
+    "models.classification.googlenet",
+    "models.classification.resnet",
+    "models.classification.torchvision_predictor",
+    "models.training.shapes",
     "models.training.digits",
 ]
 _loaded = False
