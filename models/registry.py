@@ -32,6 +32,11 @@ _MODULES = [
     "models.classification.torchvision_predictor",
     "models.training.shapes",
     "models.training.digits",
+    "models.gan",
+    "models.training.gan_digits",
+    "models.diffusion",
+    "models.training.ddpm_digits",
+    "models.pipelines",
 ]
 _loaded = False
 
