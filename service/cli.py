@@ -16,10 +16,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from service.bench import register as _register_bench
+
 app = typer.Typer(help="convoy: a job service for convolutional models.", no_args_is_help=True,
                   add_completion=False)
 bench_app = typer.Typer(help="Benchmarks, each printing ratios measured side by side.")
 app.add_typer(bench_app, name="bench")
+_register_bench(bench_app)
 console = Console()
 URL = typer.Option("http://127.0.0.1:8000", envvar="CONVOY_URL", help="the service's address")
 KEY = typer.Option(None, envvar="CONVOY_API_KEY", help="API key, if the server has keys")

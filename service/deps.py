@@ -28,7 +28,9 @@ class State:
     limiter: RateLimiter
 
 
-def get_state(request: Request) -> State:
+# The dependencies are async (they never block) so that FastAPI runs them on the event loop
+# rather than handing each to a worker thread.
+async def get_state(request: Request) -> State:
     state: State = request.app.state.convoy
     return state
 
@@ -42,7 +44,7 @@ class Caller:
     key: str  # the rate limit's bucket: the API key (or the owner when keys are off)
 
 
-def get_caller(request: Request, state: StateDep) -> Caller:
+async def get_caller(request: Request, state: StateDep) -> Caller:
     """The owner behind ``Authorization: Bearer <key>`` (everyone is 'local' without keys)."""
     if not state.keys:
         return Caller(LOCAL_OWNER, LOCAL_OWNER)

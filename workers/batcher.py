@@ -3,7 +3,8 @@
 Requests with the same key (model + the predictor's batch key) are grouped up to the
 model's ``max_batch``. The executor never idles waiting for a batch to fill: while it runs
 one batch the next accumulates; it waits up to ``max_wait_ms`` only while more jobs are
-known to be on their way (claimed by this worker but not yet submitted).
+known to be on their way (claimed by this worker but not yet submitted), or while they have
+lately been arriving faster than one per ``max_wait_ms`` (so one more is likely to come).
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ class Batcher:
         self.stats = BatchStats()
         self._pending: list[Item] = []
         self._incoming = 0
+        self._gap = 1.0  # moving average of the seconds between submissions
+        self._last = time.monotonic()
         self._cv = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="convoy-executor", daemon=True)
         self._thread.start()
@@ -91,6 +94,9 @@ class Batcher:
 
     def submit(self, item: Item) -> Future[dict[str, Any]]:
         with self._cv:
+            now = time.monotonic()
+            self._gap += 0.2 * ((now - self._last) - self._gap)
+            self._last = now
             self._pending.append(item)
             self._incoming = max(0, self._incoming - 1)
             self._cv.notify_all()
@@ -103,11 +109,13 @@ class Batcher:
                 self._cv.wait()
             first = self._pending[0]
             limit = max(1, first.entry.max_batch) if self.enabled else 1
-            deadline = first.enqueued + first.entry.max_wait_ms / 1000.0
+            max_wait = first.entry.max_wait_ms / 1000.0
+            deadline = first.enqueued + max_wait
             while True:
                 same = [p for p in self._pending if p.key == first.key][:limit]
                 left = deadline - time.monotonic()
-                if len(same) >= limit or left <= 0 or self._incoming == 0:
+                arriving = self._incoming > 0 or self._gap < max_wait
+                if len(same) >= limit or left <= 0 or not arriving:
                     break
                 self._cv.wait(left)
             for p in same:

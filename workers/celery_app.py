@@ -40,8 +40,8 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
 def make_celery(settings: Settings) -> Celery:
     url, options = broker_options(settings)
     app = Celery("convoy", broker=url, set_as_current=False)
-    if not settings.redis_url:
-        app.conf.broker_transport = "workers.fs_transport:Transport"
+    app.conf.broker_transport = ("workers.redis_transport:Transport" if settings.redis_url
+                                 else "workers.fs_transport:Transport")
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

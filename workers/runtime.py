@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from models.catalog import Catalog, ModelNotFound
@@ -18,6 +19,7 @@ from workers.celery_app import dispatch
 from workers.contract import prepare
 from workers.errors import ConvoyError
 from workers.settings import Settings, new_id
+from workers.stats import WorkerStats
 from workers.store import JobStore
 
 if TYPE_CHECKING:
@@ -33,15 +35,22 @@ def finish_and_announce(
     output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Record a terminal status and append the events that end the job's stream."""
-    job = store.finish(job_id, worker, status, output=output, error=error)
-    if job is None:
+    return store.finish_and_announce(job_id, worker, status, output=output, error=error)
+
+
+CANCEL_POLL_S = 0.05  # how often a running job's cancel flag is read
+# What run_job returns → the job's final status (the rest are failures).
+_STATUS_OF = {"succeeded": "succeeded", "canceled": "canceled"}
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    """Seconds between two ISO timestamps of the store (None if either is missing)."""
+    if not start or not end:
         return None
-    if output is not None:
-        store.append_event(job_id, "output", output)
-    if error is not None:
-        store.append_event(job_id, "error", error)
-    store.append_event(job_id, "status", {"status": status})
-    return job
+    try:
+        return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    except ValueError:
+        return None
 
 
 def link_artifacts(store: JobStore, job_id: str, value: Any) -> Any:
@@ -66,7 +75,8 @@ class WorkerRuntime:
         self.cache = cache
         self.celery = celery
         self.id = name or f"{socket.gethostname()}-{os.getpid()}-{new_id()[:6]}"
-        self.batcher = Batcher(enabled=settings.batching)
+        self.stats = WorkerStats()
+        self.batcher = Batcher(enabled=settings.batching, on_batch=self.stats.batch)
         self.jobs_done = 0
         self.started = time.time()
         self._stop = threading.Event()
@@ -75,11 +85,21 @@ class WorkerRuntime:
     def run_job(self, job_id: str) -> str:
         """Run a job to its end; return what happened (for logs and tests)."""
         job = self.store.get(job_id)
+        marks: dict[str, float] = {}
+        outcome = self._run(job_id, job, marks)
+        if job is not None and outcome != "missing" and not outcome.startswith("skipped"):
+            claimed = marks.get("claimed")
+            self.stats.job(job["kind"], job["model"], _STATUS_OF.get(outcome, "failed"),
+                           queue_wait_s=marks.get("queue_wait"),
+                           run_s=None if claimed is None else time.monotonic() - claimed)
+        return outcome
+
+    def _run(self, job_id: str, job: dict[str, Any] | None, marks: dict[str, float]) -> str:
         if job is None:
             return "missing"
         if job["status"] != "queued":
             return f"skipped ({job['status']})"  # redelivered: already running or finished
-        if self.store.cancel_requested(job_id):
+        if job.get("cancel_requested"):  # the record carries the flag: no extra read
             finish_and_announce(self.store, job_id, None, "canceled")
             return "canceled"
         if job.get("attempts", 0) >= self.settings.max_attempts:
@@ -90,11 +110,13 @@ class WorkerRuntime:
         self.batcher.expect()
         submitted = False
         try:
-            claimed = self.store.claim(job_id, self.id)
+            claimed = self.store.claim_and_announce(job_id, self.id)
             if claimed is None:
                 return "skipped (claimed elsewhere)"
-            self.store.append_event(job_id, "status", {"status": "running",
-                                                       "attempt": claimed["attempts"]})
+            marks["claimed"] = time.monotonic()
+            wait = _seconds_between(claimed.get("created_at"), claimed.get("started_at"))
+            if wait is not None:
+                marks["queue_wait"] = wait
             item = self._item(claimed)
             future = self.batcher.submit(item)
             submitted = True
@@ -144,9 +166,15 @@ class WorkerRuntime:
         data = prepare(job["kind"], job["input"], entry, self.settings.max_image_pixels)
         predictor = self.cache.get(entry)
         deadline = self._deadline(job)
+        checked = [time.monotonic()]  # the claimed record carried the cancel flag
+
         def wanted() -> str | None:
-            if self.store.cancel_requested(job_id):
-                return "canceled"
+            # The flag is read at most every CANCEL_POLL_S: a batch of fast steps would
+            # otherwise spend its time asking the store.
+            if time.monotonic() - checked[0] >= CANCEL_POLL_S:
+                if self.store.cancel_requested(job_id):
+                    return "canceled"
+                checked[0] = time.monotonic()
             return "timeout" if time.time() > deadline else None
 
         def on_progress(step: int, total: int) -> None:
@@ -172,6 +200,7 @@ class WorkerRuntime:
             "jobs_done": self.jobs_done,
             "batches": self.batcher.stats.batches,
             "started_at": self.started,
+            "stats": self.stats.snapshot(),
         }
 
     def beat(self) -> None:

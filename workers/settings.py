@@ -47,13 +47,14 @@ class Settings(BaseSettings):
     max_job_timeout_s: float = 3600.0  # bound of a submission's timeout_s
 
     # Workers
-    worker_concurrency: int = 8  # jobs a worker process takes at once (threads)
+    worker_concurrency: int = 0  # jobs a worker takes at once (threads); 0: its largest max_batch, at least 8
     heartbeat_s: float = 1.0  # worker heartbeat interval
     worker_dead_after_s: float = 5.0  # a worker silent this long is gone; its jobs requeue
     batching: bool = True  # micro-batch concurrent jobs of the same model
     preload: Annotated[list[str], NoDecode] = Field(default_factory=list)  # models loaded at worker start
     memory_budget: str | None = None  # per device: bytes ("2GB") or fraction ("0.8")
     poll_interval_s: float = 0.02  # embedded broker polling
+    torch_threads: int = 0  # torch CPU threads per worker; 0: half the cores (the rest run the queue)
 
     @field_validator("catalog", mode="before")
     @classmethod

@@ -9,9 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from models.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,24 @@ def device_memory(device: Any) -> int | None:
     return None
 
 
+def cpu_threads(settings: Settings) -> int:
+    """Torch's intra-op threads on a CPU worker. Half the cores by default: the job threads,
+    the broker, the store (and in embedded mode the API) need the rest, and a parallel
+    region whose threads wait for a busy core runs slower than one thread would."""
+    if settings.torch_threads > 0:
+        return settings.torch_threads
+    return max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+def job_threads(settings: Settings, catalog: Catalog, queues: list[str]) -> int:
+    """Jobs a worker takes at once: enough to fill the largest batch of a model it serves
+    (a batch can only group jobs the worker has taken)."""
+    if settings.worker_concurrency > 0:
+        return settings.worker_concurrency
+    batches = [e.max_batch for e in catalog if e.queue in queues] if settings.batching else []
+    return max([8, *batches])
+
+
 def run_worker(settings: Settings, queues: list[str] | None = None,
                concurrency: int | None = None) -> None:
     """Run one worker process on ``settings.device`` until SIGTERM/SIGINT (warm shutdown)."""
@@ -49,7 +70,7 @@ def run_worker(settings: Settings, queues: list[str] | None = None,
 
     device = resolve_device(settings.device)
     if device.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(cpu_threads(settings))
     import warnings
 
     from celery.exceptions import SecurityWarning
@@ -78,7 +99,7 @@ def run_worker(settings: Settings, queues: list[str] | None = None,
     log.info("worker %s on %s, queues %s", runtime.id, device, queues)
     worker = app.Worker(
         pool="threads",
-        concurrency=concurrency or settings.worker_concurrency,
+        concurrency=concurrency or job_threads(settings, catalog, queues),
         queues=queues,
         hostname=f"{runtime.id}@convoy",
         loglevel="WARNING",
@@ -93,38 +114,63 @@ def run_worker(settings: Settings, queues: list[str] | None = None,
         runtime.stop()
 
 
-def spawn_per_gpu(gpus: list[str], argv: list[str], restart: bool = True) -> int:
-    """Start one ``convoy worker`` child per GPU id and restart any that dies.
+STABLE_S = 30.0  # a child that ran this long before it died is restarted at once
+
+
+def spawn_per_gpu(gpus: list[str], argv: list[str], restart: bool = True,
+                  poll_s: float = 0.5) -> int:
+    """Start one ``convoy worker`` child per GPU id and restart any that dies (at once if it
+    had run for a while, else after a delay that doubles up to 30 s, so that a child that
+    cannot start does not spin). SIGTERM/SIGINT pass to the children; returns when they end.
 
     ``argv`` is the child's command line; the parent never imports torch.
     """
     children: dict[str, subprocess.Popen[bytes]] = {}
-    stopping = False
+    started: dict[str, float] = {}
+    quick_exits = dict.fromkeys(gpus, 0)
+    due: dict[str, float] = {}  # restarts waiting for their time
+    stopping: int | None = None  # the signal that asked us to stop
+    told: set[int] = set()  # pids of children that got it
 
     def start(gpu: str) -> None:
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "CONVOY_DEVICE": "cuda:0"}
         children[gpu] = subprocess.Popen(argv, env=env)
+        started[gpu] = time.monotonic()
         log.info("started worker for GPU %s (pid %d)", gpu, children[gpu].pid)
 
     def stop(signum: int, _frame: Any) -> None:
         nonlocal stopping
-        stopping = True
-        for child in children.values():
-            child.send_signal(signum)
+        stopping = signum
+        pass_on()
+
+    def pass_on() -> None:
+        for child in list(children.values()):
+            if stopping is not None and child.pid not in told:
+                told.add(child.pid)
+                child.send_signal(stopping)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     for gpu in gpus:
         start(gpu)
-    while children:
-        time.sleep(0.5)
+    while children or (due and stopping is None):
+        time.sleep(poll_s)
+        pass_on()  # also to a child started while the signal came in
+        now = time.monotonic()
         for gpu, child in list(children.items()):
             code = child.poll()
             if code is None:
                 continue
             del children[gpu]
-            if not stopping and restart:
-                log.warning("worker for GPU %s exited with %s; restarting", gpu, code)
+            if stopping is not None or not restart:
+                continue
+            quick_exits[gpu] = quick_exits[gpu] + 1 if now - started[gpu] < STABLE_S else 0
+            delay = min(30.0, 0.5 * 2 ** (quick_exits[gpu] - 1)) if quick_exits[gpu] else 0.0
+            log.warning("worker for GPU %s exited with %s; restarting in %.1f s", gpu, code, delay)
+            due[gpu] = now + delay
+        for gpu, at in list(due.items()):
+            if at <= now and stopping is None:
+                del due[gpu]
                 start(gpu)
     return 0
 

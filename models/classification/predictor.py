@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from models.checkpoint import load_model
+from models.device import compute_dtype, prepare_module, to_device
 from models.images import batch_tensor
 from models.predictor import Predictor, Request, StepCallback
 from models.registry import register_predictor
@@ -29,11 +30,14 @@ class ClassifierPredictor(Predictor):
 
     def load(self) -> None:
         assert self.entry.weights is not None, f"{self.entry.name} has no weights"
-        self.model, sidecar = load_model(self.entry.weights, self.entry.sha256, self.device)
+        model, sidecar = load_model(self.entry.weights, self.entry.sha256)
+        self.model = prepare_module(model, self.entry, self.device)
+        self.dtype = compute_dtype(self.entry, self.device)
         norm = sidecar.get("normalize") or {}
         c = self.entry.input.channels
-        self.mean = torch.tensor(norm.get("mean", [0.0] * c), device=self.device).view(1, c, 1, 1)
-        self.std = torch.tensor(norm.get("std", [1.0] * c), device=self.device).view(1, c, 1, 1)
+        # inputs are normalised on the host, in float32, before they travel
+        self.mean = torch.tensor(norm.get("mean", [0.0] * c)).view(1, c, 1, 1)
+        self.std = torch.tensor(norm.get("std", [1.0] * c)).view(1, c, 1, 1)
 
     def modules_for_memory(self) -> list[torch.nn.Module]:
         return [self.model]
@@ -44,7 +48,7 @@ class ClassifierPredictor(Predictor):
     ) -> list[dict[str, Any] | None]:
         spec = self.entry.input
         x = batch_tensor([r.input["image"] for r in batch], spec.channels, spec.height, spec.width)
-        x = (x.to(self.device) - self.mean) / self.std
+        x = to_device((x - self.mean) / self.std, self.device, self.dtype)
         logits = self.model(x)
         return [
             {

@@ -63,10 +63,11 @@ def submit(
         existing = state.store.get(body.id)
         if existing is not None:
             return _resubmitted(existing, caller, fingerprint)
-    if state.store.count_queued(caller.owner) >= settings.max_queued_per_owner:
+    mine, everyone = state.store.queued_counts(caller.owner)
+    if mine >= settings.max_queued_per_owner:
         raise RateLimited(f"this key already has {settings.max_queued_per_owner} queued jobs",
                           retry_after=5.0)
-    if state.store.count_queued() >= settings.max_queue_depth:
+    if everyone >= settings.max_queue_depth:
         raise Unavailable("the queue is full", retry_after=10.0)
     job = {
         "id": body.id or new_id(), "owner": caller.owner, "kind": body.kind,
@@ -74,10 +75,9 @@ def submit(
         "request_hash": fingerprint, "webhook": body.webhook, "timeout_s": body.timeout_s,
         "created_at": now_iso(), "status": "queued", "attempts": 0,
     }
-    record, created = state.store.create(job)
+    record, created = state.store.create_and_announce(job)
     if not created:
         return _resubmitted(record, caller, fingerprint)
-    state.store.append_event(job["id"], "status", {"status": "queued"})
     try:
         dispatch(state.celery, job["id"], entry.queue)
     except Exception as e:
@@ -87,7 +87,7 @@ def submit(
     JOBS_SUBMITTED.labels(kind=body.kind, model=entry.name).inc()
     wait = _prefer_wait(prefer, settings.max_wait_s)
     if wait > 0:
-        done = state.store.wait_terminal(job["id"], wait)
+        done = state.store.wait_terminal(job["id"], wait, after=1)  # 1: the queued event
         if done is not None and done["status"] in TERMINAL:
             return JSONResponse(public_record(done), status_code=200)
         record = done or record

@@ -27,6 +27,13 @@ class Event:
     data: dict[str, Any]
 
 
+QUEUED: tuple[str, dict[str, Any]] = ("status", {"status": "queued"})
+
+
+def running_event(attempt: int) -> tuple[str, dict[str, Any]]:
+    return "status", {"status": "running", "attempt": attempt}
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -82,6 +89,13 @@ class JobStore(ABC):
     def create(self, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Insert a queued job; if the id exists, return (existing, False)."""
 
+    def create_and_announce(self, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """``create``, and if it created the job, append its first event (``QUEUED``, seq 1)."""
+        record, created = self.create(job)
+        if created:
+            self.append_event(job["id"], *QUEUED)
+        return record, created
+
     @abstractmethod
     def get(self, job_id: str) -> dict[str, Any] | None: ...
 
@@ -94,10 +108,21 @@ class JobStore(ABC):
     @abstractmethod
     def count_queued(self, owner: str | None = None) -> int: ...
 
+    def queued_counts(self, owner: str) -> tuple[int, int]:
+        """(the owner's queued jobs, all queued jobs)."""
+        return self.count_queued(owner), self.count_queued()
+
     # -- transitions ---------------------------------------------------------------------
     @abstractmethod
     def claim(self, job_id: str, worker: str) -> dict[str, Any] | None:
         """queued → running for ``worker`` (attempts + 1). None if not queued."""
+
+    def claim_and_announce(self, job_id: str, worker: str) -> dict[str, Any] | None:
+        """``claim``, then append the status event of the start (``running_event``)."""
+        job = self.claim(job_id, worker)
+        if job is not None:
+            self.append_event(job_id, *running_event(job["attempts"]))
+        return job
 
     @abstractmethod
     def set_progress(self, job_id: str, step: int, total: int) -> None: ...
@@ -109,6 +134,29 @@ class JobStore(ABC):
     ) -> dict[str, Any] | None:
         """Record a terminal status. With a worker: only while that worker holds the job
         (running); without: only while the job is not terminal. Returns the new job or None."""
+
+    @staticmethod
+    def final_events(status: str, output: dict[str, Any] | None,
+                     error: dict[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
+        """The events that end a job's stream: its output or error, then its status."""
+        events: list[tuple[str, dict[str, Any]]] = []
+        if output is not None:
+            events.append(("output", output))
+        if error is not None:
+            events.append(("error", error))
+        events.append(("status", {"status": status}))
+        return events
+
+    def finish_and_announce(
+        self, job_id: str, worker: str | None, status: str,
+        output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """``finish``, then append ``final_events`` (only if the finish took effect)."""
+        job = self.finish(job_id, worker, status, output=output, error=error)
+        if job is not None:
+            for type_, data in self.final_events(status, output, error):
+                self.append_event(job_id, type_, data)
+        return job
 
     @abstractmethod
     def requeue(self, job_id: str, worker: str) -> bool:
@@ -167,17 +215,23 @@ class JobStore(ABC):
         pass
 
     # -- shared helpers ------------------------------------------------------------------
-    def wait_terminal(self, job_id: str, timeout_s: float) -> dict[str, Any] | None:
-        """Block until the job is terminal or the time is up; return the job."""
+    def wait_terminal(self, job_id: str, timeout_s: float, after: int = 0
+                      ) -> dict[str, Any] | None:
+        """Block until the job is terminal or the time is up; return the job.
+
+        It follows the job's events (from ``after``, a sequence number the caller has seen)
+        and reads the record again only when a final status event arrives or none came for
+        a second."""
         deadline = time.monotonic() + timeout_s
-        after = 0
-        while True:
-            job = self.get(job_id)
-            if job is None or job["status"] in TERMINAL:
-                return job
+        job = self.get(job_id)
+        while job is not None and job["status"] not in TERMINAL:
             left = deadline - time.monotonic()
             if left <= 0:
                 return job
             new = self.events(job_id, after, block_s=min(left, 1.0))
             if new:
                 after = new[-1].seq
+            if not new or any(e.type == "status" and e.data.get("status") in TERMINAL
+                              for e in new):
+                job = self.get(job_id)
+        return job

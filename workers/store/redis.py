@@ -14,30 +14,72 @@ from typing import Any, TypeVar
 
 import redis
 
-from workers.store.base import MUTABLE, Event, JobStore, StoreUnavailable, now_iso
+from workers.store.base import MUTABLE, QUEUED, Event, JobStore, StoreUnavailable, now_iso
 
 T = TypeVar("T")
 P = "convoy:"
 
+# The owner's queued set is named from the job's owner inside the script (one round trip
+# instead of a read first); this needs a single Redis, not a cluster.
+_OWNER = """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if not owner then owner = cjson.decode(redis.call('HGET', KEYS[1], 'fixed'))['owner'] end
+"""
+# KEYS: job, queued, running, events. ARGV: worker, started_at, id, owner-set prefix,
+# events ttl, '1' to append the running event. → the job or 0
 _CLAIM = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+""" + _OWNER + """
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('SREM', KEYS[2], ARGV[3]); redis.call('SREM', KEYS[3], ARGV[3])
-redis.call('SADD', KEYS[4], ARGV[3])
-return 1
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('SREM', KEYS[2], ARGV[3]); redis.call('SREM', ARGV[4] .. owner, ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[3])
+if ARGV[6] == '1' then
+  local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  redis.call('XADD', KEYS[4], n .. '-1', 'type', 'status',
+             'data', '{"status": "running", "attempt": ' .. attempt .. '}')
+  redis.call('EXPIRE', KEYS[4], ARGV[5])
+end
+return redis.call('HGETALL', KEYS[1])
 """
-# ARGV: worker ('' for any), status, output, error, finished_at, id
+# KEYS: job, queued, running, events. ARGV: worker ('' for any), status, output, error,
+# finished_at, id, owner-set prefix, events ttl, then (type, data) of each event to append.
+# → the job or 0
 _FINISH = """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s or s == 'succeeded' or s == 'failed' or s == 'canceled' then return 0 end
 if ARGV[1] ~= '' and (s ~= 'running' or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1]) then
   return 0
 end
+""" + _OWNER + """
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'output', ARGV[3], 'error', ARGV[4],
            'finished_at', ARGV[5])
-redis.call('SREM', KEYS[2], ARGV[6]); redis.call('SREM', KEYS[3], ARGV[6])
-redis.call('SREM', KEYS[4], ARGV[6])
+redis.call('SREM', KEYS[2], ARGV[6]); redis.call('SREM', ARGV[7] .. owner, ARGV[6])
+redis.call('SREM', KEYS[3], ARGV[6])
+for i = 9, #ARGV, 2 do
+  local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  redis.call('XADD', KEYS[4], n .. '-1', 'type', ARGV[i], 'data', ARGV[i + 1])
+  redis.call('EXPIRE', KEYS[4], ARGV[8])
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+# KEYS: job, counter, owner's jobs, queued, owner's queued, events. ARGV: fixed, ttl, id,
+# owner, the first event's (type, data) or nothing. → 1 if created, else the existing job
+_CREATE = """
+if redis.call('HSETNX', KEYS[1], 'fixed', ARGV[1]) == 0 then
+  return redis.call('HGETALL', KEYS[1])
+end
+local n = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0, 'seq', 0, 'n', n, 'cancel', 0,
+           'owner', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[3], n, ARGV[3])
+redis.call('SADD', KEYS[4], ARGV[3]); redis.call('SADD', KEYS[5], ARGV[3])
+if ARGV[5] then
+  redis.call('HSET', KEYS[1], 'seq', 1)
+  redis.call('XADD', KEYS[6], '1-1', 'type', ARGV[5], 'data', ARGV[6])
+  redis.call('EXPIRE', KEYS[6], ARGV[2])
+end
 return 1
 """
 _REQUEUE = """
@@ -76,6 +118,7 @@ class RedisStore(JobStore):
         opts: dict[str, Any] = dict(socket_connect_timeout=2.0, retry_on_timeout=False)
         self.r = redis.Redis.from_url(url, socket_timeout=3.0, **opts)
         self._claim = self.r.register_script(_CLAIM)
+        self._create = self.r.register_script(_CREATE)
         self._finish = self.r.register_script(_FINISH)
         self._requeue = self.r.register_script(_REQUEUE)
         self._append = self.r.register_script(_APPEND)
@@ -86,6 +129,14 @@ class RedisStore(JobStore):
 
     def _status_keys(self, job_id: str, owner: str) -> list[str]:
         return [self._k(job_id), f"{P}queued", f"{P}queued:{owner}", f"{P}running"]
+
+    @classmethod
+    def _decode_flat(cls, flat: Any) -> dict[str, Any] | None:
+        """A job from a script's HGETALL reply (a flat list), or None for a 0 reply."""
+        if not isinstance(flat, list):
+            return None
+        it = iter(flat)
+        return cls._decode(dict(zip(it, it, strict=True)))
 
     @staticmethod
     def _decode(h: dict[bytes, bytes]) -> dict[str, Any] | None:
@@ -105,24 +156,27 @@ class RedisStore(JobStore):
         return job
 
     # -- records ---------------------------------------------------------------------------
-    @_guard
     def create(self, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        key = self._k(job["id"])
-        fixed = {k: v for k, v in job.items() if k not in MUTABLE}
-        if not self.r.hsetnx(key, "fixed", json.dumps(fixed)):
-            existing = self.get(job["id"])
+        return self._create_job(job, announce=False)
+
+    def create_and_announce(self, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        return self._create_job(job, announce=True)
+
+    @_guard
+    def _create_job(self, job: dict[str, Any], announce: bool) -> tuple[dict[str, Any], bool]:
+        jid, owner = job["id"], job["owner"]
+        fixed = json.dumps({k: v for k, v in job.items() if k not in MUTABLE})
+        first = [QUEUED[0], json.dumps(QUEUED[1])] if announce else []
+        reply = self._create(
+            keys=[self._k(jid), f"{P}counter", f"{P}owner:{owner}", f"{P}queued",
+                  f"{P}queued:{owner}", f"{P}events:{jid}"],
+            args=[fixed, self.retention_s, jid, owner, *first])
+        if reply != 1:
+            existing = self._decode_flat(reply)
             assert existing is not None
             return existing, False
-        n = self.r.incr(f"{P}counter")
-        pipe = self.r.pipeline()
-        pipe.hset(key, mapping={"status": "queued", "attempts": 0, "seq": 0, "n": n, "cancel": 0})
-        pipe.expire(key, self.retention_s)
-        pipe.zadd(f"{P}owner:{job['owner']}", {job["id"]: n})
-        pipe.sadd(f"{P}queued", job["id"])
-        pipe.sadd(f"{P}queued:{job['owner']}", job["id"])
-        pipe.execute()
-        created = self.get(job["id"])
-        assert created is not None
+        created: dict[str, Any] = {**json.loads(fixed), **dict.fromkeys(MUTABLE)}
+        created.update(status="queued", attempts=0, cancel_requested=False)
         return created, True
 
     @_guard
@@ -160,16 +214,27 @@ class RedisStore(JobStore):
     def count_queued(self, owner: str | None = None) -> int:
         return int(self.r.scard(f"{P}queued" if owner is None else f"{P}queued:{owner}"))
 
-    # -- transitions -------------------------------------------------------------------------
     @_guard
+    def queued_counts(self, owner: str) -> tuple[int, int]:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.scard(f"{P}queued:{owner}")
+        pipe.scard(f"{P}queued")
+        mine, everyone = pipe.execute()
+        return int(mine), int(everyone)
+
+    # -- transitions -------------------------------------------------------------------------
     def claim(self, job_id: str, worker: str) -> dict[str, Any] | None:
-        job = self.get(job_id)
-        if job is None:
-            return None
-        if not self._claim(keys=self._status_keys(job_id, job["owner"]),
-                           args=[worker, now_iso(), job_id]):
-            return None
-        return self.get(job_id)
+        return self._claim_job(job_id, worker, announce=False)
+
+    def claim_and_announce(self, job_id: str, worker: str) -> dict[str, Any] | None:
+        return self._claim_job(job_id, worker, announce=True)
+
+    @_guard
+    def _claim_job(self, job_id: str, worker: str, announce: bool) -> dict[str, Any] | None:
+        return self._decode_flat(self._claim(
+            keys=[self._k(job_id), f"{P}queued", f"{P}running", f"{P}events:{job_id}"],
+            args=[worker, now_iso(), job_id, f"{P}queued:", self.retention_s,
+                  "1" if announce else ""]))
 
     @_guard
     def set_progress(self, job_id: str, step: int, total: int) -> None:
@@ -180,14 +245,22 @@ class RedisStore(JobStore):
         self, job_id: str, worker: str | None, status: str,
         output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
-        job = self.get(job_id)
-        if job is None:
-            return None
-        ok = self._finish(
-            keys=self._status_keys(job_id, job["owner"]),
-            args=[worker or "", status, json.dumps(output), json.dumps(error), now_iso(), job_id],
-        )
-        return self.get(job_id) if ok else None
+        return self.finish_and_announce(job_id, worker, status, output, error, announce=False)
+
+    @_guard
+    def finish_and_announce(
+        self, job_id: str, worker: str | None, status: str,
+        output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+        announce: bool = True,
+    ) -> dict[str, Any] | None:
+        events: list[Any] = []
+        if announce:
+            for type_, data in self.final_events(status, output, error):
+                events += [type_, json.dumps(data)]
+        return self._decode_flat(self._finish(
+            keys=[self._k(job_id), f"{P}queued", f"{P}running", f"{P}events:{job_id}"],
+            args=[worker or "", status, json.dumps(output), json.dumps(error), now_iso(), job_id,
+                  f"{P}queued:", self.retention_s, *events]))
 
     @_guard
     def requeue(self, job_id: str, worker: str) -> bool:

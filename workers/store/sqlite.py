@@ -11,7 +11,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from workers.store.base import MUTABLE, TERMINAL, Event, JobStore, StoreUnavailable, now_iso
+from workers.store.base import (
+    MUTABLE,
+    QUEUED,
+    TERMINAL,
+    Event,
+    JobStore,
+    StoreUnavailable,
+    now_iso,
+    running_event,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -95,18 +104,30 @@ class SQLiteStore(JobStore):
     # -- records ---------------------------------------------------------------------------
     def create(self, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         with self._tx() as db:
-            existing = self._row(db, job["id"])
-            if existing is not None:
-                return existing, False
-            fixed = {k: v for k, v in job.items() if k not in MUTABLE}
-            mutable = {k: job.get(k) for k in MUTABLE}
-            db.execute(
-                "INSERT INTO jobs (id, owner, kind, status, fixed, mutable, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job["id"], job["owner"], job["kind"], job["status"], json.dumps(fixed),
-                 json.dumps(mutable), time.time() + self.retention_s),
-            )
-        return job, True
+            return self._create(db, job)
+
+    def create_and_announce(self, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        with self._tx() as db:
+            record, created = self._create(db, job)
+            if created:
+                self._append(db, job["id"], *QUEUED)
+            return record, created
+
+    def _create(self, db: sqlite3.Connection, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        existing = self._row(db, job["id"])
+        if existing is not None:
+            return existing, False
+        fixed = json.dumps({k: v for k, v in job.items() if k not in MUTABLE})
+        mutable = json.dumps({k: job.get(k) for k in MUTABLE})
+        db.execute(
+            "INSERT INTO jobs (id, owner, kind, status, fixed, mutable, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (job["id"], job["owner"], job["kind"], job["status"], fixed, mutable,
+             time.time() + self.retention_s),
+        )
+        created = self._job((fixed, mutable))
+        assert created is not None
+        return created, True
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         try:
@@ -148,13 +169,23 @@ class SQLiteStore(JobStore):
     # -- transitions -------------------------------------------------------------------------
     def claim(self, job_id: str, worker: str) -> dict[str, Any] | None:
         with self._tx() as db:
-            job = self._row(db, job_id)
-            if job is None or job["status"] != "queued":
-                return None
-            job.update(status="running", worker=worker, attempts=(job.get("attempts") or 0) + 1,
-                       started_at=now_iso())
-            self._write(db, job)
+            return self._claim(db, job_id, worker)
+
+    def claim_and_announce(self, job_id: str, worker: str) -> dict[str, Any] | None:
+        with self._tx() as db:
+            job = self._claim(db, job_id, worker)
+            if job is not None:
+                self._append(db, job_id, *running_event(job["attempts"]))
             return job
+
+    def _claim(self, db: sqlite3.Connection, job_id: str, worker: str) -> dict[str, Any] | None:
+        job = self._row(db, job_id)
+        if job is None or job["status"] != "queued":
+            return None
+        job.update(status="running", worker=worker, attempts=(job.get("attempts") or 0) + 1,
+                   started_at=now_iso())
+        self._write(db, job)
+        return job
 
     def set_progress(self, job_id: str, step: int, total: int) -> None:
         with self._tx() as db:
@@ -168,14 +199,30 @@ class SQLiteStore(JobStore):
         output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         with self._tx() as db:
-            job = self._row(db, job_id)
-            if job is None or job["status"] in TERMINAL:
-                return None
-            if worker is not None and (job["status"] != "running" or job.get("worker") != worker):
-                return None
-            job.update(status=status, output=output, error=error, finished_at=now_iso())
-            self._write(db, job)
+            return self._finish(db, job_id, worker, status, output, error)
+
+    def finish_and_announce(
+        self, job_id: str, worker: str | None, status: str,
+        output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        with self._tx() as db:  # the outcome and its events in one transaction
+            job = self._finish(db, job_id, worker, status, output, error)
+            if job is not None:
+                for type_, data in self.final_events(status, output, error):
+                    self._append(db, job_id, type_, data)
             return job
+
+    def _finish(self, db: sqlite3.Connection, job_id: str, worker: str | None, status: str,
+                output: dict[str, Any] | None, error: dict[str, Any] | None
+                ) -> dict[str, Any] | None:
+        job = self._row(db, job_id)
+        if job is None or job["status"] in TERMINAL:
+            return None
+        if worker is not None and (job["status"] != "running" or job.get("worker") != worker):
+            return None
+        job.update(status=status, output=output, error=error, finished_at=now_iso())
+        self._write(db, job)
+        return job
 
     def requeue(self, job_id: str, worker: str) -> bool:
         with self._tx() as db:
@@ -188,7 +235,8 @@ class SQLiteStore(JobStore):
 
     def request_cancel(self, job_id: str) -> None:
         with self._tx() as db:
-            db.execute("UPDATE jobs SET cancel = 1 WHERE id = ?", (job_id,))
+            db.execute("UPDATE jobs SET cancel = 1, mutable = json_set(mutable, "
+                       "'$.cancel_requested', json('true')) WHERE id = ?", (job_id,))
 
     def cancel_requested(self, job_id: str) -> bool:
         row = self._db().execute("SELECT cancel FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -201,14 +249,17 @@ class SQLiteStore(JobStore):
     # -- events ------------------------------------------------------------------------------
     def append_event(self, job_id: str, type: str, data: dict[str, Any]) -> int:
         with self._tx() as db:
-            db.execute("UPDATE jobs SET seq = seq + 1 WHERE id = ?", (job_id,))
-            row = db.execute("SELECT seq FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise KeyError(job_id)
-            seq = int(row[0])
-            db.execute("INSERT INTO events VALUES (?, ?, ?, ?)",
-                       (job_id, seq, type, json.dumps(data)))
-            return seq
+            return self._append(db, job_id, type, data)
+
+    @staticmethod
+    def _append(db: sqlite3.Connection, job_id: str, type: str, data: dict[str, Any]) -> int:
+        db.execute("UPDATE jobs SET seq = seq + 1 WHERE id = ?", (job_id,))
+        row = db.execute("SELECT seq FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise KeyError(job_id)
+        seq = int(row[0])
+        db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (job_id, seq, type, json.dumps(data)))
+        return seq
 
     def events(self, job_id: str, after: int = 0, block_s: float = 0.0) -> list[Event]:
         deadline = time.monotonic() + block_s

@@ -1,0 +1,64 @@
+"""What a worker counts about its jobs, reported through its heartbeat for ``GET /metrics``:
+jobs by kind/model/status and histograms of queue wait, run time and batch size."""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from typing import Any
+
+SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Histogram:
+    def __init__(self, bounds: tuple[float, ...], help: str) -> None:
+        self.bounds = bounds
+        self.help = help
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def snapshot(self) -> dict[str, Any]:
+        """Cumulative bucket counts keyed by upper bound, as Prometheus has them."""
+        buckets: dict[str, int] = {}
+        running = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            buckets["+Inf" if bound == float("inf") else str(float(bound))] = running
+        return {"buckets": buckets, "sum": self.sum, "help": self.help}
+
+
+class WorkerStats:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.jobs: dict[str, int] = {}
+        self.histograms = {
+            "queue_wait_seconds": Histogram(SECONDS, "Time jobs waited between submission and "
+                                                     "their start on a worker"),
+            "run_seconds": Histogram(SECONDS, "Time from a job's start on a worker to its end"),
+            "batch_size": Histogram(SIZES, "Requests per batched forward pass or sampling loop"),
+        }
+
+    def job(self, kind: str, model: str, status: str, queue_wait_s: float | None = None,
+            run_s: float | None = None) -> None:
+        """Count a job that ended here; the times only when it ran here."""
+        with self._lock:
+            key = f"{kind}|{model}|{status}"
+            self.jobs[key] = self.jobs.get(key, 0) + 1
+            if queue_wait_s is not None:
+                self.histograms["queue_wait_seconds"].observe(max(0.0, queue_wait_s))
+            if run_s is not None:
+                self.histograms["run_seconds"].observe(run_s)
+
+    def batch(self, size: int) -> None:
+        with self._lock:
+            self.histograms["batch_size"].observe(size)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"jobs": dict(self.jobs),
+                    "histograms": {name: h.snapshot() for name, h in self.histograms.items()}}
