@@ -8,6 +8,7 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,8 @@ from workers.contract import prepare
 from workers.errors import ConvoyError
 from workers.settings import Settings, new_id
 from workers.stats import WorkerStats
-from workers.store import JobStore
+from workers.store import JobStore, StoreUnavailable
+from workers.store.patient import patient
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -80,11 +82,15 @@ class WorkerRuntime:
         self.jobs_done = 0
         self.started = time.time()
         self._stop = threading.Event()
+        # Outcomes wait out a store outage; progress and previews are dropped during one.
+        self.durable = patient(store, settings.store_patience_s)
+        self._active: Counter[str] = Counter()  # jobs a thread of this process is running
+        self._active_lock = threading.Lock()
 
     # -- one job -------------------------------------------------------------------------------
     def run_job(self, job_id: str) -> str:
         """Run a job to its end; return what happened (for logs and tests)."""
-        job = self.store.get(job_id)
+        job = self.durable.get(job_id)
         marks: dict[str, float] = {}
         outcome = self._run(job_id, job, marks)
         if job is not None and outcome != "missing" and not outcome.startswith("skipped"):
@@ -100,17 +106,18 @@ class WorkerRuntime:
         if job["status"] != "queued":
             return f"skipped ({job['status']})"  # redelivered: already running or finished
         if job.get("cancel_requested"):  # the record carries the flag: no extra read
-            finish_and_announce(self.store, job_id, None, "canceled")
+            finish_and_announce(self.durable, job_id, None, "canceled")
             return "canceled"
         if job.get("attempts", 0) >= self.settings.max_attempts:
-            finish_and_announce(self.store, job_id, None, "failed", error={
+            finish_and_announce(self.durable, job_id, None, "failed", error={
                 "code": "worker_lost",
                 "message": f"the job ended its worker {job['attempts']} times"})
             return "worker_lost"
         self.batcher.expect()
         submitted = False
+        self._hold(job_id, +1)
         try:
-            claimed = self.store.claim_and_announce(job_id, self.id)
+            claimed = self.durable.claim_and_announce(job_id, self.id)
             if claimed is None:
                 return "skipped (claimed elsewhere)"
             marks["claimed"] = time.monotonic()
@@ -125,14 +132,14 @@ class WorkerRuntime:
                 output = future.result(timeout=max(0.0, deadline - time.time()) + 1.0)
             except FutureTimeout:
                 output = future.result(timeout=5.0)  # the executor noticed the deadline
-            output = link_artifacts(self.store, job_id, output)
-            finish_and_announce(self.store, job_id, self.id, "succeeded", output=output)
+            output = link_artifacts(self.durable, job_id, output)
+            finish_and_announce(self.durable, job_id, self.id, "succeeded", output=output)
             return "succeeded"
         except Stopped as e:
             if e.reason == "timeout":
                 self._fail(job_id, "timeout", "the job ran past its deadline")
             else:
-                finish_and_announce(self.store, job_id, self.id, "canceled")
+                finish_and_announce(self.durable, job_id, self.id, "canceled")
             return e.reason
         except (InvalidRequest, ConvoyError, ModelNotFound, ValueError) as e:
             self._fail(job_id, "invalid_input", str(e))
@@ -148,12 +155,19 @@ class WorkerRuntime:
             self._fail(job_id, "internal", f"{type(e).__name__}: {e}")
             return "internal"
         finally:
+            self._hold(job_id, -1)
             if not submitted:
                 self.batcher.unexpect()
             self.jobs_done += 1
 
+    def _hold(self, job_id: str, delta: int) -> None:
+        with self._active_lock:
+            self._active[job_id] += delta
+            if self._active[job_id] <= 0:
+                del self._active[job_id]
+
     def _fail(self, job_id: str, code: str, message: str) -> None:
-        finish_and_announce(self.store, job_id, self.id, "failed",
+        finish_and_announce(self.durable, job_id, self.id, "failed",
                             error={"code": code, "message": message[:2000]})
 
     def _deadline(self, job: dict[str, Any]) -> float:
@@ -172,18 +186,27 @@ class WorkerRuntime:
             # The flag is read at most every CANCEL_POLL_S: a batch of fast steps would
             # otherwise spend its time asking the store.
             if time.monotonic() - checked[0] >= CANCEL_POLL_S:
-                if self.store.cancel_requested(job_id):
-                    return "canceled"
-                checked[0] = time.monotonic()
+                try:
+                    if self.store.cancel_requested(job_id):
+                        return "canceled"
+                    checked[0] = time.monotonic()
+                except StoreUnavailable:
+                    pass  # a store outage is no reason to stop: the outcome waits for the store
             return "timeout" if time.time() > deadline else None
 
         def on_progress(step: int, total: int) -> None:
-            self.store.set_progress(job_id, step, total)
-            self.store.append_event(job_id, "progress", {"step": step, "total": total})
+            try:
+                self.store.set_progress(job_id, step, total)
+                self.store.append_event(job_id, "progress", {"step": step, "total": total})
+            except StoreUnavailable as e:
+                log.warning("job %s: progress %d/%d not recorded (%s)", job_id, step, total, e)
 
         def on_preview(artifact: Artifact) -> None:
-            link = link_artifacts(self.store, job_id, artifact)
-            self.store.append_event(job_id, "preview", link)
+            try:
+                link = link_artifacts(self.store, job_id, artifact)
+                self.store.append_event(job_id, "preview", link)
+            except StoreUnavailable as e:
+                log.warning("job %s: preview %s not recorded (%s)", job_id, artifact.name, e)
 
         return Item(job_id=job_id, predictor=predictor, entry=entry,
                     request=Request(job["kind"], data), wanted=wanted,
@@ -207,12 +230,18 @@ class WorkerRuntime:
         self.store.heartbeat(self.id, self.info(), ttl_s=self.settings.worker_dead_after_s)
 
     def reap(self) -> int:
-        """Hand back the jobs of workers whose heartbeat stopped; return how many."""
-        live = {w["id"] for w in self.store.workers()} | {self.id}
+        """Hand back the jobs of workers whose heartbeat stopped, and this worker's own jobs
+        that no thread runs any more (a run that could not record its outcome); return how
+        many."""
+        live = {w["id"] for w in self.store.workers()} - {self.id}
         handed = 0
         for job_id, worker in self.store.running_jobs():
             if worker in live:
                 continue
+            if worker == self.id:
+                with self._active_lock:
+                    if job_id in self._active:
+                        continue
             job = self.store.get(job_id)
             if job is None:
                 continue
@@ -222,7 +251,8 @@ class WorkerRuntime:
                     "message": f"the job's worker was lost {job['attempts']} times"})
                 continue
             if self.store.requeue(job_id, worker):
-                self.store.append_event(job_id, "log", {"message": f"worker {worker} was lost;"
+                why = "could not record its outcome" if worker == self.id else "was lost"
+                self.store.append_event(job_id, "log", {"message": f"worker {worker} {why};"
                                                         " the job is queued again"})
                 self.store.append_event(job_id, "status", {"status": "queued"})
                 if self.celery is not None:
@@ -242,6 +272,8 @@ class WorkerRuntime:
                         log.warning("requeued %d jobs of lost workers", handed)
                 if beats % 600 == 0:
                     self.store.purge_expired()
+            except StoreUnavailable as e:
+                log.warning("heartbeat skipped: %s", e)  # the next beat tries again
             except Exception:
                 log.exception("heartbeat failed")
             beats += 1

@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     memory_budget: str | None = None  # per device: bytes ("2GB") or fraction ("0.8")
     poll_interval_s: float = 0.02  # embedded broker polling
     torch_threads: int = 0  # torch CPU threads per worker; 0: half the cores (the rest run the queue)
+    store_patience_s: float = 600.0  # a worker waits this long for a down store to record a job
 
     @field_validator("catalog", mode="before")
     @classmethod
