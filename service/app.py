@@ -66,6 +66,8 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # a body that is not JSON at all: invalid input, as in API.md
+            return _error(422, "invalid_input", str(exc.detail))
         code = _HTTP_CODES.get(exc.status_code, "invalid_input" if exc.status_code < 500
                                else "internal")
         return _error(exc.status_code, code, str(exc.detail))

@@ -42,6 +42,11 @@ class BodyLimit:
 
         async def tracking_send(message: Message) -> None:
             nonlocal response_started
+            if too_large:  # the app caught the error and answered (FastAPI says 400): say 413
+                if not response_started:
+                    response_started = True
+                    await self._too_large(send)
+                return
             if message["type"] == "http.response.start":
                 response_started = True
             await send(message)

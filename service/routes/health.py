@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from service.deps import StateDep
 from service.metrics import render
@@ -18,7 +19,15 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, Any]
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {
+    "model": Readiness, "description": "not ready: the store or broker does not answer, or no "
+    "worker was seen", "headers": {"Retry-After": {"schema": {"type": "integer"},
+                                                   "required": True}}}})
 def readyz(state: StateDep) -> JSONResponse:
     """200 when the store and broker answer and a worker was seen within its heartbeat."""
     checks: dict[str, Any] = {}

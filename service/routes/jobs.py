@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from service.deps import Caller, CallerDep, State, StateDep
+from service.errors import V1_ERRORS, error_responses
 from service.metrics import JOBS_SUBMITTED
 from workers.celery_app import dispatch
 from workers.contract import JobRequest, check, request_hash
@@ -22,7 +23,7 @@ from workers.settings import new_id
 from workers.store import TERMINAL, public_record
 from workers.store.base import STATUSES, now_iso
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1_ERRORS)
 _WAIT = re.compile(r"wait\s*=\s*(\d+(?:\.\d+)?)")
 
 
@@ -42,7 +43,8 @@ def _prefer_wait(prefer: str | None, limit: float) -> float:
 
 
 @router.post("", status_code=202, responses={200: {"description": "finished (Prefer: wait) or "
-                                                    "an idempotent resubmission"}})
+                                                    "an idempotent resubmission"},
+                                               **error_responses(409, 415, 429)})
 def submit(
     state: StateDep,
     caller: CallerDep,

@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import APIRouter
 
 from service.deps import CallerDep, StateDep
+from service.errors import V1_ERRORS
 
-router = APIRouter(prefix="/v1", tags=["models"])
+router = APIRouter(prefix="/v1", tags=["models"], responses=V1_ERRORS)
 
 
 @router.get("/models")
