@@ -1,0 +1,88 @@
+"""The ``segment`` predictor: a U-Net's class mask, a colour overlay and per-class areas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models.checkpoint import load_model
+from models.images import batch_tensor, png_artifact
+from models.predictor import Predictor, Request, StepCallback
+from models.registry import register_predictor
+
+# Overlay colours by class index; background (0) is left uncoloured.
+PALETTE = [
+    (0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25),
+    (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230), (128, 128, 0),
+]
+OVERLAY_ALPHA = 0.5
+
+
+def colour_of(index: int) -> tuple[int, int, int]:
+    return PALETTE[index % len(PALETTE)] if index else PALETTE[0]
+
+
+def overlay(image: Image.Image, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> Image.Image:
+    """The RGB image with each non-background pixel blended towards its class colour."""
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    colours = np.array([colour_of(i) for i in range(int(mask.max()) + 1)], dtype=np.float32)
+    tint = colours[mask]  # (H, W, 3)
+    blend = np.where((mask > 0)[..., None], (1 - alpha) * base + alpha * tint, base)
+    return Image.fromarray(np.clip(blend + 0.5, 0, 255).astype(np.uint8))
+
+
+def class_areas(mask: np.ndarray, labels: list[str], num_classes: int) -> list[dict[str, Any]]:
+    """Pixel count and fraction of every class, background included, by index."""
+    counts = np.bincount(mask.ravel(), minlength=num_classes)
+    total = int(mask.size)
+    return [
+        {"label": labels[i] if i < len(labels) else str(i), "index": i,
+         "pixels": int(counts[i]), "fraction": float(counts[i]) / total}
+        for i in range(num_classes)
+    ]
+
+
+@register_predictor("unet")
+class SegmentationPredictor(Predictor):
+    kinds = ("segment",)
+
+    def load(self) -> None:
+        assert self.entry.weights is not None, f"{self.entry.name} has no weights"
+        self.model, sidecar = load_model(self.entry.weights, self.entry.sha256, self.device)
+        self.num_classes = int(sidecar["config"]["num_classes"])
+        norm = sidecar.get("normalize") or {}
+        c = self.entry.input.channels
+        self.mean = torch.tensor(norm.get("mean", [0.0] * c), device=self.device).view(1, c, 1, 1)
+        self.std = torch.tensor(norm.get("std", [1.0] * c), device=self.device).view(1, c, 1, 1)
+
+    def modules_for_memory(self) -> list[torch.nn.Module]:
+        return [self.model]
+
+    @torch.inference_mode()
+    def predict(
+        self, batch: list[Request], on_step: StepCallback | None = None
+    ) -> list[dict[str, Any] | None]:
+        spec = self.entry.input
+        images: list[Image.Image] = [r.input["image"] for r in batch]
+        # 1. one forward pass for the whole batch at the model's size: (B, C, h, w)
+        x = batch_tensor(images, spec.channels, spec.height, spec.width).to(self.device)
+        logits = self.model((x - self.mean) / self.std)  # (B, K, h, w)
+        masks = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()  # (B, h, w)
+        results: list[dict[str, Any] | None] = []
+        for image, small in zip(images, masks, strict=True):
+            # 2. mask back to the input's size, nearest-neighbour so indices stay classes
+            mask_image = Image.fromarray(small)
+            if mask_image.size != image.size:
+                mask_image = mask_image.resize(image.size, Image.Resampling.NEAREST)
+            mask = np.asarray(mask_image)
+            # 3. overlay on the input as sent, and per-class areas
+            results.append({
+                "mask": png_artifact("mask.png", mask_image),
+                "overlay": png_artifact("overlay.png", overlay(image, mask)),
+                "classes": class_areas(mask, self.entry.labels, self.num_classes),
+                "input_size": {"height": spec.height, "width": spec.width},
+            })
+        return results
