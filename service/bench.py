@@ -11,8 +11,6 @@ in one run, on this machine, prints a table and writes JSON.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import platform
@@ -29,7 +27,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from service.bench_stack import Stack, bench_redis_url, echo_round_trips, run_clients
+from service.bench_stack import (
+    Stack,
+    bench_redis_url,
+    device_of,
+    echo_round_trips,
+    load_catalog,
+    load_predictor,
+    requests_for,
+    run_clients,
+    sample_images,
+)
 
 console = Console(width=None if sys.stdout.isatty() else 150)
 LATENCY_MODEL = "lenet5-digits"
@@ -61,60 +69,6 @@ def _n(opts: BenchOptions, n: int) -> int:
     return max(4, int(n * opts.scale))
 
 
-def _catalog() -> Any:
-    from models.catalog import Catalog
-    from workers.settings import Settings
-
-    return Catalog.load(Settings().catalog)
-
-
-def _device(name: str) -> Any:
-    from workers.worker import resolve_device
-
-    return resolve_device(name)
-
-
-def _load(entry: Any, device: Any) -> Any:
-    """The entry's predictor, loaded the way a worker loads it."""
-    import torch
-
-    from workers.cache import ModelCache
-    from workers.settings import Settings
-    from workers.worker import cpu_threads
-
-    if device.type == "cpu":
-        torch.set_num_threads(cpu_threads(Settings()))  # as a worker does
-    return ModelCache(device).get(entry)
-
-
-def sample_images(entry: Any, n: int) -> list[str]:
-    """``n`` base64 PNGs fit for the entry's input: held-out digits or shapes samples."""
-    from models.images import to_pil
-
-    if entry.input.channels == 1:
-        from models.data.digits import load_digits_split
-
-        x = load_digits_split(32)[2]
-    else:
-        from models.data.shapes import make_classification
-
-        x = make_classification(min(n, 256), seed=7)[0]
-    out = []
-    for i in range(n):
-        buf = io.BytesIO()
-        to_pil(x[i % len(x)]).save(buf, format="PNG")
-        out.append(base64.b64encode(buf.getvalue()).decode())
-    return out
-
-
-def _requests(kind: str, inputs: list[dict[str, Any]], entry: Any) -> list[Any]:
-    from models.predictor import Request
-    from workers.contract import check, prepare
-
-    return [Request(kind, prepare(kind, check(kind, dict(i), entry, 1 << 30), entry, 1 << 30))
-            for i in inputs]
-
-
 def _timed(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -125,15 +79,17 @@ def _write(opts: BenchOptions, name: str, result: dict[str, Any]) -> Path:
     import torch
 
     opts.out.mkdir(parents=True, exist_ok=True)
-    device = _device(opts.device)
+    device = device_of(opts.device)
     result["machine"] = {
         "platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "load_average_1m": os.getloadavg()[0],  # other work on the machine skews the figures
     }
     path = opts.out / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path} (load average {result['machine']['load_average_1m']:.1f} on "
+                  f"{result['machine']['cpus']} CPUs)")
     return path
 
 
@@ -145,11 +101,11 @@ def _stack(opts: BenchOptions, mode: str, preload: str, **env: str) -> Stack:
 # -- latency -----------------------------------------------------------------------------------
 def latency(opts: BenchOptions) -> dict[str, Any]:
     """p50/p99 of one classify job at a time, against the forward pass and a Celery echo."""
-    entry = _catalog().get(opts.model or LATENCY_MODEL)
-    predictor = _load(entry, _device(opts.device))
+    entry = load_catalog().get(opts.model or LATENCY_MODEL)
+    predictor = load_predictor(entry, device_of(opts.device))
     image = sample_images(entry, 1)[0]
     body = {"kind": "classify", "model": entry.name, "input": {"image": image}}
-    request = _requests("classify", [{"image": image}], entry)
+    request = requests_for("classify", [{"image": image}], entry)
     rounds, per_round = 5, _n(opts, 40)
     rows = []
     for mode in opts.modes:
@@ -202,7 +158,7 @@ def latency(opts: BenchOptions) -> dict[str, Any]:
 
 # -- throughput --------------------------------------------------------------------------------
 def _throughput_model(opts: BenchOptions) -> Any:
-    catalog = _catalog()
+    catalog = load_catalog()
     for name in ((opts.model,) if opts.model else THROUGHPUT_MODELS):
         if name in catalog.entries:
             return catalog.get(name)
@@ -221,9 +177,9 @@ def _direct_rate(predictor: Any, requests: list[Any], batch: int) -> float:
 def throughput(opts: BenchOptions, levels: tuple[int, ...] = (1, 8, 64)) -> dict[str, Any]:
     """Jobs per second at each client count, against the model in-process, batched."""
     entry = _throughput_model(opts)
-    predictor = _load(entry, _device(opts.device))
+    predictor = load_predictor(entry, device_of(opts.device))
     images = sample_images(entry, 256)
-    requests = _requests("classify", [{"image": im} for im in images], entry)
+    requests = requests_for("classify", [{"image": im} for im in images], entry)
     direct_n = max(entry.max_batch, _n(opts, 512) // entry.max_batch * entry.max_batch)
     direct_requests = [requests[i % len(requests)] for i in range(direct_n)]
 
@@ -293,24 +249,25 @@ def _batch_sizes(url: str) -> float:
 
 # -- generate ----------------------------------------------------------------------------------
 def generate(opts: BenchOptions, steps: int = 20) -> dict[str, Any] | None:
-    """Images/s of generate jobs (one image each, ``max_batch`` at once) against
-    ``predict`` on the same batch of requests in-process."""
-    catalog = _catalog()
+    """Images/s of generate jobs (one image each) against ``predict`` on batches of the
+    same size in-process. Twice ``max_batch`` clients keep the service saturated, as the
+    direct loop is: while one batch runs, the next one waits."""
+    catalog = load_catalog()
     name = opts.model or GENERATE_MODEL
     if name not in catalog.entries:
         console.print(f"generate: skipped, {name} is not in the catalog (its weights are not "
                       "trained: convoy train ddpm-digits)")
         return None
     entry = catalog.get(name)
-    predictor = _load(entry, _device(opts.device))
+    predictor = load_predictor(entry, device_of(opts.device))
     batch = entry.max_batch
-    rounds = _n(opts, 5)
+    rounds = _n(opts, 10)
     label = entry.labels[0] if entry.labels else None
 
     def inp(i: int) -> dict[str, Any]:
         return {"n": 1, "seed": i, "steps": steps, "class_label": label}
 
-    requests = _requests("generate", [inp(i) for i in range(batch)], entry)
+    requests = requests_for("generate", [inp(i) for i in range(batch)], entry)
 
     def body(i: int) -> dict[str, Any]:
         return {"kind": "generate", "model": entry.name, "input": inp(i)}
@@ -325,7 +282,7 @@ def generate(opts: BenchOptions, steps: int = 20) -> dict[str, Any] | None:
         for _ in range(2):
             t = _timed(lambda: [predictor.predict(requests) for _ in range(rounds)])
             direct.append(rounds * batch / t)
-            elapsed, lat = run_clients(stack.url, batch, rounds * batch, body)
+            elapsed, lat = run_clients(stack.url, 2 * batch, rounds * batch, body)
             served.append(len(lat) / elapsed)
         mean_batch = _batch_sizes(stack.url)
     row = {"batch": batch, "steps": steps, "images": rounds * batch * 2,

@@ -1,5 +1,6 @@
-"""What ``convoy bench`` measures against: a service of its own (API and worker processes,
-in either mode), a bare Celery echo worker on the same broker, and an HTTP load generator.
+"""What ``convoy bench`` runs: a service of its own (API and worker processes, in either
+mode), an HTTP load generator, the same model in-process (loaded as a worker loads it, fed
+requests prepared as the service prepares them), and a bare Celery echo on the same broker.
 
 Run as ``python -m service.bench_stack echo-worker`` it is the echo worker: a Celery worker
 with one trivial task that sends its argument back on a reply queue, so a round trip
@@ -9,6 +10,8 @@ through the broker can be timed without any convoy code in the path.
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import os
 import shutil
@@ -211,6 +214,69 @@ async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     if length is None:
         raise RuntimeError("a response without Content-Length")
     return status, await reader.readexactly(length)
+
+
+# -- the model in-process ----------------------------------------------------------------------
+def load_catalog() -> Any:
+    from models.catalog import Catalog
+    from workers.settings import Settings
+
+    return Catalog.load(Settings().catalog)
+
+
+def device_of(name: str) -> Any:
+    from workers.worker import resolve_device
+
+    return resolve_device(name)
+
+
+def load_predictor(entry: Any, device: Any) -> Any:
+    """The entry's predictor, loaded the way a worker loads it."""
+    import torch
+
+    from workers.cache import ModelCache
+    from workers.settings import Settings
+    from workers.worker import cpu_threads
+
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(Settings()))  # as a worker does
+    return ModelCache(device).get(entry)
+
+
+def sample_images(entry: Any, n: int) -> list[str]:
+    """``n`` base64 PNGs fit for the entry's input: held-out digits or shapes samples."""
+    from models.images import to_pil
+
+    if entry.input.channels == 1:
+        from models.data.digits import load_digits_split
+
+        x = load_digits_split(32)[2]
+    else:
+        from models.data.shapes import make_classification
+
+        x = make_classification(min(n, 256), seed=7)[0]
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        to_pil(x[i % len(x)]).save(buf, format="PNG")
+        out.append(base64.b64encode(buf.getvalue()).decode())
+    return out
+
+
+def requests_for(kind: str, inputs: list[dict[str, Any]], entry: Any) -> list[Any]:
+    """Predictor requests from job inputs, validated and prepared as the service does."""
+    from pydantic import TypeAdapter
+
+    from models.predictor import Request
+    from workers.contract import JobRequest, check, prepare
+
+    schema: TypeAdapter[Any] = TypeAdapter(JobRequest)
+    out = []
+    for raw in inputs:
+        body = schema.validate_python({"kind": kind, "model": entry.name, "input": raw})
+        data = check(kind, body.input.model_dump(), entry, 1 << 30)
+        out.append(Request(kind, prepare(kind, data, entry, 1 << 30)))
+    return out
 
 
 # -- bare Celery round trips -------------------------------------------------------------------

@@ -5,11 +5,16 @@ model's ``max_batch``. The executor never idles waiting for a batch to fill: whi
 one batch the next accumulates; it waits up to ``max_wait_ms`` only while more jobs are
 known to be on their way (claimed by this worker but not yet submitted), or while they have
 lately been arriving faster than one per ``max_wait_ms`` (so one more is likely to come).
+
+Progress and previews are written by a reporter thread, in order, so that a batch's steps
+never wait on the store; a job's result is handed over only once its reports are written.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -61,6 +66,44 @@ class Item:
         self.key = (self.entry.name, self.predictor.batch_key(self.request))
 
 
+class Reporter:
+    """Runs the batch members' progress and preview callbacks on a thread of its own."""
+
+    max_behind = 64  # callbacks a job may have queued before its batch waits for them
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[str, Callable[[], None]]] = queue.SimpleQueue()
+        self._cv = threading.Condition()
+        self._behind: dict[str, int] = {}  # job id → callbacks queued, not yet run
+        threading.Thread(target=self._loop, name="convoy-reporter", daemon=True).start()
+
+    def put(self, job_id: str, call: Callable[[], None]) -> None:
+        with self._cv:
+            self._cv.wait_for(lambda: self._behind.get(job_id, 0) < self.max_behind)
+            self._behind[job_id] = self._behind.get(job_id, 0) + 1
+        self._queue.put((job_id, call))
+
+    def settle(self, job_id: str, timeout: float = 60.0) -> None:
+        """Wait until every callback queued for the job has run."""
+        with self._cv:
+            self._cv.wait_for(lambda: job_id not in self._behind, timeout)
+
+    def _loop(self) -> None:
+        while True:
+            job_id, call = self._queue.get()
+            try:
+                call()
+            except Exception:
+                log.exception("job %s: a progress report failed", job_id)
+            with self._cv:
+                left = self._behind[job_id] - 1
+                if left:
+                    self._behind[job_id] = left
+                else:
+                    del self._behind[job_id]
+                self._cv.notify_all()
+
+
 @dataclass
 class BatchStats:
     batches: int = 0
@@ -73,6 +116,7 @@ class Batcher:
         self.enabled = enabled
         self.on_batch = on_batch
         self.stats = BatchStats()
+        self.reporter = Reporter()
         self._pending: list[Item] = []
         self._incoming = 0
         self._gap = 1.0  # moving average of the seconds between submissions
@@ -129,17 +173,27 @@ class Batcher:
                 self._run_safe(items)
             except BaseException as e:  # never let the executor die with futures unresolved
                 for it in items:
-                    if not it.future.done():
-                        it.future.set_exception(e)
+                    self._resolve(it, error=e)
                 if not isinstance(e, Exception):
                     raise
+
+    def _resolve(self, it: Item, result: dict[str, Any] | None = None,
+                 error: BaseException | None = None) -> None:
+        """Hand the job its outcome, once its progress and previews are written."""
+        self.reporter.settle(it.job_id)
+        if it.future.done():
+            return
+        if error is not None:
+            it.future.set_exception(error)
+        else:
+            it.future.set_result(result)  # type: ignore[arg-type]
 
     def _run_safe(self, items: list[Item]) -> None:
         live = []
         for it in items:
             reason = it.wanted()
             if reason:
-                it.future.set_exception(Stopped(reason))
+                self._resolve(it, error=Stopped(reason))
             else:
                 live.append(it)
         if not live:
@@ -150,7 +204,7 @@ class Batcher:
             if _is_oom(e):
                 _free()
                 if len(live) == 1:
-                    live[0].future.set_exception(OutOfMemory(str(e)[:300]))
+                    self._resolve(live[0], error=OutOfMemory(str(e)[:300]))
                     return
                 log.warning("out of memory at batch %d: splitting", len(live))
                 half = len(live) // 2
@@ -158,7 +212,7 @@ class Batcher:
                 self._run_safe(live[half:])
                 return
             if len(live) == 1:
-                live[0].future.set_exception(e)
+                self._resolve(live[0], error=e)
                 return
             log.warning("batch of %d failed (%s): running its members one by one", len(live), e)
             for it in live:
@@ -168,9 +222,9 @@ class Batcher:
             if it.future.done():
                 continue
             if result is None:
-                it.future.set_exception(Stopped(it.wanted() or "canceled"))
+                self._resolve(it, error=Stopped(it.wanted() or "canceled"))
             else:
-                it.future.set_result(result)
+                self._resolve(it, result)
 
     def _predict(self, items: list[Item]) -> list[dict[str, Any] | None]:
         alive = list(items)
@@ -181,12 +235,12 @@ class Batcher:
             for idx, it in enumerate(alive):
                 reason = it.wanted()
                 if reason:
-                    it.future.set_exception(Stopped(reason))
+                    self._resolve(it, error=Stopped(reason))
                     keep.append(False)
                     continue
-                it.on_progress(step, total)
+                self.reporter.put(it.job_id, functools.partial(it.on_progress, step, total))
                 if previews is not None and idx < len(previews) and previews[idx] is not None:
-                    it.on_preview(previews[idx])  # type: ignore[arg-type]
+                    self.reporter.put(it.job_id, functools.partial(it.on_preview, previews[idx]))
                 keep.append(True)
             alive[:] = [it for it, k in zip(alive, keep, strict=True) if k]
             return keep
