@@ -55,6 +55,7 @@ class NoiseSchedule:
     beta_start: float = 1e-4  # first beta of a linear schedule
     beta_end: float = 0.02  # last beta of a linear schedule
     prediction_type: str = "epsilon"  # what the UNet predicts
+    clip_sample: float | None = 1.0  # sampling clips the predicted clean image to ± this
 
 
 def _from_json(cls: type, raw: dict[str, Any]) -> Any:
@@ -155,6 +156,25 @@ def keep_in_scheduler_state(scheduler: Any, keep: torch.Tensor, batch: int) -> N
             setattr(scheduler, name, cut(value))
 
 
+def clip_through_x0(
+    scheduler: Any, x_t: torch.Tensor, eps: torch.Tensor, t: Any, limit: float
+) -> torch.Tensor:
+    """The noise prediction whose implied clean image is clipped to [-limit, limit].
+
+    x_t is the variance-preserving model input. DDPM's reference sampler clips its x0
+    prediction at every step; doing it on the model output gives every scheduler (DPM-Solver,
+    Euler) the same guard against the large x0 errors of the noisiest steps.
+    """
+    if isinstance(scheduler, EulerDiscreteScheduler):  # its timesteps may fall between integers
+        sigma = scheduler.sigmas[scheduler.step_index].to(x_t.device, torch.float32)
+        abar = 1 / (1 + sigma**2)
+    else:
+        abar = scheduler.alphas_cumprod[int(t)].to(x_t.device, torch.float32)
+    x, e = x_t.float(), eps.float()
+    x0 = ((x - (1 - abar).sqrt() * e) / abar.sqrt()).clamp(-limit, limit)
+    return ((x - abar.sqrt() * x0) / (1 - abar).sqrt()).to(eps.dtype)
+
+
 # step, total, predicted clean images (B, C, H, W) → per-image mask of the ones to go on with
 StepHook = Callable[[int, int, torch.Tensor], torch.Tensor | None]
 
@@ -169,8 +189,12 @@ def sample_loop(
     null_class: int | None = None,
     guidance_scale: float = 1.0,
     on_step: StepHook | None = None,
+    clip_sample: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise ``noise`` (B, C, H, W) in ``steps`` scheduler steps.
+
+    ``clip_sample`` (the data range, 1.0 for images in [-1, 1]) clips the predicted clean
+    image at every step, whatever the scheduler; None leaves the model output alone.
 
     Returns (samples, kept): the final samples of the images still wanted and the indices,
     into the original batch, of those images. ``on_step`` may return a boolean mask over the
@@ -185,16 +209,18 @@ def sample_loop(
     total = len(scheduler.timesteps)
     for i, t in enumerate(scheduler.timesteps):
         # 1. model input, doubled [conditional; null] for guidance  (2B or B, C, H, W)
-        x_in = scheduler.scale_model_input(latents, t)
-        labels = class_labels
+        x_t = scheduler.scale_model_input(latents, t)
+        x_in, labels = x_t, class_labels
         if guided:
-            x_in = torch.cat([x_in, x_in])
+            x_in = torch.cat([x_t, x_t])
             labels = torch.cat([class_labels, torch.full_like(class_labels, null_class)])  # type: ignore[arg-type]
         eps = unet(x_in, t, class_labels=labels).sample
         # 2. classifier-free guidance  (B, C, H, W)
         if guided:
             eps_cond, eps_null = eps.chunk(2)
             eps = eps_null + guidance_scale * (eps_cond - eps_null)
+        if clip_sample is not None:
+            eps = clip_through_x0(scheduler, x_t, eps, t, clip_sample)
         # 3. scheduler step, each image drawing from its own generator
         output = scheduler.step(eps, t, latents, generator=generators)
         latents = output.prev_sample
@@ -344,6 +370,7 @@ class DiffusionPredictor(Predictor):
             null_class=null,
             guidance_scale=float(first["guidance_scale"]),
             on_step=hook,
+            clip_sample=self.schedule.clip_sample,
         )
         # 3. images back to [0, 1], split per request (None for the dropped ones)
         images = ((samples.float() + 1) / 2).clamp(0, 1).cpu()

@@ -238,6 +238,8 @@ class PipelinePredictor(Predictor):
                 [r.input["class_index"] for r in batch for _ in r.input["seeds"]],
                 device=self.device,
             )
+        config = self.pipe.scheduler.config  # the pipeline's own clipping, for every scheduler
+        clip = float(config.get("clip_sample_range", 1.0)) if config.get("clip_sample") else None
         samples, kept = sample_loop(
             unet,
             _scheduler_for(self.pipe, first["scheduler"]),
@@ -246,6 +248,7 @@ class PipelinePredictor(Predictor):
             generators,
             class_labels=labels,
             on_step=hook,
+            clip_sample=clip,
         )
         return ((samples.float() + 1) / 2).clamp(0, 1).cpu(), kept.tolist()
 

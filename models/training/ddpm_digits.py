@@ -75,6 +75,7 @@ def generate_per_class(
             class_labels=part,
             null_class=config.num_classes,
             guidance_scale=guidance_scale,
+            clip_sample=schedule.clip_sample,
         )
         out.append(((samples + 1) / 2).clamp(0, 1))
     return torch.cat(out), labels

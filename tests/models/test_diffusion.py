@@ -20,6 +20,7 @@ from models.diffusion import (
     DiffusionPredictor,
     NoiseSchedule,
     build_unet,
+    clip_through_x0,
     make_scheduler,
     per_image_noise,
     sample_loop,
@@ -174,6 +175,26 @@ def test_sampling_loop_lands_on_the_data(scheduler: str, steps: int) -> None:
     )
     assert kept.tolist() == [0, 1]
     assert (out - target).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "euler"])
+def test_clipping_bounds_the_implied_clean_image(scheduler: str) -> None:
+    sched = make_scheduler(scheduler, SCHEDULE)
+    sched.set_timesteps(5)
+    t = sched.timesteps[0]
+    latents = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    x_t = sched.scale_model_input(latents * sched.init_noise_sigma, t)
+    eps = 3 * torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))  # a wild guess
+    abar = sched.alphas_cumprod[int(t)] if scheduler == "ddpm" else 1 / (1 + sched.sigmas[0] ** 2)
+
+    def implied_x0(e: torch.Tensor) -> torch.Tensor:
+        return (x_t - (1 - abar).sqrt() * e) / abar.sqrt()
+
+    assert implied_x0(eps).abs().max() > 1.5
+    clipped = clip_through_x0(sched, x_t, eps, t, 1.0)
+    assert implied_x0(clipped).abs().max() <= 1.0 + 1e-4
+    inside = (implied_x0(eps).abs() < 1).flatten()  # where x0 was in range, eps is untouched
+    assert torch.allclose(clipped.flatten()[inside], eps.flatten()[inside], atol=1e-4)
 
 
 @pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))

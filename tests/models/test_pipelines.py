@@ -156,7 +156,9 @@ def test_class_pipeline_without_callback_reports_from_its_scheduler(tmp_path: Pa
     dit = PipelinePredictor(entry(save_tiny_class_pipeline(tmp_path / "dit")))
     dit.load()
     assert dit.mode == "tap"
-    req = generate(2, [3, 4], prompt=None, class_index=7, scheduler="ddpm", steps=3, preview_every=3)
+    req = generate(
+        2, [3, 4], prompt=None, class_index=7, scheduler="ddpm", steps=3, preview_every=3
+    )
     rec = Recorder()
     first = dit.predict([req], rec)[0]
     assert [s for s, _, _ in rec.calls] == [1, 2, 3]
