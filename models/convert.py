@@ -30,7 +30,8 @@ def convert_pth(src: Path | str, dst: Path | str) -> Path:
         # weights_only refuses any global outside tensors and plain containers.
         raise ValueError(f"{src.name} holds more than tensors and was refused: {exc}") from exc
     if not isinstance(state, Mapping):
-        raise ValueError(f"{src.name} holds a {type(state).__name__}, not a state dict")
+        # A bad file rather than a bad argument: ValueError, like every refusal here.
+        raise ValueError(f"{src.name} holds a {type(state).__name__}, not a state dict")  # noqa: TRY004
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise ValueError(

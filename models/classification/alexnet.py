@@ -49,24 +49,48 @@ class AlexNet(nn.Module):
 
         def norm() -> nn.Module:
             # The paper's constants: size 5, alpha 1e-4, beta 0.75, k 2.
-            return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0) if config.norm == "lrn" else nn.Identity()
+            return (
+                nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+                if config.norm == "lrn"
+                else nn.Identity()
+            )
 
         self.features = nn.Sequential(
-            nn.Conv2d(config.in_channels, c1, config.first_kernel, config.first_stride,
-                      padding=config.first_kernel // 2),
-            nn.ReLU(inplace=True), norm(), _pool(),
-            nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(inplace=True), norm(), _pool(),
-            nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(c3, c4, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(c4, c5, 3, padding=1), nn.ReLU(inplace=True), _pool(),
+            nn.Conv2d(
+                config.in_channels,
+                c1,
+                config.first_kernel,
+                config.first_stride,
+                padding=config.first_kernel // 2,
+            ),
+            nn.ReLU(inplace=True),
+            norm(),
+            _pool(),
+            nn.Conv2d(c1, c2, 5, padding=2),
+            nn.ReLU(inplace=True),
+            norm(),
+            _pool(),
+            nn.Conv2d(c2, c3, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c3, c4, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c4, c5, 3, padding=1),
+            nn.ReLU(inplace=True),
+            _pool(),
         )
         side = self._feature_side(config)
         if side < 1:
-            raise ValueError(f"image_size {config.image_size} is too small for AlexNet's three poolings")
+            raise ValueError(
+                f"image_size {config.image_size} is too small for AlexNet's three poolings"
+            )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Dropout(config.dropout), nn.Linear(c5 * side * side, config.hidden), nn.ReLU(inplace=True),
-            nn.Dropout(config.dropout), nn.Linear(config.hidden, config.hidden), nn.ReLU(inplace=True),
+            nn.Dropout(config.dropout),
+            nn.Linear(c5 * side * side, config.hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.hidden, config.hidden),
+            nn.ReLU(inplace=True),
             nn.Linear(config.hidden, config.num_classes),
         )
         # He initialisation: without batch norm, PyTorch's default leaves deep ReLU stacks

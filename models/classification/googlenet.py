@@ -52,7 +52,9 @@ class ConvBlock(nn.Sequential):
     """Convolution, optional batch norm, ReLU."""
 
     def __init__(self, cin: int, cout: int, kernel: int, norm: str, stride: int = 1) -> None:
-        layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=norm == "none")]
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=norm == "none")
+        ]
         if norm == "batch":
             layers.append(nn.BatchNorm2d(cout))
         layers.append(nn.ReLU(inplace=True))
@@ -68,7 +70,9 @@ class Inception(nn.Module):
         self.branch1 = ConvBlock(cin, c1, 1, norm)
         self.branch3 = nn.Sequential(ConvBlock(cin, r3, 1, norm), ConvBlock(r3, c3, 3, norm))
         self.branch5 = nn.Sequential(ConvBlock(cin, r5, 1, norm), ConvBlock(r5, c5, 5, norm))
-        self.branch_pool = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), ConvBlock(cin, cp, 1, norm))
+        self.branch_pool = nn.Sequential(
+            nn.MaxPool2d(3, stride=1, padding=1), ConvBlock(cin, cp, 1, norm)
+        )
         self.out_channels = c1 + c3 + c5 + cp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +90,8 @@ class AuxClassifier(nn.Sequential):
             nn.AdaptiveAvgPool2d(2),  # 4x4 of 14x14 in the paper (5x5 pool, stride 3)
             ConvBlock(cin, width, 1, config.norm),
             nn.Flatten(),
-            nn.Linear(width * 4, config.aux_hidden), nn.ReLU(inplace=True),
+            nn.Linear(width * 4, config.aux_hidden),
+            nn.ReLU(inplace=True),
             nn.Dropout(config.aux_dropout),
             nn.Linear(config.aux_hidden, config.num_classes),
         )
@@ -104,15 +109,19 @@ class GoogLeNet(nn.Module):
         # Stem as the paper's (a large strided convolution, max-pool, 1x1, 3x3) with one
         # pooling fewer for small inputs: 64x64 -> 16x16 before module 3a (224 -> 28 there).
         self.stem = nn.Sequential(
-            ConvBlock(config.in_channels, s, 5, norm, stride=2), nn.MaxPool2d(3, 2, padding=1),
-            ConvBlock(s, s, 1, norm), ConvBlock(s, 2 * s, 3, norm),
+            ConvBlock(config.in_channels, s, 5, norm, stride=2),
+            nn.MaxPool2d(3, 2, padding=1),
+            ConvBlock(s, s, 1, norm),
+            ConvBlock(s, 2 * s, 3, norm),
         )
         channels = 2 * s
         blocks: dict[str, nn.Module] = {}
         for name, widths in MODULES.items():
             if name in ("4a", "5a"):  # a 3x3/2 max-pool before stages 4 and 5
                 blocks[f"pool{name[0]}"] = nn.MaxPool2d(3, 2, padding=1)
-            module = Inception(channels, tuple(max(w // config.width_divisor, 1) for w in widths), norm)
+            module = Inception(
+                channels, tuple(max(w // config.width_divisor, 1) for w in widths), norm
+            )
             blocks[name] = module
             channels = module.out_channels
             if name == "4a":
@@ -123,7 +132,9 @@ class GoogLeNet(nn.Module):
         self.aux1 = AuxClassifier(aux1_in, config) if config.aux_logits else None
         self.aux2 = AuxClassifier(aux2_in, config) if config.aux_logits else None
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(config.dropout),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(config.dropout),
             nn.Linear(channels, config.num_classes),
         )
 

@@ -25,7 +25,12 @@ class ResNetConfig:
     num_classes: int = 1000  # output classes
     block: str = "basic"  # "basic" (two 3x3) or "bottleneck" (1x1, 3x3, 1x1 x4)
     layers: tuple[int, ...] = (2, 2, 2, 2)  # blocks per stage: ResNet-18; (3, 4, 6, 3) is 34 or 50
-    widths: tuple[int, ...] = (16, 32, 64, 128)  # stage widths before expansion (64..512 in the paper)
+    widths: tuple[int, ...] = (
+        16,
+        32,
+        64,
+        128,
+    )  # stage widths before expansion (64..512 in the paper)
     stem_kernel: int = 7  # stem convolution kernel (stride 2), followed by a 3x3/2 max-pool
     zero_init_residual: bool = True  # last batch norm of each residual branch starts at zero
 
@@ -92,7 +97,7 @@ def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
 
-BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+BLOCKS: dict[str, type[BasicBlock | Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class ResNet(nn.Module):
@@ -102,7 +107,8 @@ class ResNet(nn.Module):
             raise ValueError(f"unknown block {config.block!r}; known: {sorted(BLOCKS)}")
         if len(config.layers) != len(config.widths):
             raise ValueError(
-                f"layers and widths name different stage counts: {len(config.layers)} vs {len(config.widths)}"
+                "layers and widths name different stage counts: "
+                f"{len(config.layers)} vs {len(config.widths)}"
             )
         if min(config.layers) < 1:
             raise ValueError(f"every stage needs at least one block, got layers={config.layers}")
@@ -111,7 +117,8 @@ class ResNet(nn.Module):
         k = config.stem_kernel
         self.stem = nn.Sequential(
             nn.Conv2d(config.in_channels, config.widths[0], k, 2, k // 2, bias=False),
-            nn.BatchNorm2d(config.widths[0]), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(config.widths[0]),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(3, 2, padding=1),
         )
         stages: list[nn.Module] = []
@@ -124,7 +131,9 @@ class ResNet(nn.Module):
                 channels = width * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, config.num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, config.num_classes)
+        )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

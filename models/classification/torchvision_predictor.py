@@ -17,6 +17,7 @@ from PIL import Image
 
 from models.checkpoint import load_state
 from models.classification.predictor import top_k
+from models.device import compute_dtype, prepare_module, to_device
 from models.images import to_tensor
 from models.predictor import Predictor, Request, StepCallback
 from models.registry import register_predictor
@@ -96,21 +97,30 @@ class TorchvisionPredictor(Predictor):
         state = load_state(entry.weights, entry.sha256)  # refuses anything but safetensors
         model = build(entry.arch, len(entry.labels))
         # googlenet / inception_v3 checkpoints may carry aux heads that serving drops.
-        state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2.", "AuxLogits."))}
+        state = {
+            k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2.", "AuxLogits."))
+        }
         model.load_state_dict(state)
-        self.model = model.to(self.device).eval()
+        self.model = prepare_module(model, entry, self.device)
+        self.dtype = compute_dtype(entry, self.device)
         spec = entry.input
         if spec.height != spec.width:
-            raise ValueError(f"torchvision entry {entry.name} needs a square input, got {spec.height}x{spec.width}")
+            raise ValueError(
+                f"torchvision entry {entry.name} needs a square input, "
+                f"got {spec.height}x{spec.width}"
+            )
         # An entry that sets no input size gets the architecture's own crop.
         explicit = bool(spec.model_fields_set & {"height", "width"})
         self.pre = preprocess_for(entry.arch, spec.height if explicit else None)
         if "resize" in entry.config:  # e.g. 256 for resnet50's V1 weights (V2 uses 232)
             self.pre = replace(self.pre, resize=int(entry.config["resize"]))
             if self.pre.resize < self.pre.crop:
-                raise ValueError(f"resize {self.pre.resize} is smaller than the crop {self.pre.crop}")
-        self.mean = torch.tensor(self.pre.mean, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(self.pre.std, device=self.device).view(1, 3, 1, 1)
+                raise ValueError(
+                    f"resize {self.pre.resize} is smaller than the crop {self.pre.crop}"
+                )
+        # inputs are normalised on the host, in float32, before they travel
+        self.mean = torch.tensor(self.pre.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.pre.std).view(1, 3, 1, 1)
 
     def modules_for_memory(self) -> list[torch.nn.Module]:
         return [self.model]
@@ -119,8 +129,9 @@ class TorchvisionPredictor(Predictor):
     def predict(
         self, batch: list[Request], on_step: StepCallback | None = None
     ) -> list[dict[str, Any] | None]:
-        x = torch.stack([_resize_crop(r.input["image"], self.pre) for r in batch]).to(self.device)
-        logits = self.model((x - self.mean) / self.std)  # (B, num_classes)
+        x = torch.stack([_resize_crop(r.input["image"], self.pre) for r in batch])
+        x = to_device((x - self.mean) / self.std, self.device, self.dtype)
+        logits = self.model(x)  # (B, num_classes)
         return [
             {
                 "predictions": top_k(row, self.entry.labels, r.input.get("top_k", 5)),

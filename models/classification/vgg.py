@@ -27,7 +27,13 @@ class VGGConfig:
     num_classes: int = 1000  # output classes
     image_size: int = 64  # input side; five poolings divide it by 32
     depth: int = 11  # weight layers: 11, 13, 16 or 19 (the paper's A, B, D, E)
-    widths: tuple[int, ...] = (16, 32, 64, 128, 128)  # channels of the five stages (64..512 in the paper)
+    widths: tuple[int, ...] = (
+        16,
+        32,
+        64,
+        128,
+        128,
+    )  # channels of the five stages (64..512 in the paper)
     hidden: int = 256  # width of the two hidden fully connected layers (4096 in the paper)
     dropout: float = 0.5  # dropout before each hidden fully connected layer's output
     norm: str = "batch"  # after each convolution: "batch" or "none" (the paper)
@@ -43,7 +49,9 @@ class VGG(nn.Module):
         if config.norm not in ("batch", "none"):
             raise ValueError(f"unknown norm {config.norm!r}; use 'batch' or 'none'")
         if config.image_size % 32 != 0:
-            raise ValueError(f"image_size must be a multiple of 32 (five 2x poolings), got {config.image_size}")
+            raise ValueError(
+                f"image_size must be a multiple of 32 (five 2x poolings), got {config.image_size}"
+            )
         self.config = config
         layers: list[nn.Module] = []
         channels = config.in_channels
@@ -59,8 +67,12 @@ class VGG(nn.Module):
         side = config.image_size // 32
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(channels * side * side, config.hidden), nn.ReLU(inplace=True), nn.Dropout(config.dropout),
-            nn.Linear(config.hidden, config.hidden), nn.ReLU(inplace=True), nn.Dropout(config.dropout),
+            nn.Linear(channels * side * side, config.hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.hidden, config.hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(config.dropout),
             nn.Linear(config.hidden, config.num_classes),
         )
         for m in self.modules():

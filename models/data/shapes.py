@@ -72,8 +72,9 @@ def _boundary(cls: int, theta: np.ndarray) -> np.ndarray:
     return dy / (np.cos(phi) * dy - np.sin(phi) * dx)
 
 
-def _inside(shape: np.ndarray, cx: np.ndarray, cy: np.ndarray, radius: np.ndarray,
-            angle: np.ndarray) -> np.ndarray:
+def _inside(
+    shape: np.ndarray, cx: np.ndarray, cy: np.ndarray, radius: np.ndarray, angle: np.ndarray
+) -> np.ndarray:
     """(B, 64, 64) boolean masks of B shapes with per-shape parameters of shape (B,)."""
     dx = _X[None] - cx[:, None, None]
     dy = _Y[None] - cy[:, None, None]
@@ -115,8 +116,9 @@ def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray
     return np.linalg.norm(p - closest, axis=-1)
 
 
-def _fill_colours(rng: np.random.Generator, a: np.ndarray, b: np.ndarray,
-                  avoid: list[np.ndarray] | None = None) -> np.ndarray:
+def _fill_colours(
+    rng: np.random.Generator, a: np.ndarray, b: np.ndarray, avoid: list[np.ndarray] | None = None
+) -> np.ndarray:
     """A colour per sample (B, 3) far enough from the background segment a-b (and ``avoid``).
 
     Draws 16 candidates each and keeps the first that contrasts; failing that, the one with
@@ -131,8 +133,9 @@ def _fill_colours(rng: np.random.Generator, a: np.ndarray, b: np.ndarray,
     return cand[np.arange(a.shape[0]), pick]
 
 
-def _placement(rng: np.random.Generator, shape: np.ndarray, lo: float, hi: float
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _placement(
+    rng: np.random.Generator, shape: np.ndarray, lo: float, hi: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Centre x, y, outer radius and rotation for shapes spanning ``lo``-``hi`` of the side.
 
     The centre keeps at least 70 % of the outer radius inside the image, so a shape may be

@@ -13,7 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.classification.alexnet import AlexNet, AlexNetConfig
-from models.classification.googlenet import AUX_WEIGHT, GoogLeNet, GoogLeNetConfig, Inception, googlenet_loss
+from models.classification.googlenet import (
+    AUX_WEIGHT,
+    GoogLeNet,
+    GoogLeNetConfig,
+    Inception,
+    googlenet_loss,
+)
 from models.classification.resnet import BasicBlock, Bottleneck, ResNet, ResNetConfig
 from models.classification.vgg import VGG, VGGConfig
 from models.data.shapes import make_classification
@@ -115,7 +121,9 @@ def test_googlenet_loss_adds_aux_losses_with_weight_0_3() -> None:
     y = torch.tensor([0, 1])
     main, a1, a2 = torch.randn(2, 4), torch.randn(2, 4), torch.randn(2, 4)
     total, logits = googlenet_loss((main, a1, a2), y)
-    expected = F.cross_entropy(main, y) + AUX_WEIGHT * (F.cross_entropy(a1, y) + F.cross_entropy(a2, y))
+    expected = F.cross_entropy(main, y) + AUX_WEIGHT * (
+        F.cross_entropy(a1, y) + F.cross_entropy(a2, y)
+    )
     assert AUX_WEIGHT == 0.3 and torch.allclose(total, expected) and logits is main
     assert torch.allclose(googlenet_loss(main, y)[0], F.cross_entropy(main, y))
 
@@ -145,11 +153,17 @@ def test_resnet_identity_shortcut() -> None:
     assert not torch.allclose(block(x), F.relu(x))  # and the branch does add to it
 
 
-@pytest.mark.parametrize("block_cls, cin, width, cout", [(BasicBlock, 8, 16, 16), (Bottleneck, 8, 4, 16)])
+@pytest.mark.parametrize(
+    "block_cls, cin, width, cout", [(BasicBlock, 8, 16, 16), (Bottleneck, 8, 4, 16)]
+)
 def test_resnet_projection_shortcut(block_cls: type, cin: int, width: int, cout: int) -> None:
     block = block_cls(cin, width, stride=2).eval()
     proj = block.shortcut
-    assert isinstance(proj, nn.Sequential) and proj[0].kernel_size == (1, 1) and proj[0].stride == (2, 2)
+    assert (
+        isinstance(proj, nn.Sequential)
+        and proj[0].kernel_size == (1, 1)
+        and proj[0].stride == (2, 2)
+    )
     x = torch.randn(2, cin, 8, 8)
     _zero_residual(block)
     out = block(x)
@@ -202,3 +216,45 @@ def test_a_few_steps_lower_the_loss(cls: type[nn.Module], config: object) -> Non
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_trained_googlenet_is_served_without_aux_heads(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from models.catalog import ModelEntry
+    from models.checkpoint import load_sidecar, load_state
+    from models.classification.predictor import ClassifierPredictor
+    from models.data.shapes import SHAPE_LABELS
+    from models.predictor import Request
+    from models.training.shapes import Recipe, _drop_aux, _train
+
+    recipe = Recipe(epochs=1, epoch_size=64, lr=0.01, weight_decay=0.0, batch_size=16)
+    metrics = _train(
+        "tiny-googlenet",
+        "googlenet",
+        GoogLeNet(TINY_GOOGLENET),
+        TINY_GOOGLENET,
+        recipe,
+        tmp_path,
+        seed=0,
+        quick=False,
+        export=_drop_aux,
+        n_test=64,
+    )
+    weights = tmp_path / "tiny-googlenet.safetensors"
+    sidecar = load_sidecar(weights)
+    assert sidecar["config"]["aux_logits"] is False and sidecar["labels"] == SHAPE_LABELS
+    assert not any(k.startswith("aux") for k in load_state(weights))
+    assert set(sidecar["normalize"]) == {"mean", "std"} and metrics["n_eval"] == 64
+    assert 0.0 <= metrics["top1"] <= 1.0 and "top5" not in metrics  # four classes only
+    entry = ModelEntry(
+        name="tiny", family="googlenet", kinds=["classify"], weights=weights, labels=SHAPE_LABELS
+    )
+    predictor = ClassifierPredictor(entry)
+    predictor.load()
+    x, _ = make_classification(2, seed=1)
+    images = [Image.fromarray((t.permute(1, 2, 0).numpy() * 255).astype("uint8")) for t in x]
+    results = predictor.predict([Request("classify", {"image": im, "top_k": 2}) for im in images])
+    for result in results:
+        assert result is not None and len(result["predictions"]) == 2
+        assert {p["label"] for p in result["predictions"]} <= set(SHAPE_LABELS)

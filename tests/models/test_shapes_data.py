@@ -20,7 +20,7 @@ def test_labels_and_seeds() -> None:
 def test_classification_is_deterministic_by_seed() -> None:
     x1, y1 = make_classification(40, seed=7)
     x2, y2 = make_classification(40, seed=7)
-    x3, y3 = make_classification(40, seed=8)
+    x3, _ = make_classification(40, seed=8)
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
     assert not torch.equal(x1, x3)
 

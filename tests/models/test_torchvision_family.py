@@ -71,8 +71,15 @@ def test_converter_writes_the_same_tensors(tmp_path: Path) -> None:
 
 def _resnet18_entry(tmp_path: Path, weights: Path, **extra: object) -> ModelEntry:
     labels = [f"class-{i}" for i in range(10)]
-    return ModelEntry(name="resnet18-random", family="torchvision", arch="resnet18",
-                      kinds=["classify"], weights=weights, labels=labels, **extra)
+    return ModelEntry(
+        name="resnet18-random",
+        family="torchvision",
+        arch="resnet18",
+        kinds=["classify"],
+        weights=weights,
+        labels=labels,
+        **extra,
+    )
 
 
 def test_serving_refuses_a_pth_outright(tmp_path: Path) -> None:
@@ -116,7 +123,9 @@ def test_random_resnet18_classifies_with_torchvision_preprocessing(
     results = predictor.predict([Request("classify", {"image": im, "top_k": 3}) for im in images])
     transform = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
     with torch.inference_mode():
-        expected = torch.softmax(reference(torch.stack([transform(im.convert("RGB")) for im in images])), -1)
+        expected = torch.softmax(
+            reference(torch.stack([transform(im.convert("RGB")) for im in images])), -1
+        )
     for result, probs in zip(results, expected, strict=True):
         assert result is not None and result["input_size"] == {"height": 224, "width": 224}
         preds = result["predictions"]
