@@ -46,6 +46,33 @@ _MODULES = [
 ]
 _loaded = False
 
+# Where each architecture / predictor family lives, so that serving one model imports its
+# own family only (diffusers and transformers are slow to import and most models need neither).
+_CLASSIFY = "models.classification.predictor"
+_HINTS: dict[str, tuple[str, ...]] = {
+    "lenet5": ("models.classification.lenet", _CLASSIFY),
+    "alexnet": ("models.classification.alexnet", _CLASSIFY),
+    "vgg": ("models.classification.vgg", _CLASSIFY),
+    "googlenet": ("models.classification.googlenet", _CLASSIFY),
+    "resnet": ("models.classification.resnet", _CLASSIFY),
+    "torchvision": ("models.classification.torchvision_predictor",),
+    "unet": ("models.segmentation.unet", "models.segmentation.predictor"),
+    "vae": ("models.vae", "models.vae_predictor"),
+    "dcgan": ("models.gan",),
+    "ddpm": ("models.diffusion",),
+    "diffusers": ("models.pipelines",),
+}
+
+
+def _load(name: str, table: dict[str, Any]) -> None:
+    """Import the modules that register ``name`` (all of them if it is not hinted)."""
+    if name in table:
+        return
+    for module in _HINTS.get(name, ()):
+        importlib.import_module(module)
+    if name not in table:
+        _load_all()
+
 
 def _load_all() -> None:
     global _loaded
@@ -71,7 +98,7 @@ def register_model(name: str) -> Callable[[F], F]:
 
 
 def get_model(name: str, **config: Any) -> Any:
-    _load_all()
+    _load(name, _MODELS)
     if name not in _MODELS:
         raise ValueError(f"unknown model architecture {name!r}; known: {sorted(_MODELS)}")
     return _MODELS[name](**config)
@@ -92,7 +119,7 @@ def register_predictor(*families: str) -> Callable[[type], type]:
 
 
 def get_predictor_class(family: str) -> type:
-    _load_all()
+    _load(family, _PREDICTORS)
     if family not in _PREDICTORS:
         raise ValueError(f"no predictor for family {family!r}; known: {sorted(_PREDICTORS)}")
     return _PREDICTORS[family]

@@ -75,11 +75,8 @@ def run_worker(settings: Settings, queues: list[str] | None = None,
 
     from celery.exceptions import SecurityWarning
 
-    from models.registry import list_models
-
     warnings.filterwarnings("ignore", category=SecurityWarning)  # containers run as root
     settings.load_plugins()
-    list_models()  # import every family now, not on the first job
     store = open_store(settings)
     if settings.redis_url:
         from workers.startup import check_redis
