@@ -199,12 +199,15 @@ def throughput(opts: BenchOptions, levels: tuple[int, ...] = (1, 8, 64)) -> dict
             run_clients(stack.url, 8, 32, body)  # warm
             for clients in (levels if batching else levels[-1:]):
                 direct.append(_direct_rate(predictor, direct_requests, entry.max_batch))
+                batches, cpu = _batch_counts(stack.url), stack.cpu_seconds()
                 elapsed, lat = run_clients(stack.url, clients, jobs_for(clients), body)
+                used = {k: (v - cpu[k]) / len(lat) for k, v in stack.cpu_seconds().items()}
+                time.sleep(1.5)  # the worker reports its batches with its next heartbeat
+                after = _batch_counts(stack.url)
                 rows.append({"batching": batching, "clients": clients, "jobs": len(lat),
                              "jobs_per_s": len(lat) / elapsed, "p50_s": pct(lat, 0.5),
-                             "p99_s": pct(lat, 0.99)})
-            batches = _batch_sizes(stack.url)
-            rows[-1]["mean_batch"] = batches
+                             "p99_s": pct(lat, 0.99), "cpu_s_per_job": used,
+                             "mean_batch": (after[0] - batches[0]) / max(1.0, after[1] - batches[1])})
     direct.append(_direct_rate(predictor, direct_requests, entry.max_batch))
     direct_rate = statistics.median(direct)
     off = next(r for r in rows if not r["batching"])
@@ -216,13 +219,15 @@ def throughput(opts: BenchOptions, levels: tuple[int, ...] = (1, 8, 64)) -> dict
                "meets_target": top["vs_direct"] >= 0.8 and top["vs_batching_off"] >= 2.0}
 
     table = Table("batching", "clients", "jobs", "jobs/s", "p50 ms", "p99 ms", "mean batch",
-                  "vs direct", "vs batching off",
+                  "CPU ms/job API+worker+client", "vs direct", "vs batching off",
                   title=f"throughput: classify {entry.name} ({mode}, {opts.device}); direct "
                         f"in-process, batches of {entry.max_batch}: {direct_rate:.1f} images/s")
     for r in rows:
         table.add_row("on" if r["batching"] else "off", str(r["clients"]), str(r["jobs"]),
                       f"{r['jobs_per_s']:.1f}", ms(r["p50_s"]), ms(r["p99_s"]),
-                      f"{r['mean_batch']:.1f}" if "mean_batch" in r else "",
+                      f"{r['mean_batch']:.1f}",
+                      "+".join(f"{r['cpu_s_per_job'][k] * 1000:.1f}"
+                               for k in ("api", "workers", "client")),
                       f"{r['vs_direct']:.2f}", f"{r['vs_batching_off']:.2f}")
     console.print(table)
     console.print(f"at {levels[-1]} clients: {top['vs_direct']:.2f} of direct (target 0.8), "
@@ -235,8 +240,8 @@ def throughput(opts: BenchOptions, levels: tuple[int, ...] = (1, 8, 64)) -> dict
     return result
 
 
-def _batch_sizes(url: str) -> float:
-    """Mean batch size the workers report in /metrics (0 if none yet)."""
+def _batch_counts(url: str) -> tuple[float, float]:
+    """(requests, batches) the workers report in /metrics so far."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
     total = count = 0.0
     for line in text.splitlines():
@@ -244,7 +249,7 @@ def _batch_sizes(url: str) -> float:
             total += float(line.split()[-1])
         elif line.startswith("convoy_batch_size_count"):
             count += float(line.split()[-1])
-    return total / count if count else 0.0
+    return total, count
 
 
 # -- generate ----------------------------------------------------------------------------------
@@ -279,13 +284,17 @@ def generate(opts: BenchOptions, steps: int = 20) -> dict[str, Any] | None:
         stack.start()
         predictor.predict(requests)
         run_clients(stack.url, batch, batch, body)  # warm
-        for _ in range(2):
+        time.sleep(1.5)  # the warm-up's batches reach /metrics with the next heartbeat
+        before = _batch_counts(stack.url)
+        for _ in range(3):  # alternated, so that other load on the machine hits both alike
             t = _timed(lambda: [predictor.predict(requests) for _ in range(rounds)])
             direct.append(rounds * batch / t)
             elapsed, lat = run_clients(stack.url, 2 * batch, rounds * batch, body)
             served.append(len(lat) / elapsed)
-        mean_batch = _batch_sizes(stack.url)
-    row = {"batch": batch, "steps": steps, "images": rounds * batch * 2,
+        time.sleep(1.5)
+        after = _batch_counts(stack.url)
+        mean_batch = (after[0] - before[0]) / max(1.0, after[1] - before[1])
+    row = {"batch": batch, "steps": steps, "images": rounds * batch * 3,
            "service_images_per_s": statistics.mean(served),
            "direct_images_per_s": statistics.mean(direct), "mean_batch": mean_batch}
     row["vs_direct"] = row["service_images_per_s"] / row["direct_images_per_s"]

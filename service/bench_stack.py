@@ -127,6 +127,12 @@ class Stack:
             time.sleep(0.2)
         raise RuntimeError(f"the bench service did not come up; logs:\n{self.tail()}")
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) used so far by the API, the workers and this process."""
+        api, *workers = (_cpu_seconds(p.pid) for p in self.procs)
+        own = os.times()
+        return {"api": api, "workers": sum(workers), "client": own.user + own.system}
+
     def tail(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
                          for p in sorted(self.tmp.glob("*.log")))
@@ -142,6 +148,15 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU seconds (from /proc; 0 where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
