@@ -44,7 +44,8 @@ def cpu_threads(settings: Settings) -> int:
     region whose threads wait for a busy core runs slower than one thread would."""
     if settings.torch_threads > 0:
         return settings.torch_threads
-    return max(1, len(os.sched_getaffinity(0)) // 2)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // 2)
 
 
 def job_threads(settings: Settings, catalog: Catalog, queues: list[str]) -> int:
