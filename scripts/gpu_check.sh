@@ -13,7 +13,7 @@ status=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 
 echo "== gpu-marked tests"
-timeout 180 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/workers/test_gpu.py || status=1
+timeout 180 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests || status=1
 
 REDIS_URL=${CONVOY_BENCH_REDIS_URL:-redis://127.0.0.1:6379/9}
 MODES=embedded,redis
