@@ -60,7 +60,8 @@ def serve(
     console.print(f"convoy on http://{host}:{port} — {mode}")
     worker = None
     if not no_worker:
-        worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"])
+        worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"],
+                                  preexec_fn=_die_with_parent)
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
                     timeout_graceful_shutdown=5)
@@ -97,6 +98,16 @@ def worker(
         raise typer.Exit(spawn_per_gpu(ids, argv))
     settings = Settings(device=device) if device else Settings()
     run_worker(settings, queues.split(",") if queues else None, concurrency)
+
+
+def _die_with_parent() -> None:
+    """In the worker child: get SIGTERM when `convoy serve` dies, however it dies (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def _client(url: str, key: str | None) -> Any:
