@@ -3,9 +3,10 @@
 
 Each epoch draws fresh samples from the procedural shapes set (seeds in the training range
 only), augments them with random crops, mirror flips and an occasional blur (so that
-anti-aliased drawings, or images resized on the way in, look familiar), and trains with
-SGD and momentum as each paper did. The held-out figures come from ``SEEDS["test"]``,
-evaluated once at the end.
+anti-aliased drawings, or images resized on the way in, look familiar). AlexNet trains
+with its paper's recipe (SGD, momentum 0.9, weight decay 5e-4, batch 128); the later
+families with AdamW and a one-cycle schedule (see the note above their trainers). The
+held-out figures come from ``SEEDS["test"]``, evaluated once at the end.
 """
 
 from __future__ import annotations

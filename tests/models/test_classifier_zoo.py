@@ -258,3 +258,17 @@ def test_trained_googlenet_is_served_without_aux_heads(tmp_path: Path) -> None:
     for result in results:
         assert result is not None and len(result["predictions"]) == 2
         assert {p["label"] for p in result["predictions"]} <= set(SHAPE_LABELS)
+
+
+def test_augment_crops_and_mirrors_deterministically() -> None:
+    from models.training.shapes import augment
+
+    x, _ = make_classification(8, seed=2)
+    a = augment(x, torch.Generator().manual_seed(1))
+    b = augment(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert not torch.equal(a, x)
+    # Without padding or blur only mirror flips remain: each image is itself or its mirror.
+    flips = augment(x, torch.Generator().manual_seed(3), pad=0, blur_p=0.0)
+    for img, out in zip(x, flips, strict=True):
+        assert torch.equal(out, img) or torch.equal(out, img.flip(-1))
