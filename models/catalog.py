@@ -123,6 +123,9 @@ def _entry(name: str, raw: dict[str, Any], source: Path) -> ModelEntry:
         labels = [s.strip() for s in labels_path.read_text().splitlines() if s.strip()]
     if labels is None:
         labels = sidecar.get("labels", [])
+    if raw.get("family") == "torchvision" and "input" not in raw:  # the architecture's crop
+        side = 299 if raw.get("arch") == "inception_v3" else 224
+        raw["input"] = {"channels": 3, "height": side, "width": side}
     raw.setdefault("input", sidecar.get("input", {}))
     raw.setdefault("metrics", sidecar.get("metrics", {}))
     return ModelEntry(
