@@ -81,7 +81,7 @@ class Predictor:
     def memory_bytes(self) -> int:
         """Approximate device memory the loaded model holds (parameters and buffers)."""
         total = 0
-        for module in getattr(self, "modules_for_memory", lambda: [])():
+        for module in getattr(self, "modules_for_memory", list)():
             for t in list(module.parameters()) + list(module.buffers()):
                 total += t.numel() * t.element_size()
         return total

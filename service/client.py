@@ -27,7 +27,7 @@ def sse_events(client: httpx.Client, job_id: str, last_id: str | None = None
                 fields = {}
             elif not line.startswith(":"):
                 name, _, value = line.partition(":")
-                fields[name] = value[1:] if value.startswith(" ") else value
+                fields[name] = value.removeprefix(" ")
 
 
 def follow(client: httpx.Client, job_id: str) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def parse_sse(text: str) -> list[dict[str, Any]]:
             if not line or line.startswith(":"):
                 continue
             name, _, value = line.partition(":")
-            fields[name] = value[1:] if value.startswith(" ") else value
+            fields[name] = value.removeprefix(" ")
         if "event" in fields:
             events.append({"id": int(fields["id"]), "event": fields["event"],
                            "data": json.loads(fields.get("data", "{}"))})

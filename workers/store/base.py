@@ -211,7 +211,7 @@ class JobStore(ABC):
     def purge_expired(self) -> int:
         """Remove jobs (with their events and artifacts) past retention; return how many."""
 
-    def close(self) -> None:  # noqa: B027 - optional
+    def close(self) -> None:
         pass
 
     # -- shared helpers ------------------------------------------------------------------
