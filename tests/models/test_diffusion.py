@@ -42,15 +42,6 @@ SCHEDULE = NoiseSchedule(num_train_timesteps=50)
 WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "weights"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():  # type: ignore[no-untyped-def]
-    """Tiny models gain nothing from threads, and a shared CPU punishes them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def pixels(artifact) -> np.ndarray:  # type: ignore[no-untyped-def]
     return np.asarray(Image.open(io.BytesIO(artifact.data)), dtype=np.int16)
 

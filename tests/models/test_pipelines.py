@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from models.catalog import ModelEntry
@@ -21,15 +20,6 @@ from tests.models.tiny_pipeline import (
     save_tiny_text_pipeline,
     save_tiny_unet_pipeline,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():  # type: ignore[no-untyped-def]
-    """Tiny models gain nothing from threads, and a shared CPU punishes them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def entry(path: Path) -> ModelEntry:
