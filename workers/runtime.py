@@ -40,7 +40,7 @@ def finish_and_announce(
     return store.finish_and_announce(job_id, worker, status, output=output, error=error)
 
 
-CANCEL_POLL_S = 0.05  # how often a running job's cancel flag is read
+CANCEL_POLL_S = 0.005  # how often a running job's cancel flag is read: about every step
 # What run_job returns → the job's final status (the rest are failures).
 _STATUS_OF = {"succeeded": "succeeded", "canceled": "canceled"}
 
