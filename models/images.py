@@ -74,3 +74,11 @@ def grid(tensors: torch.Tensor, nrow: int = 8, padding: int = 2) -> Image.Image:
     from torchvision.utils import make_grid
 
     return to_pil(make_grid(tensors.detach().float().cpu(), nrow=nrow, padding=padding))
+
+
+def normalization(sidecar: dict[str, object], channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of the sidecar's ``normalize``, shaped (1, C, 1, 1); identity if absent."""
+    norm: dict[str, list[float]] = sidecar.get("normalize") or {}  # type: ignore[assignment]
+    mean = torch.tensor(norm.get("mean", [0.0] * channels)).view(1, channels, 1, 1)
+    std = torch.tensor(norm.get("std", [1.0] * channels)).view(1, channels, 1, 1)
+    return mean, std

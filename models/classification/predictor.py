@@ -8,7 +8,7 @@ import torch
 
 from models.checkpoint import load_model
 from models.device import compute_dtype, prepare_module, to_device
-from models.images import batch_tensor
+from models.images import batch_tensor, normalization
 from models.predictor import Predictor, Request, StepCallback
 from models.registry import register_predictor
 
@@ -33,11 +33,8 @@ class ClassifierPredictor(Predictor):
         model, sidecar = load_model(self.entry.weights, self.entry.sha256)
         self.model = prepare_module(model, self.entry, self.device)
         self.dtype = compute_dtype(self.entry, self.device)
-        norm = sidecar.get("normalize") or {}
-        c = self.entry.input.channels
         # inputs are normalised on the host, in float32, before they travel
-        self.mean = torch.tensor(norm.get("mean", [0.0] * c)).view(1, c, 1, 1)
-        self.std = torch.tensor(norm.get("std", [1.0] * c)).view(1, c, 1, 1)
+        self.mean, self.std = normalization(sidecar, self.entry.input.channels)
 
     def modules_for_memory(self) -> list[torch.nn.Module]:
         return [self.model]

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from models.checkpoint import load_model
-from models.images import batch_tensor, png_artifact
+from models.images import batch_tensor, normalization, png_artifact
 from models.predictor import Predictor, Request, StepCallback
 from models.registry import register_predictor
 
@@ -53,10 +53,8 @@ class SegmentationPredictor(Predictor):
         assert self.entry.weights is not None, f"{self.entry.name} has no weights"
         self.model, sidecar = load_model(self.entry.weights, self.entry.sha256, self.device)
         self.num_classes = int(sidecar["config"]["num_classes"])
-        norm = sidecar.get("normalize") or {}
-        c = self.entry.input.channels
-        self.mean = torch.tensor(norm.get("mean", [0.0] * c), device=self.device).view(1, c, 1, 1)
-        self.std = torch.tensor(norm.get("std", [1.0] * c), device=self.device).view(1, c, 1, 1)
+        mean, std = normalization(sidecar, self.entry.input.channels)
+        self.mean, self.std = mean.to(self.device), std.to(self.device)
 
     def modules_for_memory(self) -> list[torch.nn.Module]:
         return [self.model]
