@@ -18,6 +18,7 @@ from service.deps import State
 from service.limits import BodyLimit, RateLimiter
 from service.metrics import REGISTRY, WorkerCollector
 from service.routes import health, jobs, models
+from service.waiters import Waiters
 from workers.celery_app import make_celery
 from workers.errors import ConvoyError, RateLimited, Unavailable
 from workers.settings import Settings, get_settings
@@ -85,16 +86,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Prefer: wait and event streams hold a worker thread each while they wait.
         anyio.to_thread.current_default_thread_limiter().total_tokens = 512
+        state.waiters.start()
         yield
+        state.waiters.stop()
         state.store.close()
 
+    store = open_store(settings)
     state = State(
         settings=settings,
-        store=open_store(settings),
+        store=store,
         catalog=Catalog.load(settings.catalog),
         celery=make_celery(settings),
         keys=settings.keys(),
         limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+        waiters=Waiters(store),
     )
     state.celery.conf.task_publish_retry_policy = {
         "max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 
 from models.catalog import Catalog
 from service.limits import RateLimiter
+from service.waiters import Waiters
 from workers.errors import Unauthorized
 from workers.settings import Settings
 from workers.store import JobStore
@@ -26,6 +27,7 @@ class State:
     celery: Celery
     keys: dict[str, str]  # API key -> owner
     limiter: RateLimiter
+    waiters: Waiters
 
 
 # The dependencies are async (they never block) so that FastAPI runs them on the event loop

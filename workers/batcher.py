@@ -112,9 +112,18 @@ class BatchStats:
 
 
 class Batcher:
-    def __init__(self, enabled: bool = True, on_batch: Callable[[int], None] | None = None) -> None:
+    """``canceled(job_ids)`` answers which of a batch's jobs were canceled: it is asked once
+    before each batch and then at most every ``poll_s`` between steps, for the whole batch
+    at once (each member's ``wanted`` answers the rest, such as its deadline)."""
+
+    def __init__(self, enabled: bool = True, on_batch: Callable[[int], None] | None = None,
+                 canceled: Callable[[list[str]], set[str]] | None = None,
+                 poll_s: float = 0.005) -> None:
         self.enabled = enabled
         self.on_batch = on_batch
+        self.canceled = canceled
+        self.poll_s = poll_s
+        self._polled = 0.0
         self.stats = BatchStats()
         self.reporter = Reporter()
         self._pending: list[Item] = []
@@ -188,10 +197,19 @@ class Batcher:
         else:
             it.future.set_result(result)  # type: ignore[arg-type]
 
+    def _stopped(self, items: list[Item], fresh: bool) -> list[str | None]:
+        """Why each item is not wanted any more (None: it is); the cancel flags are read
+        when ``fresh`` or when ``poll_s`` has passed since they last were."""
+        flagged: set[str] = set()
+        now = time.monotonic()
+        if self.canceled is not None and (fresh or now - self._polled >= self.poll_s):
+            self._polled = now
+            flagged = self.canceled([it.job_id for it in items])
+        return ["canceled" if it.job_id in flagged else it.wanted() for it in items]
+
     def _run_safe(self, items: list[Item]) -> None:
         live = []
-        for it in items:
-            reason = it.wanted()
+        for it, reason in zip(items, self._stopped(items, fresh=True), strict=True):
             if reason:
                 self._resolve(it, error=Stopped(reason))
             else:
@@ -232,8 +250,9 @@ class Batcher:
         def on_step(step: int, total: int,
                     previews: Sequence[Artifact | None] | None = None) -> list[bool]:
             keep: list[bool] = []
+            reasons = self._stopped(alive, fresh=False)
             for idx, it in enumerate(alive):
-                reason = it.wanted()
+                reason = reasons[idx]
                 if reason:
                     self._resolve(it, error=Stopped(reason))
                     keep.append(False)

@@ -78,7 +78,8 @@ class WorkerRuntime:
         self.celery = celery
         self.id = name or f"{socket.gethostname()}-{os.getpid()}-{new_id()[:6]}"
         self.stats = WorkerStats()
-        self.batcher = Batcher(enabled=settings.batching, on_batch=self.stats.batch)
+        self.batcher = Batcher(enabled=settings.batching, on_batch=self.stats.batch,
+                               canceled=self._canceled_among, poll_s=CANCEL_POLL_S)
         self.jobs_done = 0
         self.started = time.time()
         self._stop = threading.Event()
@@ -90,40 +91,38 @@ class WorkerRuntime:
     # -- one job -------------------------------------------------------------------------------
     def run_job(self, job_id: str) -> str:
         """Run a job to its end; return what happened (for logs and tests)."""
-        job = self.durable.get(job_id)
         marks: dict[str, float] = {}
+        job: dict[str, Any] = {}
         outcome = self._run(job_id, job, marks)
-        if job is not None and outcome != "missing" and not outcome.startswith("skipped"):
+        if job and outcome != "missing" and not outcome.startswith("skipped"):
             claimed = marks.get("claimed")
             self.stats.job(job["kind"], job["model"], _STATUS_OF.get(outcome, "failed"),
                            queue_wait_s=marks.get("queue_wait"),
                            run_s=None if claimed is None else time.monotonic() - claimed)
         return outcome
 
-    def _run(self, job_id: str, job: dict[str, Any] | None, marks: dict[str, float]) -> str:
-        if job is None:
-            return "missing"
-        if job["status"] != "queued":
-            return f"skipped ({job['status']})"  # redelivered: already running or finished
-        if job.get("cancel_requested"):  # the record carries the flag: no extra read
-            finish_and_announce(self.durable, job_id, None, "canceled")
-            return "canceled"
-        if job.get("attempts", 0) >= self.settings.max_attempts:
-            finish_and_announce(self.durable, job_id, None, "failed", error={
-                "code": "worker_lost",
-                "message": f"the job ended its worker {job['attempts']} times"})
-            return "worker_lost"
+    def _run(self, job_id: str, job: dict[str, Any], marks: dict[str, float]) -> str:
+        """Claim the job (one step: a message for a job that is not queued any more, a
+        redelivery, is skipped), run it and record its outcome; ``job`` gets the record."""
         self.batcher.expect()
         submitted = False
         self._hold(job_id, +1)
         try:
-            claimed = self.durable.claim_and_announce(job_id, self.id)
+            claimed, why = self.durable.try_claim(job_id, self.id)
             if claimed is None:
-                return "skipped (claimed elsewhere)"
+                return "missing" if why == "missing" else f"skipped ({why})"
+            job.update(claimed)
             marks["claimed"] = time.monotonic()
             wait = _seconds_between(claimed.get("created_at"), claimed.get("started_at"))
             if wait is not None:
                 marks["queue_wait"] = wait
+            if claimed.get("cancel_requested"):  # the record carries the flag: no extra read
+                finish_and_announce(self.durable, job_id, self.id, "canceled")
+                return "canceled"
+            if claimed["attempts"] > self.settings.max_attempts:
+                self._fail(job_id, "worker_lost",
+                           f"the job ended its worker {claimed['attempts'] - 1} times")
+                return "worker_lost"
             item = self._item(claimed)
             future = self.batcher.submit(item)
             submitted = True
@@ -158,7 +157,14 @@ class WorkerRuntime:
             self._hold(job_id, -1)
             if not submitted:
                 self.batcher.unexpect()
-            self.jobs_done += 1
+            if job:
+                self.jobs_done += 1
+
+    def _canceled_among(self, job_ids: list[str]) -> set[str]:
+        try:
+            return self.store.canceled_among(job_ids)
+        except StoreUnavailable:
+            return set()  # a store outage is no reason to stop: the outcome waits for the store
 
     def _hold(self, job_id: str, delta: int) -> None:
         with self._active_lock:
@@ -180,18 +186,8 @@ class WorkerRuntime:
         data = prepare(job["kind"], job["input"], entry, self.settings.max_image_pixels)
         predictor = self.cache.get(entry)
         deadline = self._deadline(job)
-        checked = [time.monotonic()]  # the claimed record carried the cancel flag
 
-        def wanted() -> str | None:
-            # The flag is read at most every CANCEL_POLL_S: a batch of fast steps would
-            # otherwise spend its time asking the store.
-            if time.monotonic() - checked[0] >= CANCEL_POLL_S:
-                try:
-                    if self.store.cancel_requested(job_id):
-                        return "canceled"
-                    checked[0] = time.monotonic()
-                except StoreUnavailable:
-                    pass  # a store outage is no reason to stop: the outcome waits for the store
+        def wanted() -> str | None:  # cancel flags are read by the batcher, once per batch
             return "timeout" if time.time() > deadline else None
 
         def on_progress(step: int, total: int) -> None:

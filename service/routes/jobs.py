@@ -15,13 +15,13 @@ from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from service.deps import Caller, CallerDep, State, StateDep
 from service.errors import V1_ERRORS, error_responses
 from service.metrics import JOBS_SUBMITTED
-from workers.celery_app import dispatch
+from workers.celery_app import dispatch, task_message
 from workers.contract import JobRequest, check, request_hash
 from workers.errors import Conflict, InvalidInput, NotFound, RateLimited, Unavailable
 from workers.runtime import finish_and_announce
 from workers.settings import new_id
 from workers.store import TERMINAL, public_record
-from workers.store.base import STATUSES, now_iso
+from workers.store.base import STATUSES, QueueFull, now_iso
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1_ERRORS)
 _WAIT = re.compile(r"wait\s*=\s*(\d+(?:\.\d+)?)")
@@ -45,17 +45,38 @@ def _prefer_wait(prefer: str | None, limit: float) -> float:
 @router.post("", status_code=202, responses={200: {"description": "finished (Prefer: wait) or "
                                                     "an idempotent resubmission"},
                                                **error_responses(409, 415, 429)})
-def submit(
+async def submit(
     state: StateDep,
     caller: CallerDep,
     body: Annotated[JobRequest, Body()],
     prefer: Annotated[str | None, Header(description="wait=N: hold the reply up to N s")] = None,
 ) -> JSONResponse:
     """Submit a job. The input schema depends on ``kind`` (see the request body's variants)."""
-    settings = state.settings
     retry = state.limiter.take(caller.key) if state.keys else 0.0
     if retry > 0:
         raise RateLimited("too many requests for this API key", retry_after=retry)
+    wait = _prefer_wait(prefer, state.settings.max_wait_s)
+    job_id = body.id or new_id()
+    waiter = state.waiters.expect(job_id) if wait > 0 else None
+    try:
+        record, job = await anyio.to_thread.run_sync(_accept, state, caller, body, job_id)
+        if job is None:  # an idempotent resubmission
+            return JSONResponse(public_record(record), status_code=200)
+        if wait > 0:
+            done = await state.waiters.wait(job, waiter, wait)
+            if done is not None and done["status"] in TERMINAL:
+                return JSONResponse(public_record(done), status_code=200)
+            record = done or record
+        return JSONResponse(public_record(record), status_code=202)
+    finally:
+        state.waiters.forget(job_id, waiter)
+
+
+def _accept(state: State, caller: Caller, body: JobRequest, job_id: str
+            ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Check the input, record the job and queue it (one step where the store pushes the
+    broker message itself); return (its record, the job) or (the existing record, None)."""
+    settings = state.settings
     entry = state.catalog.get(body.model)
     data = check(body.kind, body.input.model_dump(), entry, settings.max_image_pixels)
     if body.timeout_s is not None and body.timeout_s > settings.max_job_timeout_s:
@@ -64,42 +85,39 @@ def submit(
     if body.id is not None:
         existing = state.store.get(body.id)
         if existing is not None:
-            return _resubmitted(existing, caller, fingerprint)
-    mine, everyone = state.store.queued_counts(caller.owner)
-    if mine >= settings.max_queued_per_owner:
-        raise RateLimited(f"this key already has {settings.max_queued_per_owner} queued jobs",
-                          retry_after=5.0)
-    if everyone >= settings.max_queue_depth:
-        raise Unavailable("the queue is full", retry_after=10.0)
+            return _resubmitted(existing, caller, fingerprint), None
     job = {
-        "id": body.id or new_id(), "owner": caller.owner, "kind": body.kind,
+        "id": job_id, "owner": caller.owner, "kind": body.kind,
         "model": entry.name, "queue": entry.queue, "input": data,
         "request_hash": fingerprint, "webhook": body.webhook, "timeout_s": body.timeout_s,
         "created_at": now_iso(), "status": "queued", "attempts": 0,
     }
-    record, created = state.store.create_and_announce(job)
-    if not created:
-        return _resubmitted(record, caller, fingerprint)
+    message = task_message(job_id, entry.queue) if state.store.pushes_messages else None
     try:
-        dispatch(state.celery, job["id"], entry.queue)
-    except Exception as e:
-        finish_and_announce(state.store, job["id"], None, "failed",
-                            error={"code": "internal", "message": "the job could not be queued"})
-        raise Unavailable(f"the broker does not answer: {type(e).__name__}") from e
+        record, created = state.store.accept(job, settings.max_queued_per_owner,
+                                             settings.max_queue_depth, message)
+    except QueueFull as e:
+        if e.whose == "owner":
+            raise RateLimited(f"this key already has {settings.max_queued_per_owner} queued "
+                              "jobs", retry_after=5.0) from e
+        raise Unavailable("the queue is full", retry_after=10.0) from e
+    if not created:
+        return _resubmitted(record, caller, fingerprint), None
+    if message is None:
+        try:
+            dispatch(state.celery, job_id, entry.queue)
+        except Exception as e:
+            finish_and_announce(state.store, job_id, None, "failed", error={
+                "code": "internal", "message": "the job could not be queued"})
+            raise Unavailable(f"the broker does not answer: {type(e).__name__}") from e
     JOBS_SUBMITTED.labels(kind=body.kind, model=entry.name).inc()
-    wait = _prefer_wait(prefer, settings.max_wait_s)
-    if wait > 0:
-        done = state.store.wait_terminal(job["id"], wait, after=1)  # 1: the queued event
-        if done is not None and done["status"] in TERMINAL:
-            return JSONResponse(public_record(done), status_code=200)
-        record = done or record
-    return JSONResponse(public_record(record), status_code=202)
+    return record, job
 
 
-def _resubmitted(existing: dict[str, Any], caller: Caller, fingerprint: str) -> JSONResponse:
+def _resubmitted(existing: dict[str, Any], caller: Caller, fingerprint: str) -> dict[str, Any]:
     if existing["owner"] != caller.owner or existing.get("request_hash") != fingerprint:
         raise Conflict(f"job id {existing['id']!r} is taken by a different submission")
-    return JSONResponse(public_record(existing), status_code=200)
+    return existing
 
 
 @router.get("")

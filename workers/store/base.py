@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +20,15 @@ MUTABLE = ("status", "worker", "attempts", "started_at", "finished_at", "progres
 
 class StoreUnavailable(RuntimeError):
     """The store's backend does not answer (Redis down, database locked for too long)."""
+
+
+class QueueFull(Exception):
+    """A submission over a queue limit: ``whose`` is 'owner' (the owner's queued jobs) or
+    'all' (everyone's)."""
+
+    def __init__(self, whose: str) -> None:
+        super().__init__(whose)
+        self.whose = whose
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,10 @@ class JobStore(ABC):
     """
 
     retention_s: int
+    # Whether ``accept`` can push a broker message in the same step as it records the job.
+    pushes_messages: bool = False
+    # Whether ``listen_finished`` announces finished jobs (else waiters follow events).
+    announces_finishes: bool = False
 
     # -- records -----------------------------------------------------------------------
     @abstractmethod
@@ -95,6 +110,21 @@ class JobStore(ABC):
         if created:
             self.append_event(job["id"], *QUEUED)
         return record, created
+
+    def accept(self, job: dict[str, Any], max_mine: int, max_all: int,
+               message: tuple[str, str] | None = None) -> tuple[dict[str, Any], bool]:
+        """``create_and_announce`` a submitted job unless the owner already has ``max_mine``
+        queued jobs or everyone ``max_all`` (``QueueFull``). ``message`` (a broker list and
+        the message that carries the job) is pushed with the job where ``pushes_messages``;
+        elsewhere sending it is the caller's part."""
+        if message is not None:
+            raise NotImplementedError(f"{type(self).__name__} does not push messages")
+        mine, everyone = self.queued_counts(job["owner"])
+        if mine >= max_mine:
+            raise QueueFull("owner")
+        if everyone >= max_all:
+            raise QueueFull("all")
+        return self.create_and_announce(job)
 
     @abstractmethod
     def get(self, job_id: str) -> dict[str, Any] | None: ...
@@ -123,6 +153,15 @@ class JobStore(ABC):
         if job is not None:
             self.append_event(job_id, *running_event(job["attempts"]))
         return job
+
+    def try_claim(self, job_id: str, worker: str) -> tuple[dict[str, Any] | None, str]:
+        """``claim_and_announce``: (the claimed job, 'running'), or (None, why not): the
+        job's status, or 'missing'."""
+        job = self.claim_and_announce(job_id, worker)
+        if job is not None:
+            return job, "running"
+        current = self.get(job_id)
+        return None, "missing" if current is None else current["status"]
 
     @abstractmethod
     def set_progress(self, job_id: str, step: int, total: int) -> None: ...
@@ -167,6 +206,10 @@ class JobStore(ABC):
 
     @abstractmethod
     def cancel_requested(self, job_id: str) -> bool: ...
+
+    def canceled_among(self, job_ids: Iterable[str]) -> set[str]:
+        """The ids among ``job_ids`` whose cancel was requested (a batch asks once)."""
+        return {j for j in job_ids if self.cancel_requested(j)}
 
     @abstractmethod
     def running_jobs(self) -> list[tuple[str, str]]:
@@ -213,6 +256,12 @@ class JobStore(ABC):
 
     def close(self) -> None:
         pass
+
+    def listen_finished(self, on_finished: Callable[[str, dict[str, Any]], None],
+                        stop: threading.Event) -> None:
+        """Until ``stop``: call ``on_finished(job_id, changed fields)`` as jobs finish
+        (where ``announces_finishes``; the fields are the MUTABLE ones of the record)."""
+        raise NotImplementedError(f"{type(self).__name__} does not announce finishes")
 
     # -- shared helpers ------------------------------------------------------------------
     def wait_terminal(self, job_id: str, timeout_s: float, after: int = 0

@@ -8,16 +8,28 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import redis
 
-from workers.store.base import MUTABLE, QUEUED, Event, JobStore, StoreUnavailable, now_iso
+from workers.store.base import (
+    MUTABLE,
+    QUEUED,
+    Event,
+    JobStore,
+    QueueFull,
+    StoreUnavailable,
+    now_iso,
+)
 
 T = TypeVar("T")
 P = "convoy:"
+FINISHED = f"{P}finished"  # channel: each finish publishes [id, field, value, ...]
+log = logging.getLogger(__name__)
 
 # The owner's queued set is named from the job's owner inside the script (one round trip
 # instead of a read first); this needs a single Redis, not a cluster.
@@ -26,9 +38,11 @@ local owner = redis.call('HGET', KEYS[1], 'owner')
 if not owner then owner = cjson.decode(redis.call('HGET', KEYS[1], 'fixed'))['owner'] end
 """
 # KEYS: job, queued, running, events. ARGV: worker, started_at, id, owner-set prefix,
-# events ttl, '1' to append the running event. → the job or 0
+# events ttl, '1' to append the running event. → the job, or its status, or 'missing'
 _CLAIM = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s then return 'missing' end
+if s ~= 'queued' then return s end
 """ + _OWNER + """
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2])
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
@@ -61,20 +75,44 @@ for i = 9, #ARGV, 2 do
   redis.call('XADD', KEYS[4], n .. '-1', 'type', ARGV[i], 'data', ARGV[i + 1])
   redis.call('EXPIRE', KEYS[4], ARGV[8])
 end
-return redis.call('HGETALL', KEYS[1])
+local all = redis.call('HGETALL', KEYS[1])
+local changed = {ARGV[6]}
+for i = 1, #all, 2 do
+  if all[i] ~= 'fixed' then changed[#changed + 1] = all[i]; changed[#changed + 1] = all[i + 1] end
+end
+redis.call('PUBLISH', KEYS[5], cjson.encode(changed))
+return all
 """
 # KEYS: job, counter, owner's jobs, queued, owner's queued, events. ARGV: fixed, ttl, id,
 # owner, the first event's (type, data) or nothing. → 1 if created, else the existing job
-_CREATE = """
-if redis.call('HSETNX', KEYS[1], 'fixed', ARGV[1]) == 0 then
-  return redis.call('HGETALL', KEYS[1])
-end
+_CREATE_BODY = """
 local n = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0, 'seq', 0, 'n', n, 'cancel', 0,
            'owner', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[3], n, ARGV[3])
 redis.call('SADD', KEYS[4], ARGV[3]); redis.call('SADD', KEYS[5], ARGV[3])
+"""
+# KEYS: as _CREATE, then the broker list. ARGV: fixed, ttl, id, owner, the queued event's
+# (type, data), owner's limit, everyone's limit, the message (or '').
+# → 1 if created, 'owner' or 'all' at a limit, else the existing job
+_ACCEPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGETALL', KEYS[1]) end
+if redis.call('SCARD', KEYS[5]) >= tonumber(ARGV[7]) then return 'owner' end
+if redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[8]) then return 'all' end
+redis.call('HSET', KEYS[1], 'fixed', ARGV[1])
+""" + _CREATE_BODY + """
+redis.call('HSET', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[6], '1-1', 'type', ARGV[5], 'data', ARGV[6])
+redis.call('EXPIRE', KEYS[6], ARGV[2])
+if ARGV[9] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[9]) end
+return 1
+"""
+_CREATE = """
+if redis.call('HSETNX', KEYS[1], 'fixed', ARGV[1]) == 0 then
+  return redis.call('HGETALL', KEYS[1])
+end
+""" + _CREATE_BODY + """
 if ARGV[5] then
   redis.call('HSET', KEYS[1], 'seq', 1)
   redis.call('XADD', KEYS[6], '1-1', 'type', ARGV[5], 'data', ARGV[6])
@@ -113,11 +151,16 @@ def _guard(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 class RedisStore(JobStore):
+    pushes_messages = True  # the broker is the same Redis (see workers.celery_app)
+    announces_finishes = True
+
     def __init__(self, url: str, retention_s: int = 86400) -> None:
         self.retention_s = retention_s
+        self.url = url
         opts: dict[str, Any] = dict(socket_connect_timeout=2.0, retry_on_timeout=False)
         self.r = redis.Redis.from_url(url, socket_timeout=3.0, **opts)
         self._claim = self.r.register_script(_CLAIM)
+        self._accept = self.r.register_script(_ACCEPT)
         self._create = self.r.register_script(_CREATE)
         self._finish = self.r.register_script(_FINISH)
         self._requeue = self.r.register_script(_REQUEUE)
@@ -138,22 +181,29 @@ class RedisStore(JobStore):
         it = iter(flat)
         return cls._decode(dict(zip(it, it, strict=True)))
 
-    @staticmethod
-    def _decode(h: dict[bytes, bytes]) -> dict[str, Any] | None:
+    @classmethod
+    def _decode(cls, h: dict[bytes, bytes]) -> dict[str, Any] | None:
         if not h or b"fixed" not in h:
             return None
         job: dict[str, Any] = json.loads(h[b"fixed"])
-        for key in MUTABLE:
-            raw = h.get(key.encode())
-            if key in ("progress", "output", "error"):
-                job[key] = json.loads(raw) if raw else None
-            elif key in ("attempts",):
-                job[key] = int(raw or 0)
-            elif key == "cancel_requested":
-                job[key] = bool(int(h.get(b"cancel", b"0")))
-            else:
-                job[key] = raw.decode() if raw else None
+        job.update(cls._mutable({k.decode(): v.decode() for k, v in h.items() if k != b"fixed"}))
         return job
+
+    @staticmethod
+    def _mutable(h: dict[str, str]) -> dict[str, Any]:
+        """The MUTABLE fields of a job hash's other fields."""
+        out: dict[str, Any] = {}
+        for key in MUTABLE:
+            raw = h.get(key)
+            if key in ("progress", "output", "error"):
+                out[key] = json.loads(raw) if raw else None
+            elif key == "attempts":
+                out[key] = int(raw or 0)
+            elif key == "cancel_requested":
+                out[key] = h.get("cancel", "0") == "1"
+            else:
+                out[key] = raw or None
+        return out
 
     # -- records ---------------------------------------------------------------------------
     def create(self, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -178,6 +228,27 @@ class RedisStore(JobStore):
         created: dict[str, Any] = {**json.loads(fixed), **dict.fromkeys(MUTABLE)}
         created.update(status="queued", attempts=0, cancel_requested=False)
         return created, True
+
+    @_guard
+    def accept(self, job: dict[str, Any], max_mine: int, max_all: int,
+               message: tuple[str, str] | None = None) -> tuple[dict[str, Any], bool]:
+        jid, owner = job["id"], job["owner"]
+        fixed = json.dumps({k: v for k, v in job.items() if k not in MUTABLE})
+        queue, body = message or ("", "")
+        reply = self._accept(
+            keys=[self._k(jid), f"{P}counter", f"{P}owner:{owner}", f"{P}queued",
+                  f"{P}queued:{owner}", f"{P}events:{jid}", queue or f"{P}none"],
+            args=[fixed, self.retention_s, jid, owner, QUEUED[0], json.dumps(QUEUED[1]),
+                  max_mine, max_all, body])
+        if reply == 1:
+            created: dict[str, Any] = {**json.loads(fixed), **dict.fromkeys(MUTABLE)}
+            created.update(status="queued", attempts=0, cancel_requested=False)
+            return created, True
+        if isinstance(reply, bytes):
+            raise QueueFull(reply.decode())
+        existing = self._decode_flat(reply)
+        assert existing is not None
+        return existing, False
 
     @_guard
     def get(self, job_id: str) -> dict[str, Any] | None:
@@ -229,12 +300,22 @@ class RedisStore(JobStore):
     def claim_and_announce(self, job_id: str, worker: str) -> dict[str, Any] | None:
         return self._claim_job(job_id, worker, announce=True)
 
-    @_guard
     def _claim_job(self, job_id: str, worker: str, announce: bool) -> dict[str, Any] | None:
-        return self._decode_flat(self._claim(
+        return self._claim_reply(job_id, worker, announce)[0]
+
+    def try_claim(self, job_id: str, worker: str) -> tuple[dict[str, Any] | None, str]:
+        return self._claim_reply(job_id, worker, announce=True)
+
+    @_guard
+    def _claim_reply(self, job_id: str, worker: str, announce: bool
+                     ) -> tuple[dict[str, Any] | None, str]:
+        reply = self._claim(
             keys=[self._k(job_id), f"{P}queued", f"{P}running", f"{P}events:{job_id}"],
             args=[worker, now_iso(), job_id, f"{P}queued:", self.retention_s,
-                  "1" if announce else ""]))
+                  "1" if announce else ""])
+        if isinstance(reply, bytes):
+            return None, reply.decode()
+        return self._decode_flat(reply), "running"
 
     @_guard
     def set_progress(self, job_id: str, step: int, total: int) -> None:
@@ -258,7 +339,7 @@ class RedisStore(JobStore):
             for type_, data in self.final_events(status, output, error):
                 events += [type_, json.dumps(data)]
         return self._decode_flat(self._finish(
-            keys=[self._k(job_id), f"{P}queued", f"{P}running", f"{P}events:{job_id}"],
+            keys=[self._k(job_id), f"{P}queued", f"{P}running", f"{P}events:{job_id}", FINISHED],
             args=[worker or "", status, json.dumps(output), json.dumps(error), now_iso(), job_id,
                   f"{P}queued:", self.retention_s, *events]))
 
@@ -277,6 +358,16 @@ class RedisStore(JobStore):
     @_guard
     def cancel_requested(self, job_id: str) -> bool:
         return self.r.hget(self._k(job_id), "cancel") == b"1"
+
+    @_guard
+    def canceled_among(self, job_ids: Iterable[str]) -> set[str]:
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        pipe = self.r.pipeline(transaction=False)
+        for j in ids:
+            pipe.hget(self._k(j), "cancel")
+        return {j for j, flag in zip(ids, pipe.execute(), strict=True) if flag == b"1"}
 
     @_guard
     def running_jobs(self) -> list[tuple[str, str]]:
@@ -361,3 +452,27 @@ class RedisStore(JobStore):
 
     def close(self) -> None:
         self.r.close()
+
+    def listen_finished(self, on_finished: Callable[[str, dict[str, Any]], None],
+                        stop: threading.Event) -> None:
+        """Follow the FINISHED channel on a connection of its own, resubscribing after a
+        connection loss (finishes in the gap are missed: waiters read the record again)."""
+        while not stop.is_set():
+            client = redis.Redis.from_url(self.url, socket_connect_timeout=2.0,
+                                          health_check_interval=10)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(FINISHED)
+                while not stop.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message is None:
+                        continue
+                    job_id, *flat = json.loads(message["data"])
+                    it = iter(flat)
+                    on_finished(job_id, self._mutable(dict(zip(it, it, strict=True))))
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+                log.warning("finish announcements interrupted (%s); resubscribing", e)
+                stop.wait(1.0)
+            finally:
+                pubsub.close()
+                client.close()

@@ -1,0 +1,92 @@
+"""Requests that wait for their job's end (``Prefer: wait``), without a thread each.
+
+Where the store announces finishes (Redis: one subscription per API process), a listener
+thread hands each finish to the requests waiting for that job on the event loop; they
+also read the record again every ``recheck_s``, so a finish missed while the
+subscription was down only delays them. Elsewhere a worker thread per waiting request
+follows the job's events (``JobStore.wait_terminal``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import anyio
+
+from workers.store import TERMINAL, JobStore
+
+
+class Waiters:
+    recheck_s = 1.0
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self.push = store.announces_finishes
+        self._waiting: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start listening (from the event loop that will await the waits)."""
+        if not self.push or self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(
+            target=self.store.listen_finished, args=(self._finished, self._stop),
+            name="convoy-finishes", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def expect(self, job_id: str) -> asyncio.Future[dict[str, Any]] | None:
+        """Register a wait before the job exists, so that no finish slips past it."""
+        if not self.push or self._loop is None:
+            return None
+        future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        self._waiting.setdefault(job_id, []).append(future)
+        return future
+
+    def forget(self, job_id: str, future: asyncio.Future[dict[str, Any]] | None) -> None:
+        futures = self._waiting.get(job_id)
+        if future is None or futures is None:
+            return
+        if future in futures:
+            futures.remove(future)
+        if not futures:
+            del self._waiting[job_id]
+
+    async def wait(self, job: dict[str, Any], future: asyncio.Future[dict[str, Any]] | None,
+                   timeout_s: float) -> dict[str, Any] | None:
+        """The job's record once it is terminal, or its latest one when the time is up."""
+        if future is None:
+            return await anyio.to_thread.run_sync(self.store.wait_terminal, job["id"],
+                                                  timeout_s, 1)  # 1: the queued event
+        deadline = time.monotonic() + timeout_s
+        latest: dict[str, Any] | None = job
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                changed = await asyncio.wait_for(asyncio.shield(future),
+                                                 min(left, self.recheck_s))
+                return {**job, **changed}
+            except TimeoutError:
+                latest = await anyio.to_thread.run_sync(self.store.get, job["id"])
+                if latest is None or latest["status"] in TERMINAL:
+                    return latest
+        return latest
+
+    # -- the listener thread's side ----------------------------------------------------------
+    def _finished(self, job_id: str, changed: dict[str, Any]) -> None:
+        if job_id in self._waiting and self._loop is not None:  # a racy peek, settled below
+            self._loop.call_soon_threadsafe(self._resolve, job_id, changed)
+
+    def _resolve(self, job_id: str, changed: dict[str, Any]) -> None:
+        for future in self._waiting.get(job_id, ()):
+            if not future.done():
+                future.set_result(changed)
