@@ -18,6 +18,7 @@ from service.deps import State
 from service.limits import BodyLimit, RateLimiter
 from service.metrics import REGISTRY, WorkerCollector
 from service.routes import health, jobs, models
+from service.submitter import Submitter
 from service.waiters import Waiters
 from workers.celery_app import make_celery
 from workers.errors import ConvoyError, RateLimited, Unavailable
@@ -92,14 +93,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.store.close()
 
     store = open_store(settings)
+    celery = make_celery(settings)
     state = State(
         settings=settings,
         store=store,
         catalog=Catalog.load(settings.catalog),
-        celery=make_celery(settings),
+        celery=celery,
         keys=settings.keys(),
         limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
         waiters=Waiters(store),
+        submitter=Submitter.for_celery(store, celery, settings.max_queued_per_owner,
+                                       settings.max_queue_depth),
     )
     state.celery.conf.task_publish_retry_policy = {
         "max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 
 from models.catalog import Catalog
 from service.limits import RateLimiter
+from service.submitter import Submitter
 from service.waiters import Waiters
 from workers.errors import Unauthorized
 from workers.settings import Settings
@@ -28,6 +29,7 @@ class State:
     keys: dict[str, str]  # API key -> owner
     limiter: RateLimiter
     waiters: Waiters
+    submitter: Submitter
 
 
 # The dependencies are async (they never block) so that FastAPI runs them on the event loop

@@ -70,25 +70,31 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def dispatch(app: Celery, job_id: str, queue: str) -> None:
-    """Send the message that carries a job: its id, nothing else."""
-    app.send_task(TASK, args=[job_id], queue=queue, task_id=f"{job_id}.{_nonce()}")
+def dispatch(app: Celery, job_ids: str | list[str], queue: str) -> None:
+    """Send the message that carries a job (its id, nothing else) or jobs submitted
+    together (their ids: the worker takes them at once, into the same batches)."""
+    app.send_task(TASK, args=[job_ids], queue=queue, task_id=_task_id(job_ids))
+
+
+def _task_id(job_ids: str | list[str]) -> str:
+    first = job_ids if isinstance(job_ids, str) else f"{job_ids[0]}+{len(job_ids) - 1}"
+    return f"{first}.{_nonce()}"
 
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 
 
-def task_message(job_id: str, queue: str) -> tuple[str, str]:
-    """(the Redis list of ``queue``, the message that carries the job) as ``dispatch``
-    would push them through kombu's Redis transport: Celery's message protocol 2, JSON body,
-    priority 0 (the list named after the queue).
+def task_message(job_ids: str | list[str], queue: str) -> tuple[str, str]:
+    """(the Redis list of ``queue``, the message of ``dispatch``) as kombu's Redis
+    transport would push them: Celery's message protocol 2, JSON body, priority 0 (the list
+    named after the queue).
 
     Built without the broker, so that the Redis store can push it in the same atomic step
-    that records the job: an accepted job is never left without its message, and the
+    that records the jobs: an accepted job is never left without its message, and a
     submission costs one round trip instead of three."""
-    task_id = f"{job_id}.{_nonce()}"
-    body = json.dumps([[job_id], {}, _EMBED]).encode()
+    task_id = _task_id(job_ids)
+    body = json.dumps([[job_ids], {}, _EMBED]).encode()
     message = {
         "body": base64.b64encode(body).decode(),
         "content-encoding": "utf-8",
@@ -97,7 +103,7 @@ def task_message(job_id: str, queue: str) -> tuple[str, str]:
             "lang": "py", "task": TASK, "id": task_id, "shadow": None, "eta": None,
             "expires": None, "group": None, "group_index": None, "retries": 0,
             "timelimit": [None, None], "root_id": task_id, "parent_id": None,
-            "argsrepr": repr([job_id]), "kwargsrepr": "{}", "origin": _ORIGIN,
+            "argsrepr": repr([job_ids])[:200], "kwargsrepr": "{}", "origin": _ORIGIN,
             "ignore_result": None, "replaced_task_nesting": 0, "stamped_headers": None,
             "stamps": {},
         },

@@ -9,7 +9,9 @@ import socket
 import threading
 import time
 from collections import Counter
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +43,6 @@ def finish_and_announce(
 
 
 CANCEL_POLL_S = 0.005  # how often a running job's cancel flag is read: about every step
-# What run_job returns → the job's final status (the rest are failures).
-_STATUS_OF = {"succeeded": "succeeded", "canceled": "canceled"}
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:
@@ -68,6 +68,28 @@ def link_artifacts(store: JobStore, job_id: str, value: Any) -> Any:
     return value
 
 
+@dataclass
+class _Run:
+    """One job of ``run_jobs`` on its way: claimed, submitted, then ended with a status."""
+
+    id: str
+    job: dict[str, Any] | None = None
+    claimed_at: float | None = None
+    deadline: float = 0.0
+    future: Future[dict[str, Any]] | None = None
+    outcome: str | None = None  # what run_jobs reports
+    status: str | None = None  # the final status to record
+    output: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+    def end(self, outcome: str, status: str, output: dict[str, Any] | None = None,
+            error: dict[str, Any] | None = None) -> None:
+        self.outcome, self.status, self.output, self.error = outcome, status, output, error
+
+    def fail(self, code: str, message: str, outcome: str | None = None) -> None:
+        self.end(outcome or code, "failed", error={"code": code, "message": message[:2000]})
+
+
 class WorkerRuntime:
     def __init__(self, settings: Settings, store: JobStore, catalog: Catalog, cache: ModelCache,
                  celery: Celery | None = None, name: str | None = None) -> None:
@@ -88,77 +110,95 @@ class WorkerRuntime:
         self._active: Counter[str] = Counter()  # jobs a thread of this process is running
         self._active_lock = threading.Lock()
 
-    # -- one job -------------------------------------------------------------------------------
+    # -- jobs ----------------------------------------------------------------------------------
     def run_job(self, job_id: str) -> str:
         """Run a job to its end; return what happened (for logs and tests)."""
-        marks: dict[str, float] = {}
-        job: dict[str, Any] = {}
-        outcome = self._run(job_id, job, marks)
-        if job and outcome != "missing" and not outcome.startswith("skipped"):
-            claimed = marks.get("claimed")
-            self.stats.job(job["kind"], job["model"], _STATUS_OF.get(outcome, "failed"),
-                           queue_wait_s=marks.get("queue_wait"),
-                           run_s=None if claimed is None else time.monotonic() - claimed)
-        return outcome
+        return self.run_jobs([job_id])[0]
 
-    def _run(self, job_id: str, job: dict[str, Any], marks: dict[str, float]) -> str:
-        """Claim the job (one step: a message for a job that is not queued any more, a
-        redelivery, is skipped), run it and record its outcome; ``job`` gets the record."""
-        self.batcher.expect()
-        submitted = False
-        self._hold(job_id, +1)
+    def run_jobs(self, job_ids: list[str]) -> list[str]:
+        """Run jobs that came in one message to their ends, together: one store step claims
+        them all, their requests go to the batcher at once, one store step records their
+        outcomes. A message for a job that is not queued any more (a redelivery) skips it.
+        Returns what happened to each (for logs and tests)."""
+        runs = [_Run(j) for j in job_ids]
+        for run in runs:
+            self.batcher.expect()
+            self._hold(run.id, +1)
         try:
-            claimed, why = self.durable.try_claim(job_id, self.id)
-            if claimed is None:
-                return "missing" if why == "missing" else f"skipped ({why})"
-            job.update(claimed)
-            marks["claimed"] = time.monotonic()
-            wait = _seconds_between(claimed.get("created_at"), claimed.get("started_at"))
-            if wait is not None:
-                marks["queue_wait"] = wait
-            if claimed.get("cancel_requested"):  # the record carries the flag: no extra read
-                finish_and_announce(self.durable, job_id, self.id, "canceled")
-                return "canceled"
-            if claimed["attempts"] > self.settings.max_attempts:
-                self._fail(job_id, "worker_lost",
-                           f"the job ended its worker {claimed['attempts'] - 1} times")
-                return "worker_lost"
-            item = self._item(claimed)
-            future = self.batcher.submit(item)
-            submitted = True
-            deadline = self._deadline(claimed)
-            try:
-                output = future.result(timeout=max(0.0, deadline - time.time()) + 1.0)
-            except FutureTimeout:
-                output = future.result(timeout=5.0)  # the executor noticed the deadline
-            output = link_artifacts(self.durable, job_id, output)
-            finish_and_announce(self.durable, job_id, self.id, "succeeded", output=output)
-            return "succeeded"
-        except Stopped as e:
-            if e.reason == "timeout":
-                self._fail(job_id, "timeout", "the job ran past its deadline")
-            else:
-                finish_and_announce(self.durable, job_id, self.id, "canceled")
-            return e.reason
-        except (InvalidRequest, ConvoyError, ModelNotFound, ValueError) as e:
-            self._fail(job_id, "invalid_input", str(e))
-            return "invalid_input"
-        except OutOfMemory as e:
-            self._fail(job_id, "gpu_oom", f"out of device memory at a batch of one: {e}")
-            return "gpu_oom"
-        except FutureTimeout:
-            self._fail(job_id, "timeout", "the job ran past its deadline")
-            return "timeout"
-        except Exception as e:
-            log.exception("job %s failed", job_id)
-            self._fail(job_id, "internal", f"{type(e).__name__}: {e}")
-            return "internal"
+            for run, (claimed, why) in zip(runs, self.durable.try_claim_many(job_ids, self.id),
+                                           strict=True):
+                if claimed is None:
+                    run.outcome = "missing" if why == "missing" else f"skipped ({why})"
+                else:
+                    run.job, run.claimed_at = claimed, time.monotonic()
+                    self._start(run)
+            for run in runs:
+                if run.future is not None:
+                    self._collect(run)
+            ended = [r for r in runs if r.status is not None]
+            if ended:
+                self.durable.finish_many([(r.id, self.id, r.status, r.output, r.error)
+                                          for r in ended])
         finally:
-            self._hold(job_id, -1)
-            if not submitted:
-                self.batcher.unexpect()
-            if job:
-                self.jobs_done += 1
+            for run in runs:
+                self._hold(run.id, -1)
+                if run.future is None:
+                    self.batcher.unexpect()
+                if run.job is not None:
+                    self.jobs_done += 1
+                    self._count(run)
+        return [r.outcome or "internal" for r in runs]
+
+    def _start(self, run: _Run) -> None:
+        """Hand a claimed job's request to the batcher, unless it is over before it starts."""
+        job = run.job
+        assert job is not None
+        if job.get("cancel_requested"):  # the record carries the flag: no extra read
+            run.end("canceled", "canceled")
+        elif job["attempts"] > self.settings.max_attempts:
+            run.fail("worker_lost", f"the job ended its worker {job['attempts'] - 1} times")
+        else:
+            try:
+                run.deadline = self._deadline(job)
+                run.future = self.batcher.submit(self._item(job))
+            except Exception as e:
+                self._failed(run, e)
+
+    def _collect(self, run: _Run) -> None:
+        """Wait for a submitted job's result and store its artifacts."""
+        assert run.future is not None
+        try:
+            try:
+                output = run.future.result(timeout=max(0.0, run.deadline - time.time()) + 1.0)
+            except FutureTimeout:
+                output = run.future.result(timeout=5.0)  # the executor noticed the deadline
+            run.end("succeeded", "succeeded", output=link_artifacts(self.durable, run.id, output))
+        except Exception as e:
+            self._failed(run, e)
+
+    def _failed(self, run: _Run, e: Exception) -> None:
+        if isinstance(e, Stopped):
+            if e.reason == "timeout":
+                run.fail("timeout", "the job ran past its deadline")
+            else:
+                run.end("canceled", "canceled")
+        elif isinstance(e, InvalidRequest | ConvoyError | ModelNotFound | ValueError):
+            run.fail("invalid_input", str(e), outcome="invalid_input")
+        elif isinstance(e, OutOfMemory):
+            run.fail("gpu_oom", f"out of device memory at a batch of one: {e}")
+        elif isinstance(e, FutureTimeout):
+            run.fail("timeout", "the job ran past its deadline")
+        else:
+            log.error("job %s failed", run.id, exc_info=e)
+            run.fail("internal", f"{type(e).__name__}: {e}")
+
+    def _count(self, run: _Run) -> None:
+        job = run.job
+        assert job is not None
+        wait = _seconds_between(job.get("created_at"), job.get("started_at"))
+        self.stats.job(job["kind"], job["model"], run.status or "failed", queue_wait_s=wait,
+                       run_s=None if run.claimed_at is None
+                       else time.monotonic() - run.claimed_at)
 
     def _canceled_among(self, job_ids: list[str]) -> set[str]:
         try:
@@ -171,10 +211,6 @@ class WorkerRuntime:
             self._active[job_id] += delta
             if self._active[job_id] <= 0:
                 del self._active[job_id]
-
-    def _fail(self, job_id: str, code: str, message: str) -> None:
-        finish_and_announce(self.durable, job_id, self.id, "failed",
-                            error={"code": code, "message": message[:2000]})
 
     def _deadline(self, job: dict[str, Any]) -> float:
         timeout = job.get("timeout_s") or self.settings.job_timeout_s

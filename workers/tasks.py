@@ -14,7 +14,11 @@ if TYPE_CHECKING:
 
 def register(app: Celery, runtime: WorkerRuntime) -> None:
     @app.task(name=TASK, acks_late=True, ignore_result=True)
-    def run_job(job_id: str) -> str:
-        if not isinstance(job_id, str) or len(job_id) > 200:
-            return "refused (malformed job id)"
-        return runtime.run_job(job_id)
+    def run_job(job_ids: str | list[str]) -> str | list[str]:
+        """Run one job, or the jobs submitted together (one message, shared batches)."""
+        if isinstance(job_ids, str):
+            job_ids = [job_ids]
+        if (not isinstance(job_ids, list) or not job_ids or len(job_ids) > 1024
+                or not all(isinstance(j, str) and 0 < len(j) <= 200 for j in job_ids)):
+            return "refused (malformed job ids)"
+        return runtime.run_jobs(list(dict.fromkeys(job_ids)))

@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from service.deps import Caller, CallerDep, State, StateDep
 from service.errors import V1_ERRORS, error_responses
 from service.metrics import JOBS_SUBMITTED
-from workers.celery_app import dispatch, task_message
+from service.submitter import BrokerDown
 from workers.contract import JobRequest, check, request_hash
 from workers.errors import Conflict, InvalidInput, NotFound, RateLimited, Unavailable
 from workers.runtime import finish_and_announce
@@ -42,10 +42,14 @@ def _prefer_wait(prefer: str | None, limit: float) -> float:
     return min(float(match.group(1)), limit) if match else 0.0
 
 
+INLINE_CHECK_BYTES = 64 * 1024  # smaller bodies are checked on the event loop: no thread hop
+
+
 @router.post("", status_code=202, responses={200: {"description": "finished (Prefer: wait) or "
                                                     "an idempotent resubmission"},
                                                **error_responses(409, 415, 429)})
 async def submit(
+    request: Request,
     state: StateDep,
     caller: CallerDep,
     body: Annotated[JobRequest, Body()],
@@ -55,15 +59,33 @@ async def submit(
     retry = state.limiter.take(caller.key) if state.keys else 0.0
     if retry > 0:
         raise RateLimited("too many requests for this API key", retry_after=retry)
-    wait = _prefer_wait(prefer, state.settings.max_wait_s)
+    settings = state.settings
+    wait = _prefer_wait(prefer, settings.max_wait_s)
     job_id = body.id or new_id()
     waiter = state.waiters.expect(job_id) if wait > 0 else None
     try:
-        record, job = await anyio.to_thread.run_sync(_accept, state, caller, body, job_id)
-        if job is None:  # an idempotent resubmission
-            return JSONResponse(public_record(record), status_code=200)
+        small = int(request.headers.get("content-length") or INLINE_CHECK_BYTES + 1)
+        if body.id is None and small <= INLINE_CHECK_BYTES:
+            job, existing = _prepare(state, caller, body, job_id)
+        else:
+            job, existing = await anyio.to_thread.run_sync(_prepare, state, caller, body, job_id)
+        if job is None:
+            return JSONResponse(public_record(existing), status_code=200)
+        try:
+            record, created = await state.submitter.submit(job)
+        except QueueFull as e:
+            if e.whose == "owner":
+                raise RateLimited(f"this key already has {settings.max_queued_per_owner} "
+                                  "queued jobs", retry_after=5.0) from e
+            raise Unavailable("the queue is full", retry_after=10.0) from e
+        except BrokerDown as e:
+            raise Unavailable(str(e)) from e
+        if not created:
+            return JSONResponse(public_record(
+                _resubmitted(record, caller, job["request_hash"])), status_code=200)
+        JOBS_SUBMITTED.labels(kind=body.kind, model=job["model"]).inc()
         if wait > 0:
-            done = await state.waiters.wait(job, waiter, wait)
+            done = await state.waiters.wait(record, waiter, wait)
             if done is not None and done["status"] in TERMINAL:
                 return JSONResponse(public_record(done), status_code=200)
             record = done or record
@@ -72,10 +94,10 @@ async def submit(
         state.waiters.forget(job_id, waiter)
 
 
-def _accept(state: State, caller: Caller, body: JobRequest, job_id: str
-            ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Check the input, record the job and queue it (one step where the store pushes the
-    broker message itself); return (its record, the job) or (the existing record, None)."""
+def _prepare(state: State, caller: Caller, body: JobRequest, job_id: str
+             ) -> tuple[dict[str, Any], None] | tuple[None, dict[str, Any]]:
+    """Check the input and build the job; (job, None), or (None, the existing record) for
+    the idempotent resubmission of a job id."""
     settings = state.settings
     entry = state.catalog.get(body.model)
     data = check(body.kind, body.input.model_dump(), entry, settings.max_image_pixels)
@@ -85,33 +107,13 @@ def _accept(state: State, caller: Caller, body: JobRequest, job_id: str
     if body.id is not None:
         existing = state.store.get(body.id)
         if existing is not None:
-            return _resubmitted(existing, caller, fingerprint), None
-    job = {
+            return None, _resubmitted(existing, caller, fingerprint)
+    return {
         "id": job_id, "owner": caller.owner, "kind": body.kind,
         "model": entry.name, "queue": entry.queue, "input": data,
         "request_hash": fingerprint, "webhook": body.webhook, "timeout_s": body.timeout_s,
         "created_at": now_iso(), "status": "queued", "attempts": 0,
-    }
-    message = task_message(job_id, entry.queue) if state.store.pushes_messages else None
-    try:
-        record, created = state.store.accept(job, settings.max_queued_per_owner,
-                                             settings.max_queue_depth, message)
-    except QueueFull as e:
-        if e.whose == "owner":
-            raise RateLimited(f"this key already has {settings.max_queued_per_owner} queued "
-                              "jobs", retry_after=5.0) from e
-        raise Unavailable("the queue is full", retry_after=10.0) from e
-    if not created:
-        return _resubmitted(record, caller, fingerprint), None
-    if message is None:
-        try:
-            dispatch(state.celery, job_id, entry.queue)
-        except Exception as e:
-            finish_and_announce(state.store, job_id, None, "failed", error={
-                "code": "internal", "message": "the job could not be queued"})
-            raise Unavailable(f"the broker does not answer: {type(e).__name__}") from e
-    JOBS_SUBMITTED.labels(kind=body.kind, model=entry.name).inc()
-    return record, job
+    }, None
 
 
 def _resubmitted(existing: dict[str, Any], caller: Caller, fingerprint: str) -> dict[str, Any]:

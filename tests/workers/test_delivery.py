@@ -119,7 +119,7 @@ def test_a_store_outage_mid_job_loses_nothing(runtime_for: Any) -> None:
 
 
 def test_a_run_that_could_not_record_is_handed_back(runtime_for: Any) -> None:
-    rt, store, flaky = runtime_for(lambda s: Flaky(s, only={"finish_and_announce"}), store_patience_s=0.2)
+    rt, store, flaky = runtime_for(lambda s: Flaky(s, only={"finish_many"}), store_patience_s=0.2)
     _submit(store, "j", steps=2)
     flaky.down.set()
     with pytest.raises(StoreUnavailable):

@@ -111,20 +111,32 @@ class JobStore(ABC):
             self.append_event(job["id"], *QUEUED)
         return record, created
 
-    def accept(self, job: dict[str, Any], max_mine: int, max_all: int,
-               message: tuple[str, str] | None = None) -> tuple[dict[str, Any], bool]:
+    def accept(self, job: dict[str, Any], max_mine: int, max_all: int
+               ) -> tuple[dict[str, Any], bool]:
         """``create_and_announce`` a submitted job unless the owner already has ``max_mine``
-        queued jobs or everyone ``max_all`` (``QueueFull``). ``message`` (a broker list and
-        the message that carries the job) is pushed with the job where ``pushes_messages``;
-        elsewhere sending it is the caller's part."""
-        if message is not None:
-            raise NotImplementedError(f"{type(self).__name__} does not push messages")
+        queued jobs or everyone ``max_all`` (``QueueFull``)."""
         mine, everyone = self.queued_counts(job["owner"])
         if mine >= max_mine:
             raise QueueFull("owner")
         if everyone >= max_all:
             raise QueueFull("all")
         return self.create_and_announce(job)
+
+    def accept_many(self, jobs: list[dict[str, Any]], max_mine: int, max_all: int,
+                    messages: list[tuple[str, str]] | None = None
+                    ) -> list[tuple[dict[str, Any], bool] | QueueFull]:
+        """``accept`` each job (a QueueFull in place of those over a limit). ``messages``
+        (broker list, message) are pushed in the same atomic step where
+        ``pushes_messages``; elsewhere sending them is the caller's part."""
+        if messages:
+            raise NotImplementedError(f"{type(self).__name__} does not push messages")
+        out: list[tuple[dict[str, Any], bool] | QueueFull] = []
+        for job in jobs:
+            try:
+                out.append(self.accept(job, max_mine, max_all))
+            except QueueFull as e:
+                out.append(e)
+        return out
 
     @abstractmethod
     def get(self, job_id: str) -> dict[str, Any] | None: ...
@@ -163,6 +175,11 @@ class JobStore(ABC):
         current = self.get(job_id)
         return None, "missing" if current is None else current["status"]
 
+    def try_claim_many(self, job_ids: list[str], worker: str
+                       ) -> list[tuple[dict[str, Any] | None, str]]:
+        """``try_claim`` each job."""
+        return [self.try_claim(j, worker) for j in job_ids]
+
     @abstractmethod
     def set_progress(self, job_id: str, step: int, total: int) -> None: ...
 
@@ -196,6 +213,13 @@ class JobStore(ABC):
             for type_, data in self.final_events(status, output, error):
                 self.append_event(job_id, type_, data)
         return job
+
+    def finish_many(self, outcomes: list[tuple[str, str | None, str, dict[str, Any] | None,
+                                               dict[str, Any] | None]]
+                    ) -> list[dict[str, Any] | None]:
+        """``finish_and_announce`` each (job id, worker, status, output, error)."""
+        return [self.finish_and_announce(j, w, s, output=o, error=e)
+                for j, w, s, o, e in outcomes]
 
     @abstractmethod
     def requeue(self, job_id: str, worker: str) -> bool:

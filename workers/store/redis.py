@@ -93,9 +93,8 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[3], n, ARGV[3])
 redis.call('SADD', KEYS[4], ARGV[3]); redis.call('SADD', KEYS[5], ARGV[3])
 """
-# KEYS: as _CREATE, then the broker list. ARGV: fixed, ttl, id, owner, the queued event's
-# (type, data), owner's limit, everyone's limit, the message (or '').
-# → 1 if created, 'owner' or 'all' at a limit, else the existing job
+# KEYS: as _CREATE. ARGV: fixed, ttl, id, owner, the queued event's (type, data), owner's
+# limit, everyone's limit. → 1 if created, 'owner' or 'all' at a limit, else the existing job
 _ACCEPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGETALL', KEYS[1]) end
 if redis.call('SCARD', KEYS[5]) >= tonumber(ARGV[7]) then return 'owner' end
@@ -105,7 +104,6 @@ redis.call('HSET', KEYS[1], 'fixed', ARGV[1])
 redis.call('HSET', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[6], '1-1', 'type', ARGV[5], 'data', ARGV[6])
 redis.call('EXPIRE', KEYS[6], ARGV[2])
-if ARGV[9] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[9]) end
 return 1
 """
 _CREATE = """
@@ -159,6 +157,7 @@ class RedisStore(JobStore):
         self.url = url
         opts: dict[str, Any] = dict(socket_connect_timeout=2.0, retry_on_timeout=False)
         self.r = redis.Redis.from_url(url, socket_timeout=3.0, **opts)
+        self._loaded: set[str] = set()
         self._claim = self.r.register_script(_CLAIM)
         self._accept = self.r.register_script(_ACCEPT)
         self._create = self.r.register_script(_CREATE)
@@ -229,26 +228,64 @@ class RedisStore(JobStore):
         created.update(status="queued", attempts=0, cancel_requested=False)
         return created, True
 
+    def _run_many(self, script: Any, calls: list[tuple[list[str], list[Any]]],
+                  transaction: bool = False, tail: list[tuple[str, str]] | None = None
+                  ) -> list[Any]:
+        """One script over many key sets in one round trip (then LPUSH each of ``tail``);
+        with ``transaction``, all of it as one atomic step."""
+        if script.sha not in self._loaded:  # else a pipeline would carry it in every call
+            self.r.script_load(script.script)
+            self._loaded.add(script.sha)
+        for attempt in range(2):
+            pipe = self.r.pipeline(transaction=transaction)
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            for key, value in tail or ():
+                pipe.lpush(key, value)
+            replies = pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError)
+                                    for r in replies):
+                self.r.script_load(script.script)  # a restarted Redis forgot its scripts
+                continue
+            for r in replies:
+                if isinstance(r, Exception):
+                    raise r
+            return replies[:len(calls)]
+        raise AssertionError("unreachable")
+
     @_guard
-    def accept(self, job: dict[str, Any], max_mine: int, max_all: int,
-               message: tuple[str, str] | None = None) -> tuple[dict[str, Any], bool]:
-        jid, owner = job["id"], job["owner"]
-        fixed = json.dumps({k: v for k, v in job.items() if k not in MUTABLE})
-        queue, body = message or ("", "")
-        reply = self._accept(
-            keys=[self._k(jid), f"{P}counter", f"{P}owner:{owner}", f"{P}queued",
-                  f"{P}queued:{owner}", f"{P}events:{jid}", queue or f"{P}none"],
-            args=[fixed, self.retention_s, jid, owner, QUEUED[0], json.dumps(QUEUED[1]),
-                  max_mine, max_all, body])
-        if reply == 1:
-            created: dict[str, Any] = {**json.loads(fixed), **dict.fromkeys(MUTABLE)}
-            created.update(status="queued", attempts=0, cancel_requested=False)
-            return created, True
-        if isinstance(reply, bytes):
-            raise QueueFull(reply.decode())
-        existing = self._decode_flat(reply)
-        assert existing is not None
-        return existing, False
+    def accept_many(self, jobs: list[dict[str, Any]], max_mine: int, max_all: int,
+                    messages: list[tuple[str, str]] | None = None
+                    ) -> list[tuple[dict[str, Any], bool] | QueueFull]:
+        calls = []
+        for job in jobs:
+            jid, owner = job["id"], job["owner"]
+            fixed = json.dumps({k: v for k, v in job.items() if k not in MUTABLE})
+            calls.append(([self._k(jid), f"{P}counter", f"{P}owner:{owner}", f"{P}queued",
+                           f"{P}queued:{owner}", f"{P}events:{jid}"],
+                          [fixed, self.retention_s, jid, owner, QUEUED[0],
+                           json.dumps(QUEUED[1]), max_mine, max_all]))
+        replies = self._run_many(self._accept, calls, transaction=True, tail=messages)
+        out: list[tuple[dict[str, Any], bool] | QueueFull] = []
+        for job, reply in zip(jobs, replies, strict=True):
+            if reply == 1:
+                created: dict[str, Any] = {**job, **dict.fromkeys(MUTABLE)}
+                created.update(status="queued", attempts=0, cancel_requested=False)
+                out.append((created, True))
+            elif isinstance(reply, bytes):
+                out.append(QueueFull(reply.decode()))
+            else:
+                existing = self._decode_flat(reply)
+                assert existing is not None
+                out.append((existing, False))
+        return out
+
+    def accept(self, job: dict[str, Any], max_mine: int, max_all: int
+               ) -> tuple[dict[str, Any], bool]:
+        (reply,) = self.accept_many([job], max_mine, max_all)
+        if isinstance(reply, QueueFull):
+            raise reply
+        return reply
 
     @_guard
     def get(self, job_id: str) -> dict[str, Any] | None:
@@ -306,16 +343,24 @@ class RedisStore(JobStore):
     def try_claim(self, job_id: str, worker: str) -> tuple[dict[str, Any] | None, str]:
         return self._claim_reply(job_id, worker, announce=True)
 
-    @_guard
     def _claim_reply(self, job_id: str, worker: str, announce: bool
                      ) -> tuple[dict[str, Any] | None, str]:
-        reply = self._claim(
-            keys=[self._k(job_id), f"{P}queued", f"{P}running", f"{P}events:{job_id}"],
-            args=[worker, now_iso(), job_id, f"{P}queued:", self.retention_s,
-                  "1" if announce else ""])
-        if isinstance(reply, bytes):
-            return None, reply.decode()
-        return self._decode_flat(reply), "running"
+        return self._claims([job_id], worker, announce)[0]
+
+    def try_claim_many(self, job_ids: list[str], worker: str
+                       ) -> list[tuple[dict[str, Any] | None, str]]:
+        return self._claims(job_ids, worker, announce=True)
+
+    @_guard
+    def _claims(self, job_ids: list[str], worker: str, announce: bool
+                ) -> list[tuple[dict[str, Any] | None, str]]:
+        at = now_iso()
+        replies = self._run_many(self._claim, [
+            ([self._k(j), f"{P}queued", f"{P}running", f"{P}events:{j}"],
+             [worker, at, j, f"{P}queued:", self.retention_s, "1" if announce else ""])
+            for j in job_ids])
+        return [(None, r.decode()) if isinstance(r, bytes) else (self._decode_flat(r), "running")
+                for r in replies]
 
     @_guard
     def set_progress(self, job_id: str, step: int, total: int) -> None:
@@ -328,20 +373,34 @@ class RedisStore(JobStore):
     ) -> dict[str, Any] | None:
         return self.finish_and_announce(job_id, worker, status, output, error, announce=False)
 
-    @_guard
     def finish_and_announce(
         self, job_id: str, worker: str | None, status: str,
         output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
         announce: bool = True,
     ) -> dict[str, Any] | None:
-        events: list[Any] = []
-        if announce:
-            for type_, data in self.final_events(status, output, error):
-                events += [type_, json.dumps(data)]
-        return self._decode_flat(self._finish(
-            keys=[self._k(job_id), f"{P}queued", f"{P}running", f"{P}events:{job_id}", FINISHED],
-            args=[worker or "", status, json.dumps(output), json.dumps(error), now_iso(), job_id,
-                  f"{P}queued:", self.retention_s, *events]))
+        return self._finishes([(job_id, worker, status, output, error)], announce)[0]
+
+    def finish_many(self, outcomes: list[tuple[str, str | None, str, dict[str, Any] | None,
+                                               dict[str, Any] | None]]
+                    ) -> list[dict[str, Any] | None]:
+        return self._finishes(outcomes, announce=True)
+
+    @_guard
+    def _finishes(self, outcomes: list[tuple[str, str | None, str, dict[str, Any] | None,
+                                             dict[str, Any] | None]], announce: bool
+                  ) -> list[dict[str, Any] | None]:
+        at = now_iso()
+        calls = []
+        for job_id, worker, status, output, error in outcomes:
+            events: list[Any] = []
+            if announce:
+                for type_, data in self.final_events(status, output, error):
+                    events += [type_, json.dumps(data)]
+            calls.append((
+                [self._k(job_id), f"{P}queued", f"{P}running", f"{P}events:{job_id}", FINISHED],
+                [worker or "", status, json.dumps(output), json.dumps(error), at, job_id,
+                 f"{P}queued:", self.retention_s, *events]))
+        return [self._decode_flat(r) for r in self._run_many(self._finish, calls)]
 
     @_guard
     def requeue(self, job_id: str, worker: str) -> bool:
