@@ -72,6 +72,9 @@ def run_worker(settings: Settings, queues: list[str] | None = None,
     device = resolve_device(settings.device)
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads(settings))
+    # A forward pass gives up the GIL and takes it back at every op; at Python's default
+    # switch interval (5 ms) each take-back can wait that long behind the job threads.
+    sys.setswitchinterval(settings.switch_interval_s)
     import warnings
 
     from celery.exceptions import SecurityWarning
