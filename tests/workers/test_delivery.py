@@ -221,3 +221,31 @@ def test_redis_that_may_evict_is_refused_and_one_without_aof_warned(
     with caplog.at_level(logging.WARNING, logger="workers.startup"):
         check_redis(own_redis)
     assert "AOF" in caplog.text
+
+
+def test_jobs_of_one_message_are_claimed_batched_and_recorded_together(runtime_for: Any) -> None:
+    rt, store, _ = runtime_for()
+    for j in ("a", "b", "c"):
+        _submit(store, j, steps=2)
+    store.finish_and_announce("c", None, "canceled")  # canceled while queued
+    outcomes = rt.run_jobs(["a", "b", "c", "gone"])
+    assert outcomes == ["succeeded", "succeeded", "skipped (canceled)", "missing"]
+    assert rt.batcher.stats.batches == 1 and rt.batcher.stats.items == 2  # a and b together
+    for j in ("a", "b"):
+        job = store.get(j)
+        assert job is not None and job["status"] == "succeeded" and job["worker"] == "w1"
+        assert _types(store, j)[-2:] == ["output", "status"]
+        assert store.artifact_names(j) == ["image-0.png"]
+    assert rt.jobs_done == 2
+
+
+def test_a_job_that_fails_to_start_leaves_the_others_of_its_message(runtime_for: Any) -> None:
+    rt, store, _ = runtime_for()
+    _submit(store, "good", steps=2)
+    store.create({"id": "bad", "owner": "local", "kind": "generate", "model": "no-such-model",
+                  "queue": "convoy", "input": {}, "created_at": now_iso(), "status": "queued",
+                  "attempts": 0})
+    assert rt.run_jobs(["bad", "good"]) == ["invalid_input", "succeeded"]
+    bad = store.get("bad")
+    assert bad is not None and bad["status"] == "failed"
+    assert bad["error"]["code"] == "invalid_input"

@@ -114,7 +114,11 @@ class JobStore(ABC):
     def accept(self, job: dict[str, Any], max_mine: int, max_all: int
                ) -> tuple[dict[str, Any], bool]:
         """``create_and_announce`` a submitted job unless the owner already has ``max_mine``
-        queued jobs or everyone ``max_all`` (``QueueFull``)."""
+        queued jobs or everyone ``max_all`` (``QueueFull``); a taken id is answered first
+        with its record: (existing, False)."""
+        existing = self.get(job["id"])
+        if existing is not None:
+            return existing, False
         mine, everyone = self.queued_counts(job["owner"])
         if mine >= max_mine:
             raise QueueFull("owner")
@@ -215,10 +219,10 @@ class JobStore(ABC):
         return job
 
     def finish_many(self, outcomes: list[tuple[str, str | None, str, dict[str, Any] | None,
-                                               dict[str, Any] | None]]
-                    ) -> list[dict[str, Any] | None]:
-        """``finish_and_announce`` each (job id, worker, status, output, error)."""
-        return [self.finish_and_announce(j, w, s, output=o, error=e)
+                                               dict[str, Any] | None]]) -> list[bool]:
+        """``finish_and_announce`` each (job id, worker, status, output, error); whether
+        each took effect."""
+        return [self.finish_and_announce(j, w, s, output=o, error=e) is not None
                 for j, w, s, o, e in outcomes]
 
     @abstractmethod

@@ -56,9 +56,9 @@ if ARGV[6] == '1' then
 end
 return redis.call('HGETALL', KEYS[1])
 """
-# KEYS: job, queued, running, events. ARGV: worker ('' for any), status, output, error,
-# finished_at, id, owner-set prefix, events ttl, then (type, data) of each event to append.
-# → the job or 0
+# KEYS: job, queued, running, events, finished channel. ARGV: worker ('' for any), status,
+# output, error, finished_at, id, owner-set prefix, events ttl, '1' to return the job, then
+# (type, data) of each event to append. → the job (or 1), or 0 if it was not ours to finish
 _FINISH = """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s or s == 'succeeded' or s == 'failed' or s == 'canceled' then return 0 end
@@ -70,7 +70,7 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2], 'output', ARGV[3], 'error', ARGV[
            'finished_at', ARGV[5])
 redis.call('SREM', KEYS[2], ARGV[6]); redis.call('SREM', ARGV[7] .. owner, ARGV[6])
 redis.call('SREM', KEYS[3], ARGV[6])
-for i = 9, #ARGV, 2 do
+for i = 10, #ARGV, 2 do
   local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   redis.call('XADD', KEYS[4], n .. '-1', 'type', ARGV[i], 'data', ARGV[i + 1])
   redis.call('EXPIRE', KEYS[4], ARGV[8])
@@ -81,7 +81,8 @@ for i = 1, #all, 2 do
   if all[i] ~= 'fixed' then changed[#changed + 1] = all[i]; changed[#changed + 1] = all[i + 1] end
 end
 redis.call('PUBLISH', KEYS[5], cjson.encode(changed))
-return all
+if ARGV[9] == '1' then return all end
+return 1
 """
 # KEYS: job, counter, owner's jobs, queued, owner's queued, events. ARGV: fixed, ttl, id,
 # owner, the first event's (type, data) or nothing. → 1 if created, else the existing job
@@ -378,17 +379,17 @@ class RedisStore(JobStore):
         output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
         announce: bool = True,
     ) -> dict[str, Any] | None:
-        return self._finishes([(job_id, worker, status, output, error)], announce)[0]
+        reply = self._finishes([(job_id, worker, status, output, error)], announce, True)[0]
+        return self._decode_flat(reply)
 
     def finish_many(self, outcomes: list[tuple[str, str | None, str, dict[str, Any] | None,
-                                               dict[str, Any] | None]]
-                    ) -> list[dict[str, Any] | None]:
-        return self._finishes(outcomes, announce=True)
+                                               dict[str, Any] | None]]) -> list[bool]:
+        return [r == 1 for r in self._finishes(outcomes, announce=True, records=False)]
 
     @_guard
     def _finishes(self, outcomes: list[tuple[str, str | None, str, dict[str, Any] | None,
-                                             dict[str, Any] | None]], announce: bool
-                  ) -> list[dict[str, Any] | None]:
+                                             dict[str, Any] | None]], announce: bool,
+                  records: bool) -> list[Any]:
         at = now_iso()
         calls = []
         for job_id, worker, status, output, error in outcomes:
@@ -399,8 +400,8 @@ class RedisStore(JobStore):
             calls.append((
                 [self._k(job_id), f"{P}queued", f"{P}running", f"{P}events:{job_id}", FINISHED],
                 [worker or "", status, json.dumps(output), json.dumps(error), at, job_id,
-                 f"{P}queued:", self.retention_s, *events]))
-        return [self._decode_flat(r) for r in self._run_many(self._finish, calls)]
+                 f"{P}queued:", self.retention_s, "1" if records else "", *events]))
+        return self._run_many(self._finish, calls)
 
     @_guard
     def requeue(self, job_id: str, worker: str) -> bool:

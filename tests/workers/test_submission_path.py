@@ -1,0 +1,131 @@
+"""The submission path of many jobs at once: accepted in one store step (with their broker
+message, in Redis), claimed and recorded in one step each, finishes announced to waiting
+API processes. Both stores; Redis: database 11, as in test_store."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.workers.test_store import job
+from workers.celery_app import TASK, make_celery, task_message
+from workers.settings import Settings
+from workers.store import JobStore
+from workers.store.base import QueueFull
+from workers.store.sqlite import SQLiteStore
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
+    if request.param == "sqlite":
+        return SQLiteStore(tmp_path / "t.db")
+    from workers.store.redis import RedisStore
+
+    return RedisStore(request.getfixturevalue("redis_url"))
+
+
+def test_accept_many_records_each_job_and_refuses_those_over_a_limit(store: JobStore) -> None:
+    store.create_and_announce(job("old", owner="bob"))
+    jobs = [job("a"), job("b"), job("c"), job("old", owner="bob"), job("d", owner="bob")]
+    results = store.accept_many(jobs, max_mine=2, max_all=3)
+    a, b, c, old, d = results
+    assert isinstance(a, tuple) and a[1] and a[0]["status"] == "queued"
+    assert isinstance(b, tuple) and b[1]
+    assert isinstance(c, QueueFull) and c.whose == "owner"  # alice has 2 queued
+    assert isinstance(old, tuple) and not old[1] and old[0]["owner"] == "bob"  # id taken
+    assert isinstance(d, QueueFull) and d.whose == "all"  # 3 queued of 3
+    assert store.get("c") is None and store.get("d") is None
+    assert store.queued_counts("alice") == (2, 3)
+    assert [e.data for e in store.events("a")] == [{"status": "queued"}]
+
+
+def test_claims_and_finishes_of_many_jobs_say_what_became_of_each(store: JobStore) -> None:
+    for j in ("a", "b", "c"):
+        store.create_and_announce(job(j))
+    store.finish_and_announce("c", None, "canceled")
+    claims = store.try_claim_many(["a", "b", "c", "nope"], "w1")
+    assert [why for _, why in claims] == ["running", "running", "canceled", "missing"]
+    assert claims[0][0] is not None and claims[0][0]["attempts"] == 1
+    assert store.try_claim_many(["a"], "w2") == [(None, "running")]
+    store.request_cancel("b")
+    assert store.canceled_among(["a", "b", "c"]) == {"b"}
+    done = store.finish_many([("a", "w1", "succeeded", {"x": 1}, None),
+                              ("b", "w1", "canceled", None, None),
+                              ("c", "w1", "succeeded", {"x": 2}, None)])  # c: already over
+    assert done == [True, True, False]
+    assert store.get("a")["output"] == {"x": 1}  # type: ignore[index]
+    assert store.get("b")["status"] == "canceled"  # type: ignore[index]
+    assert store.get("c")["status"] == "canceled"  # type: ignore[index]
+    assert [e.type for e in store.events("a")] == ["status", "status", "output", "status"]
+
+
+def test_the_message_is_what_celery_itself_sends(redis_url: str) -> None:
+    """Same fields as ``send_task`` writes through kombu's Redis transport, and a worker
+    decodes the job ids from it."""
+    import redis
+
+    app = make_celery(Settings(redis_url=redis_url))
+    app.send_task(TASK, args=[["x", "y"]], queue="q-celery", task_id="x+1.abcd")
+    client = redis.Redis.from_url(redis_url)
+    sent = json.loads(client.lpop("q-celery"))  # type: ignore[arg-type]
+    key, built = task_message(["x", "y"], "q-ours")
+    ours = json.loads(built)
+    assert key == "q-ours"
+    assert set(ours) == set(sent)
+    assert set(ours["headers"]) == set(sent["headers"])
+    assert set(ours["properties"]) == set(sent["properties"])
+    assert ours["headers"]["task"] == sent["headers"]["task"] == TASK
+    assert ours["properties"]["delivery_info"] == {"exchange": "", "routing_key": "q-ours"}
+    assert json.loads(base64.b64decode(ours["body"]))[0] == [["x", "y"]]
+    assert json.loads(base64.b64decode(sent["body"]))[0] == [["x", "y"]]
+
+
+def test_redis_accepts_jobs_with_their_message_in_one_step(redis_url: str) -> None:
+    import redis as redis_lib
+
+    from workers.store.redis import RedisStore
+
+    store = RedisStore(redis_url)
+    message = task_message(["a", "b"], "q")
+    results = store.accept_many([job("a"), job("b")], 10, 10, [message])
+    assert all(isinstance(r, tuple) and r[1] for r in results)
+    assert redis_lib.Redis.from_url(redis_url).lrange("q", 0, -1) == [message[1].encode()]
+
+
+def test_redis_announces_each_finish_with_the_changed_fields(redis_url: str) -> None:
+    from workers.store.redis import RedisStore
+
+    store = RedisStore(redis_url)
+    heard: list[tuple[str, dict[str, Any]]] = []
+    stop = threading.Event()
+    listener = threading.Thread(target=store.listen_finished,
+                                args=(lambda j, f: heard.append((j, f)), stop), daemon=True)
+    listener.start()
+    try:
+        store.create_and_announce(job("a"))
+        store.create_and_announce(job("b"))
+        deadline = time.monotonic() + 10
+        while not heard and time.monotonic() < deadline:  # until the subscription is live
+            store.finish_and_announce("b", None, "canceled")
+            store.create_and_announce(job(f"probe{len(heard)}"))
+            time.sleep(0.05)
+        heard.clear()
+        store.claim("a", "w1")
+        store.finish_and_announce("a", "w1", "succeeded", output={"label": "cat"})
+        deadline = time.monotonic() + 5
+        while not heard and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        listener.join(5)
+    assert heard, "no finish was announced"
+    job_id, fields = heard[0]
+    assert job_id == "a" and fields["status"] == "succeeded"
+    assert fields["output"] == {"label": "cat"} and fields["attempts"] == 1
+    assert fields["worker"] == "w1" and fields["finished_at"]
