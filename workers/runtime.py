@@ -9,7 +9,8 @@ import socket
 import threading
 import time
 from collections import Counter
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future
+from concurrent.futures import wait as wait_futures
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import datetime
@@ -117,9 +118,10 @@ class WorkerRuntime:
 
     def run_jobs(self, job_ids: list[str]) -> list[str]:
         """Run jobs that came in one message to their ends, together: one store step claims
-        them all, their requests go to the batcher at once, one store step records their
-        outcomes. A message for a job that is not queued any more (a redelivery) skips it.
-        Returns what happened to each (for logs and tests)."""
+        them all, their requests go to the batcher at once, and the outcomes of each batch
+        are recorded in one store step as soon as it ends. A job that is not queued any more
+        (a redelivered message) is skipped. Returns what happened to each (for logs and
+        tests)."""
         runs = [_Run(j) for j in job_ids]
         for run in runs:
             self.batcher.expect()
@@ -132,13 +134,18 @@ class WorkerRuntime:
                 else:
                     run.job, run.claimed_at = claimed, time.monotonic()
                     self._start(run)
-            for run in runs:
-                if run.future is not None:
+            self._record([r for r in runs if r.status is not None])  # over before starting
+            waiting = {r.future: r for r in runs if r.future is not None}
+            while waiting:  # record each batch's jobs as soon as that batch is over
+                left = min(r.deadline for r in waiting.values()) - time.time()
+                done, _ = wait_futures(waiting, timeout=max(0.0, left) + 1.0,
+                                       return_when=FIRST_COMPLETED)
+                over = [waiting.pop(f) for f in done] or [
+                    waiting.pop(f) for f, r in list(waiting.items())
+                    if r.deadline + 1.0 <= time.time()]
+                for run in over:
                     self._collect(run)
-            ended = [r for r in runs if r.status is not None]
-            if ended:
-                self.durable.finish_many([(r.id, self.id, r.status, r.output, r.error)
-                                          for r in ended])
+                self._record(over)
         finally:
             for run in runs:
                 self._hold(run.id, -1)
@@ -148,6 +155,11 @@ class WorkerRuntime:
                     self.jobs_done += 1
                     self._count(run)
         return [r.outcome or "internal" for r in runs]
+
+    def _record(self, runs: list[_Run]) -> None:
+        if runs:
+            self.durable.finish_many([(r.id, self.id, r.status, r.output, r.error)
+                                      for r in runs])
 
     def _start(self, run: _Run) -> None:
         """Hand a claimed job's request to the batcher, unless it is over before it starts."""

@@ -249,3 +249,22 @@ def test_a_job_that_fails_to_start_leaves_the_others_of_its_message(runtime_for:
     bad = store.get("bad")
     assert bad is not None and bad["status"] == "failed"
     assert bad["error"]["code"] == "invalid_input"
+
+
+def test_jobs_of_one_message_in_different_batches_end_as_their_batch_ends(runtime_for: Any
+                                                                          ) -> None:
+    rt, store, _ = runtime_for()
+    ids = [f"j{i}" for i in range(6)]  # sleepy's max_batch is 4: a batch of 4, then one of 2
+    for j in ids[:4]:
+        _submit(store, j, steps=2)
+    for j in ids[4:]:
+        _submit(store, j, steps=40)
+    runner = threading.Thread(target=rt.run_jobs, args=(ids,))
+    runner.start()
+    deadline = time.monotonic() + 60
+    while (store.get("j0") or {}).get("status") != "succeeded":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert [store.get(j)["status"] for j in ids[4:]] == ["running", "running"]  # type: ignore[index]
+    runner.join(60)
+    assert all(store.get(j)["status"] == "succeeded" for j in ids)  # type: ignore[index]
