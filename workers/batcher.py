@@ -72,16 +72,19 @@ class Reporter:
     max_behind = 64  # callbacks a job may have queued before its batch waits for them
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[str, Callable[[], None]]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[list[str], Callable[[], None]]] = queue.SimpleQueue()
         self._cv = threading.Condition()
         self._behind: dict[str, int] = {}  # job id → callbacks queued, not yet run
         threading.Thread(target=self._loop, name="convoy-reporter", daemon=True).start()
 
-    def put(self, job_id: str, call: Callable[[], None]) -> None:
+    def put(self, job_ids: str | list[str], call: Callable[[], None]) -> None:
+        """Queue ``call``, which reports for ``job_ids`` (one job, or a batch's members)."""
+        ids = [job_ids] if isinstance(job_ids, str) else job_ids
         with self._cv:
-            self._cv.wait_for(lambda: self._behind.get(job_id, 0) < self.max_behind)
-            self._behind[job_id] = self._behind.get(job_id, 0) + 1
-        self._queue.put((job_id, call))
+            self._cv.wait_for(lambda: all(self._behind.get(j, 0) < self.max_behind for j in ids))
+            for j in ids:
+                self._behind[j] = self._behind.get(j, 0) + 1
+        self._queue.put((ids, call))
 
     def settle(self, job_id: str, timeout: float = 60.0) -> None:
         """Wait until every callback queued for the job has run."""
@@ -90,17 +93,18 @@ class Reporter:
 
     def _loop(self) -> None:
         while True:
-            job_id, call = self._queue.get()
+            ids, call = self._queue.get()
             try:
                 call()
             except Exception:
-                log.exception("job %s: a progress report failed", job_id)
+                log.exception("jobs %s: a progress report failed", ", ".join(ids))
             with self._cv:
-                left = self._behind[job_id] - 1
-                if left:
-                    self._behind[job_id] = left
-                else:
-                    del self._behind[job_id]
+                for job_id in ids:
+                    left = self._behind[job_id] - 1
+                    if left:
+                        self._behind[job_id] = left
+                    else:
+                        del self._behind[job_id]
                 self._cv.notify_all()
 
 
@@ -114,12 +118,16 @@ class BatchStats:
 class Batcher:
     """``canceled(job_ids)`` answers which of a batch's jobs were canceled: it is asked once
     before each batch and then at most every ``poll_s`` between steps, for the whole batch
-    at once (each member's ``wanted`` answers the rest, such as its deadline)."""
+    at once (each member's ``wanted`` answers the rest, such as its deadline).
+    ``progress(job_ids, step, total)``, where given, reports a step for all the batch's
+    members in one call instead of each member's ``on_progress``."""
 
     def __init__(self, enabled: bool = True, on_batch: Callable[[int], None] | None = None,
                  canceled: Callable[[list[str]], set[str]] | None = None,
-                 poll_s: float = 0.005) -> None:
+                 poll_s: float = 0.005,
+                 progress: Callable[[list[str], int, int], None] | None = None) -> None:
         self.enabled = enabled
+        self.progress = progress
         self.on_batch = on_batch
         self.canceled = canceled
         self.poll_s = poll_s
@@ -257,11 +265,15 @@ class Batcher:
                     self._resolve(it, error=Stopped(reason))
                     keep.append(False)
                     continue
-                self.reporter.put(it.job_id, functools.partial(it.on_progress, step, total))
+                if self.progress is None:
+                    self.reporter.put(it.job_id, functools.partial(it.on_progress, step, total))
                 if previews is not None and idx < len(previews) and previews[idx] is not None:
                     self.reporter.put(it.job_id, functools.partial(it.on_preview, previews[idx]))
                 keep.append(True)
             alive[:] = [it for it, k in zip(alive, keep, strict=True) if k]
+            if self.progress is not None and alive:
+                ids = [it.job_id for it in alive]
+                self.reporter.put(ids, functools.partial(self.progress, ids, step, total))
             return keep
 
         self.stats.batches += 1

@@ -102,7 +102,8 @@ class WorkerRuntime:
         self.id = name or f"{socket.gethostname()}-{os.getpid()}-{new_id()[:6]}"
         self.stats = WorkerStats()
         self.batcher = Batcher(enabled=settings.batching, on_batch=self.stats.batch,
-                               canceled=self._canceled_among, poll_s=CANCEL_POLL_S)
+                               canceled=self._canceled_among, poll_s=CANCEL_POLL_S,
+                               progress=self._progress)
         self.jobs_done = 0
         self.started = time.time()
         self._stop = threading.Event()
@@ -211,6 +212,13 @@ class WorkerRuntime:
         self.stats.job(job["kind"], job["model"], run.status or "failed", queue_wait_s=wait,
                        run_s=None if run.claimed_at is None
                        else time.monotonic() - run.claimed_at)
+
+    def _progress(self, job_ids: list[str], step: int, total: int) -> None:
+        try:
+            self.store.progress_many(job_ids, step, total)
+        except StoreUnavailable as e:
+            log.warning("progress %d/%d of %d jobs not recorded (%s)", step, total,
+                        len(job_ids), e)
 
     def _canceled_among(self, job_ids: list[str]) -> set[str]:
         try:

@@ -129,3 +129,14 @@ def test_redis_announces_each_finish_with_the_changed_fields(redis_url: str) -> 
     assert job_id == "a" and fields["status"] == "succeeded"
     assert fields["output"] == {"label": "cat"} and fields["attempts"] == 1
     assert fields["worker"] == "w1" and fields["finished_at"]
+
+
+def test_a_batch_step_is_reported_for_all_its_jobs_at_once(store: JobStore) -> None:
+    for j in ("a", "b"):
+        store.create_and_announce(job(j))
+        store.claim_and_announce(j, "w1")
+    store.progress_many(["a", "b"], 3, 20)
+    for j in ("a", "b"):
+        assert store.get(j)["progress"] == {"step": 3, "total": 20}  # type: ignore[index]
+        assert store.events(j)[-1].data == {"step": 3, "total": 20}
+        assert store.events(j)[-1].type == "progress"

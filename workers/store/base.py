@@ -187,6 +187,15 @@ class JobStore(ABC):
     @abstractmethod
     def set_progress(self, job_id: str, step: int, total: int) -> None: ...
 
+    def progress_many(self, job_ids: list[str], step: int, total: int) -> None:
+        """``set_progress`` and a ``progress`` event for each job (a batch's step)."""
+        for job_id in job_ids:
+            self.set_progress(job_id, step, total)
+            try:
+                self.append_event(job_id, "progress", {"step": step, "total": total})
+            except KeyError:
+                pass  # expired meanwhile
+
     @abstractmethod
     def finish(
         self, job_id: str, worker: str | None, status: str,

@@ -230,15 +230,18 @@ class RedisStore(JobStore):
         return created, True
 
     def _run_many(self, script: Any, calls: list[tuple[list[str], list[Any]]],
-                  transaction: bool = False, tail: list[tuple[str, str]] | None = None
-                  ) -> list[Any]:
-        """One script over many key sets in one round trip (then LPUSH each of ``tail``);
-        with ``transaction``, all of it as one atomic step."""
+                  transaction: bool = False, tail: list[tuple[str, str]] | None = None,
+                  head: list[tuple[str, str]] | None = None) -> list[Any]:
+        """One script over many key sets in one round trip (after setting the progress
+        field of each job hash in ``head``, and before an LPUSH of each of ``tail``); with
+        ``transaction``, all of it as one atomic step."""
         if script.sha not in self._loaded:  # else a pipeline would carry it in every call
             self.r.script_load(script.script)
             self._loaded.add(script.sha)
         for attempt in range(2):
             pipe = self.r.pipeline(transaction=transaction)
+            for key, value in head or ():
+                pipe.hset(key, "progress", value)
             for keys, args in calls:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
             for key, value in tail or ():
@@ -248,6 +251,7 @@ class RedisStore(JobStore):
                                     for r in replies):
                 self.r.script_load(script.script)  # a restarted Redis forgot its scripts
                 continue
+            replies = replies[len(head or ()):]
             for r in replies:
                 if isinstance(r, Exception):
                     raise r
@@ -366,6 +370,17 @@ class RedisStore(JobStore):
     @_guard
     def set_progress(self, job_id: str, step: int, total: int) -> None:
         self.r.hset(self._k(job_id), "progress", json.dumps({"step": step, "total": total}))
+
+    @_guard
+    def progress_many(self, job_ids: list[str], step: int, total: int) -> None:
+        if not job_ids:
+            return
+        data = json.dumps({"step": step, "total": total})
+        calls = [([self._k(j), f"{P}events:{j}"], ["progress", data, self.retention_s])
+                 for j in job_ids]
+        # The progress field first, then the events: one round trip for the whole batch.
+        pipe_fields = [(self._k(j), data) for j in job_ids]
+        self._run_many(self._append, calls, head=pipe_fields)
 
     @_guard
     def finish(
