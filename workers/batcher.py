@@ -3,8 +3,10 @@
 Requests with the same key (model + the predictor's batch key) are grouped up to the
 model's ``max_batch``. The executor never idles waiting for a batch to fill: while it runs
 one batch the next accumulates; it waits up to ``max_wait_ms`` only while more jobs are
-known to be on their way (claimed by this worker but not yet submitted), or while they have
-lately been arriving faster than one per ``max_wait_ms`` (so one more is likely to come).
+known to be on their way (claimed by this worker but not yet submitted), while they have
+lately been arriving faster than one per ``max_wait_ms`` (so one more is likely to come),
+or where the key's last batch ran ten times longer than ``max_wait_ms`` (a sampling loop,
+for which the wait costs a lone job under a tenth of its time).
 
 Progress and previews are written by a reporter thread, in order, so that a batch's steps
 never wait on the store; a job's result is handed over only once its reports are written.
@@ -135,6 +137,7 @@ class Batcher:
         self.stats = BatchStats()
         self.reporter = Reporter()
         self._pending: list[Item] = []
+        self._last_run: dict[Hashable, float] = {}  # batch key → seconds its last batch ran
         self._incoming = 0
         self._gap = 1.0  # moving average of the seconds between submissions
         self._last = time.monotonic()
@@ -172,10 +175,13 @@ class Batcher:
             limit = max(1, first.entry.max_batch) if self.enabled else 1
             max_wait = first.entry.max_wait_ms / 1000.0
             deadline = first.enqueued + max_wait
+            # Waiting max_wait for company is always worth it where a batch runs ten times
+            # longer than that (a sampling loop): it costs a lone job under a tenth.
+            patient = self._last_run.get(first.key, 0.0) >= 10 * max_wait
             while True:
                 same = [p for p in self._pending if p.key == first.key][:limit]
                 left = deadline - time.monotonic()
-                arriving = self._incoming > 0 or self._gap < max_wait
+                arriving = self._incoming > 0 or self._gap < max_wait or patient
                 if len(same) >= limit or left <= 0 or not arriving:
                     break
                 self._cv.wait(left)
@@ -281,7 +287,9 @@ class Batcher:
         if self.on_batch is not None:
             self.on_batch(len(items))
         predictor = items[0].predictor
+        started = time.monotonic()
         results = predictor.predict([it.request for it in items], on_step=on_step)
+        self._last_run[items[0].key] = time.monotonic() - started
         if len(results) != len(items):
             raise RuntimeError(f"{predictor.entry.name} returned {len(results)} results for "
                                f"{len(items)} requests")

@@ -255,3 +255,21 @@ def test_out_of_memory_splits_the_batch_and_fails_only_the_job_that_does_not_fit
     # the worker stays up: the next job runs
     assert runtime.run_job(submit("oomy", 5)) == "succeeded"
     assert store.get("oomy-5")["output"] == {"seed": 5}  # type: ignore[index]
+
+
+def test_a_lone_job_of_a_slow_model_waits_max_wait_for_company_and_of_a_fast_one_does_not(
+) -> None:
+    slow = loaded(Steps, model("slow", max_wait_ms=200, config={"step_s": 2.1}))  # 2.1 s a batch
+    fast = loaded(Steps, model("fast", max_wait_ms=200))
+    batcher = Batcher()
+    for predictor in (slow, fast):  # a first batch teaches the batcher how long one runs
+        first = item(predictor, 0, steps=1)
+        batcher.submit(first)
+        first.future.result(timeout=30)
+        time.sleep(0.5)  # long enough that the arrival gap says nothing more is coming
+        pair = [item(predictor, 1, steps=1), item(predictor, 2, steps=1)]
+        batcher.submit(pair[0])
+        time.sleep(0.1)  # the second job comes 100 ms after the first, within max_wait
+        batcher.submit(pair[1])
+        assert [p.future.result(timeout=30)["batch"] for p in pair] == (
+            [2, 2] if predictor is slow else [1, 1])
