@@ -65,6 +65,7 @@ class ModelEntry(BaseModel):
     max_wait_ms: float = 5.0
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     compile: bool = False
+    trace: bool = False  # run the forward as one TorchScript call (see models/device.py)
     limits: Limits = Field(default_factory=Limits)
     metrics: dict[str, Any] = Field(default_factory=dict)
     config: dict[str, Any] = Field(default_factory=dict)  # family-specific extras

@@ -5,10 +5,20 @@ load), channels-last (the layout cuDNN's convolutions prefer), and compiled with
 ``torch.compile`` when the entry says ``compile = true``; inputs reach the device through
 pinned host memory with an asynchronous copy. On the CPU everything stays float32 and
 contiguous: half precision is slow or missing there, and channels-last buys nothing.
+
+An entry with ``trace = true`` runs its forward as one TorchScript call. An eager forward
+gives up the GIL and takes it back at every op; in a worker whose job threads run Python
+meanwhile, each take-back waits its turn, and a ResNet-18 forward on 20 images measured 124
+ms eager against 23 ms traced beside two busy Python threads (14 and 13 ms alone). The
+trace is taken with an example batch and holds for any batch size of convolutional
+networks without shape-dependent Python. ``torch.jit.trace`` is deprecated in favour of
+``torch.export`` with AOTInductor, which compiles C++ at load; the trace is kept for now
+because it costs nothing at load.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,12 +40,23 @@ def compute_dtype(entry: ModelEntry, device: torch.device | str) -> torch.dtype:
 
 
 def prepare_module(module: torch.nn.Module, entry: ModelEntry,
-                   device: torch.device | str) -> torch.nn.Module:
-    """``module`` in eval mode on ``device``, in the entry's dtype and layout, compiled if
-    the entry asks for it."""
+                   device: torch.device | str, example: torch.Tensor | None = None
+                   ) -> torch.nn.Module:
+    """``module`` in eval mode on ``device``, in the entry's dtype and layout, compiled or
+    traced (with ``example``, a CPU input batch) if the entry asks for it."""
     module = module.to(device).eval()
     if is_cuda(device):
         module = module.to(dtype=compute_dtype(entry, device), memory_format=torch.channels_last)
+    if entry.trace and not entry.compile:
+        if example is None:
+            raise ValueError(f"{entry.name}: trace = true needs an example input")
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # the deprecation, see above
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks of inputs
+            traced = torch.jit.trace(module, to_device(example, device,
+                                                       compute_dtype(entry, device)),
+                                     check_trace=False)
+        return traced  # type: ignore[no-any-return]
     if entry.compile:
         # dynamic: batches come in every size up to max_batch; one graph serves them all
         module = torch.compile(module, dynamic=True)  # type: ignore[assignment]

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from models.checkpoint import load_state
-from models.classification.predictor import top_k
+from models.classification.predictor import top_k_rows
 from models.device import compute_dtype, prepare_module, to_device
 from models.images import to_tensor
 from models.predictor import Predictor, Request, StepCallback
@@ -101,7 +101,6 @@ class TorchvisionPredictor(Predictor):
             k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2.", "AuxLogits."))
         }
         model.load_state_dict(state)
-        self.model = prepare_module(model, entry, self.device)
         self.dtype = compute_dtype(entry, self.device)
         spec = entry.input
         if spec.height != spec.width:
@@ -118,6 +117,8 @@ class TorchvisionPredictor(Predictor):
                 raise ValueError(
                     f"resize {self.pre.resize} is smaller than the crop {self.pre.crop}"
                 )
+        self.model = prepare_module(model, entry, self.device,
+                                    torch.zeros(2, 3, self.pre.crop, self.pre.crop))
         # inputs are normalised on the host, in float32, before they travel
         self.mean = torch.tensor(self.pre.mean).view(1, 3, 1, 1)
         self.std = torch.tensor(self.pre.std).view(1, 3, 1, 1)
@@ -132,10 +133,6 @@ class TorchvisionPredictor(Predictor):
         x = torch.stack([_resize_crop(r.input["image"], self.pre) for r in batch])
         x = to_device((x - self.mean) / self.std, self.device, self.dtype)
         logits = self.model(x)  # (B, num_classes)
-        return [
-            {
-                "predictions": top_k(row, self.entry.labels, r.input.get("top_k", 5)),
-                "input_size": {"height": self.pre.crop, "width": self.pre.crop},
-            }
-            for row, r in zip(logits, batch, strict=True)
-        ]
+        ranked = top_k_rows(logits, self.entry.labels, [r.input.get("top_k", 5) for r in batch])
+        size = {"height": self.pre.crop, "width": self.pre.crop}
+        return [{"predictions": p, "input_size": dict(size)} for p in ranked]

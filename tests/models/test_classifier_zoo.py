@@ -272,3 +272,44 @@ def test_augment_crops_and_mirrors_deterministically() -> None:
     flips = augment(x, torch.Generator().manual_seed(3), pad=0, blur_p=0.0)
     for img, out in zip(x, flips, strict=True):
         assert torch.equal(out, img) or torch.equal(out, img.flip(-1))
+
+
+@pytest.mark.parametrize("family", ["lenet5", "resnet"])
+def test_a_traced_classifier_answers_as_the_eager_one_at_every_batch_size(
+        family: str, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from models.catalog import ModelEntry
+    from models.classification.predictor import ClassifierPredictor
+    from models.predictor import Request
+
+    builtin = {e.name: e for e in _builtin_catalog()}
+    name = "lenet5-digits" if family == "lenet5" else "resnet18-shapes"
+    if name not in builtin:
+        pytest.skip(f"{name} has no weights here")
+    base = builtin[name].model_dump(exclude={"trace", "source"})
+    eager = ClassifierPredictor(ModelEntry(**base, trace=False))
+    traced = ClassifierPredictor(ModelEntry(**base, trace=True))
+    eager.load()
+    traced.load()
+    assert isinstance(traced.model, torch.jit.ScriptModule)
+    spec = builtin[name].input
+    gen = torch.Generator().manual_seed(0)
+    for n in (1, 3, 7):
+        pixels = (torch.rand(n, spec.height, spec.width, spec.channels, generator=gen) * 255)
+        images = [Image.fromarray(p.squeeze(-1).numpy().astype("uint8")) for p in pixels]
+        requests = [Request("classify", {"image": im, "top_k": 1 + i % 3})
+                    for i, im in enumerate(images)]
+        want, got = eager.predict(requests), traced.predict(requests)
+        for w, g, r in zip(want, got, requests, strict=True):
+            assert w is not None and g is not None
+            assert len(g["predictions"]) == r.input["top_k"]
+            assert [p["index"] for p in g["predictions"]] == [p["index"] for p in w["predictions"]]
+            for pw, pg in zip(w["predictions"], g["predictions"], strict=True):
+                assert pg["score"] == pytest.approx(pw["score"], abs=1e-5)
+
+
+def _builtin_catalog() -> list:
+    from models.catalog import Catalog
+
+    return list(Catalog.load([]))
