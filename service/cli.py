@@ -62,9 +62,7 @@ def serve(
     if not no_worker:
         worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"],
                                   preexec_fn=_die_with_parent)
-    # The event loop hands work to threads (store writes, the finish listener) and back:
-    # at Python's default switch interval each hand-over can wait 5 ms for the GIL.
-    sys.setswitchinterval(settings.switch_interval_s)
+    sys.setswitchinterval(settings.switch_interval_s)  # as the worker does
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
                     timeout_graceful_shutdown=5)

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     poll_interval_s: float = 0.02  # embedded broker polling
     torch_threads: int = 0  # torch CPU threads per worker; 0: half the cores (the rest run the queue)
     store_patience_s: float = 600.0  # a worker waits this long for a down store to record a job
-    switch_interval_s: float = 0.0005  # GIL hand-over interval of API and worker processes (Python's default: 0.005)
+    switch_interval_s: float = 0.005  # GIL hand-over interval of API and worker processes (Python's default)
 
     @field_validator("catalog", mode="before")
     @classmethod

@@ -72,8 +72,9 @@ def run_worker(settings: Settings, queues: list[str] | None = None,
     device = resolve_device(settings.device)
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads(settings))
-    # A forward pass gives up the GIL and takes it back at every op; at Python's default
-    # switch interval (5 ms) each take-back can wait that long behind the job threads.
+    # A shorter interval lets an eager forward take the GIL back sooner after each op, and
+    # makes a Python-heavy one (a diffusers sampling loop) give it up more often: Python's
+    # default served both kinds best here (see docs/performance.md).
     sys.setswitchinterval(settings.switch_interval_s)
     import warnings
 
