@@ -76,6 +76,19 @@ def dispatch(app: Celery, job_ids: str | list[str], queue: str) -> None:
     app.send_task(TASK, args=[job_ids], queue=queue, task_id=_task_id(job_ids))
 
 
+def waiting_messages(app: Celery, queue: str) -> int:
+    """How many messages wait in ``queue`` (not yet taken by a worker); 0 for a queue the
+    broker does not know."""
+    from kombu.exceptions import ChannelError
+
+    with app.connection_for_read() as conn:
+        try:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True)
+                       .message_count)
+        except ChannelError:
+            return 0
+
+
 def _task_id(job_ids: str | list[str]) -> str:
     first = job_ids if isinstance(job_ids, str) else f"{job_ids[0]}+{len(job_ids) - 1}"
     return f"{first}.{_nonce()}"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from models.catalog import Catalog, ModelNotFound
 from models.predictor import Artifact, InvalidRequest, Request
 from workers.batcher import Batcher, Item, OutOfMemory, Stopped
-from workers.celery_app import dispatch
+from workers.celery_app import dispatch, waiting_messages
 from workers.contract import prepare
 from workers.errors import ConvoyError
 from workers.settings import Settings, new_id
@@ -110,6 +110,8 @@ class WorkerRuntime:
         # Outcomes wait out a store outage; progress and previews are dropped during one.
         self.durable = patient(store, settings.store_patience_s)
         self._active: Counter[str] = Counter()  # jobs a thread of this process is running
+        self._rescued: dict[str, float] = {}  # job id → when rescue_stranded sent it again
+        self._rescue_every = max(1, round(settings.stranded_after_s / 2 / settings.heartbeat_s))
         self._active_lock = threading.Lock()
 
     # -- jobs ----------------------------------------------------------------------------------
@@ -312,6 +314,31 @@ class WorkerRuntime:
                 handed += 1
         return handed
 
+    def rescue_stranded(self) -> int:
+        """Send again the messages of jobs queued for over ``stranded_after_s`` while their
+        queue holds no message: their message went with a worker that died between taking
+        it and claiming them (or, in embedded mode, was taken and lost). A job whose message
+        is in fact alive gets a second one; the claim runs it once. Returns how many."""
+        if self.celery is None:
+            return 0
+        after = self.settings.stranded_after_s
+        now = time.monotonic()
+        self._rescued = {j: t for j, t in self._rescued.items() if now - t < after}
+        by_queue: dict[str, list[str]] = {}
+        for job_id, queue in self.store.stale_queued(after):
+            if job_id not in self._rescued:
+                by_queue.setdefault(queue, []).append(job_id)
+        sent = 0
+        for queue, ids in by_queue.items():
+            if waiting_messages(self.celery, queue) > 0:
+                continue  # their messages may be ahead in the queue: wait until it drains
+            for i in range(0, len(ids), 256):
+                dispatch(self.celery, ids[i:i + 256], queue)
+            log.warning("sent %d stranded jobs of queue %s again", len(ids), queue)
+            self._rescued.update(dict.fromkeys(ids, now))
+            sent += len(ids)
+        return sent
+
     def supervise(self) -> None:
         """Heartbeat every ``heartbeat_s``; reap and purge every few beats (thread body)."""
         beats = 0
@@ -322,6 +349,8 @@ class WorkerRuntime:
                     handed = self.reap()
                     if handed:
                         log.warning("requeued %d jobs of lost workers", handed)
+                if beats % self._rescue_every == 0 and beats:
+                    self.rescue_stranded()
                 if beats % 600 == 0:
                     self.store.purge_expired()
             except StoreUnavailable as e:

@@ -275,3 +275,26 @@ def _submit_when_back(c: httpx.Client, body: dict[str, Any], timeout: float = 60
             return str(r.json()["id"])
         assert r.status_code == 503 and time.monotonic() < deadline, r.text
         time.sleep(float(r.headers.get("retry-after", "1")) / 4)
+
+
+@pytest.mark.parametrize("fresh_service", ["embedded", "redis"], indirect=True)
+def test_a_job_whose_message_was_lost_still_runs(fresh_service: Service) -> None:
+    """The message is taken away before any worker claims the job (as by a worker that died
+    between the two); a worker sends it again once the job has waited long enough."""
+    svc = fresh_service
+    with svc.client() as c:
+        job = c.post("/v1/jobs", json=sleepy(2)).json()
+        if svc.mode == "redis":  # type: ignore[attr-defined]
+            import redis
+
+            assert redis.Redis.from_url(svc.env["CONVOY_REDIS_URL"]).delete("convoy") == 1
+        else:
+            lost = list((Path(svc.env["CONVOY_DATA_DIR"]) / "broker").glob("*.convoy.msg"))
+            assert len(lost) == 1
+            lost[0].unlink()
+        svc.env["CONVOY_STRANDED_AFTER_S"] = "1.5"
+        svc.start_worker()
+        done = wait_status(c, job["id"], DONE, timeout=60)
+        assert done["status"] == "succeeded", done
+        assert done["attempts"] == 1
+    assert "stranded jobs of queue convoy again" in svc.tail()

@@ -49,6 +49,14 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def age_s(iso: str | None) -> float:
+    """Seconds since a timestamp of ``now_iso`` (0 for none or a malformed one)."""
+    try:
+        return (datetime.now(UTC) - datetime.fromisoformat(str(iso))).total_seconds()
+    except ValueError:
+        return 0.0
+
+
 def _summarise(value: Any) -> Any:
     """Input as the record shows it: base64 images replaced by their size."""
     if isinstance(value, str) and len(value) > 256:
@@ -247,6 +255,10 @@ class JobStore(ABC):
     def canceled_among(self, job_ids: Iterable[str]) -> set[str]:
         """The ids among ``job_ids`` whose cancel was requested (a batch asks once)."""
         return {j for j in job_ids if self.cancel_requested(j)}
+
+    @abstractmethod
+    def stale_queued(self, older_than_s: float) -> list[tuple[str, str]]:
+        """(job id, queue) of the jobs queued and created more than ``older_than_s`` ago."""
 
     @abstractmethod
     def running_jobs(self) -> list[tuple[str, str]]:

@@ -23,6 +23,7 @@ from workers.store.base import (
     JobStore,
     QueueFull,
     StoreUnavailable,
+    age_s,
     now_iso,
 )
 
@@ -443,6 +444,21 @@ class RedisStore(JobStore):
         for j in ids:
             pipe.hget(self._k(j), "cancel")
         return {j for j, flag in zip(ids, pipe.execute(), strict=True) if flag == b"1"}
+
+    @_guard
+    def stale_queued(self, older_than_s: float) -> list[tuple[str, str]]:
+        ids = [raw.decode() for raw in self.r.smembers(f"{P}queued")]
+        pipe = self.r.pipeline(transaction=False)
+        for j in ids:
+            pipe.hmget(self._k(j), ["fixed", "status"])
+        out = []
+        for j, (fixed, status) in zip(ids, pipe.execute(), strict=True):
+            if fixed is None or status != b"queued":
+                continue
+            job = json.loads(fixed)
+            if age_s(job.get("created_at")) > older_than_s:
+                out.append((j, job.get("queue") or "convoy"))
+        return out
 
     @_guard
     def running_jobs(self) -> list[tuple[str, str]]:

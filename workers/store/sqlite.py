@@ -18,6 +18,7 @@ from workers.store.base import (
     Event,
     JobStore,
     StoreUnavailable,
+    age_s,
     now_iso,
     running_event,
 )
@@ -241,6 +242,15 @@ class SQLiteStore(JobStore):
     def cancel_requested(self, job_id: str) -> bool:
         row = self._db().execute("SELECT cancel FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return bool(row and row[0])
+
+    def stale_queued(self, older_than_s: float) -> list[tuple[str, str]]:
+        rows = self._db().execute("SELECT id, fixed FROM jobs WHERE status = 'queued'").fetchall()
+        out = []
+        for job_id, fixed in rows:
+            job = json.loads(fixed)
+            if age_s(job.get("created_at")) > older_than_s:
+                out.append((job_id, job.get("queue") or "convoy"))
+        return out
 
     def running_jobs(self) -> list[tuple[str, str]]:
         rows = self._db().execute("SELECT id, worker FROM jobs WHERE status = 'running'").fetchall()
