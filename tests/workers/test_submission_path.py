@@ -116,6 +116,7 @@ def test_redis_announces_each_finish_with_the_changed_fields(redis_url: str) -> 
             store.create_and_announce(job(f"probe{len(heard)}"))
             time.sleep(0.05)
         heard.clear()
+        store.r.publish("convoy:finished", "not json")  # skipped, and the listener goes on
         store.claim("a", "w1")
         store.finish_and_announce("a", "w1", "succeeded", output={"label": "cat"})
         deadline = time.monotonic() + 5

@@ -548,21 +548,32 @@ class RedisStore(JobStore):
                         stop: threading.Event) -> None:
         """Follow the FINISHED channel on a connection of its own, resubscribing after a
         connection loss (finishes in the gap are missed: waiters read the record again)."""
+        down = False
         while not stop.is_set():
             client = redis.Redis.from_url(self.url, socket_connect_timeout=2.0,
                                           health_check_interval=10)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(FINISHED)
+                if down:
+                    log.warning("finish announcements resumed")
+                    down = False
                 while not stop.is_set():
                     message = pubsub.get_message(timeout=0.5)
                     if message is None:
                         continue
-                    job_id, *flat = json.loads(message["data"])
-                    it = iter(flat)
-                    on_finished(job_id, self._mutable(dict(zip(it, it, strict=True))))
+                    try:
+                        job_id, *flat = json.loads(message["data"])
+                        it = iter(flat)
+                        changed = self._mutable(dict(zip(it, it, strict=True)))
+                    except (ValueError, TypeError):
+                        log.warning("a malformed finish announcement: %.200r", message["data"])
+                        continue
+                    on_finished(job_id, changed)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
-                log.warning("finish announcements interrupted (%s); resubscribing", e)
+                if not down:
+                    log.warning("finish announcements interrupted (%s); resubscribing", e)
+                    down = True
                 stop.wait(1.0)
             finally:
                 pubsub.close()
