@@ -43,6 +43,7 @@ class Submitter:
         self.max_all = max_all
         self._pending: list[tuple[dict[str, Any], asyncio.Future[Accepted]]] = []
         self._writing = False
+        self._drainer: asyncio.Task[None] | None = None
 
     @classmethod
     def for_celery(cls, store: JobStore, app: Any, max_mine: int, max_all: int) -> Submitter:
@@ -55,7 +56,7 @@ class Submitter:
         self._pending.append((job, future))
         if not self._writing:
             self._writing = True
-            asyncio.get_running_loop().create_task(self._drain())
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())  # held
         result = await future
         if isinstance(result, QueueFull):
             raise result
