@@ -71,22 +71,22 @@ class Waiters:
         deadline = time.monotonic() + timeout_s
         latest: dict[str, Any] | None = job
         while (left := deadline - time.monotonic()) > 0:
-            try:
-                changed = await asyncio.wait_for(asyncio.shield(future),
-                                                 min(left, self.recheck_s))
-                return {**job, **changed}
-            except TimeoutError:
-                latest = await anyio.to_thread.run_sync(self.store.get, job["id"])
-                if latest is None or latest["status"] in TERMINAL:
-                    return latest
+            done, _ = await asyncio.wait((future,), timeout=min(left, self.recheck_s))
+            if done:
+                return {**job, **future.result()}
+            latest = await anyio.to_thread.run_sync(self.store.get, job["id"])
+            if latest is None or latest["status"] in TERMINAL:
+                return latest
         return latest
 
     # -- the listener thread's side ----------------------------------------------------------
-    def _finished(self, job_id: str, changed: dict[str, Any]) -> None:
-        if job_id in self._waiting and self._loop is not None:  # a racy peek, settled below
-            self._loop.call_soon_threadsafe(self._resolve, job_id, changed)
+    def _finished(self, finished: list[tuple[str, dict[str, Any]]]) -> None:
+        mine = [f for f in finished if f[0] in self._waiting]  # a racy peek, settled below
+        if mine and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._resolve, mine)  # one wake-up per batch
 
-    def _resolve(self, job_id: str, changed: dict[str, Any]) -> None:
-        for future in self._waiting.get(job_id, ()):
-            if not future.done():
-                future.set_result(changed)
+    def _resolve(self, finished: list[tuple[str, dict[str, Any]]]) -> None:
+        for job_id, changed in finished:
+            for future in self._waiting.get(job_id, ()):
+                if not future.done():
+                    future.set_result(changed)

@@ -108,8 +108,8 @@ def test_a_finish_wakes_its_waiting_request(tmp_path: Path) -> None:
         assert await asyncio.to_thread(store.listening.wait, 5)
         future = waiters.expect("a")
         assert future is not None
-        threading.Timer(0.1, store.listener, args=("a", {"status": "succeeded",
-                                                           "output": {"k": 1}})).start()
+        threading.Timer(0.1, store.listener, args=([("a", {"status": "succeeded",
+                                                            "output": {"k": 1}})],)).start()
         t0 = time.monotonic()
         done = await waiters.wait(record, future, 10)
         waiters.forget("a", future)

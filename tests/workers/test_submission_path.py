@@ -105,7 +105,7 @@ def test_redis_announces_each_finish_with_the_changed_fields(redis_url: str) -> 
     heard: list[tuple[str, dict[str, Any]]] = []
     stop = threading.Event()
     listener = threading.Thread(target=store.listen_finished,
-                                args=(lambda j, f: heard.append((j, f)), stop), daemon=True)
+                                args=(heard.extend, stop), daemon=True)
     listener.start()
     try:
         store.create_and_announce(job("a"))

@@ -306,10 +306,11 @@ class JobStore(ABC):
     def close(self) -> None:
         pass
 
-    def listen_finished(self, on_finished: Callable[[str, dict[str, Any]], None],
+    def listen_finished(self, on_finished: Callable[[list[tuple[str, dict[str, Any]]]], None],
                         stop: threading.Event) -> None:
-        """Until ``stop``: call ``on_finished(job_id, changed fields)`` as jobs finish
-        (where ``announces_finishes``; the fields are the MUTABLE ones of the record)."""
+        """Until ``stop``: call ``on_finished([(job_id, changed fields), ...])`` as jobs
+        finish (where ``announces_finishes``; the fields are the MUTABLE ones of the
+        record; finishes that come together come in one call)."""
         raise NotImplementedError(f"{type(self).__name__} does not announce finishes")
 
     # -- shared helpers ------------------------------------------------------------------

@@ -544,10 +544,22 @@ class RedisStore(JobStore):
     def close(self) -> None:
         self.r.close()
 
-    def listen_finished(self, on_finished: Callable[[str, dict[str, Any]], None],
+    @classmethod
+    def _announced(cls, data: bytes) -> tuple[str, dict[str, Any]] | None:
+        """(job id, changed fields) of a FINISHED announcement; None for a malformed one."""
+        try:
+            job_id, *flat = json.loads(data)
+            it = iter(flat)
+            return str(job_id), cls._mutable(dict(zip(it, it, strict=True)))
+        except (ValueError, TypeError):
+            log.warning("a malformed finish announcement: %.200r", data)
+            return None
+
+    def listen_finished(self, on_finished: Callable[[list[tuple[str, dict[str, Any]]]], None],
                         stop: threading.Event) -> None:
         """Follow the FINISHED channel on a connection of its own, resubscribing after a
-        connection loss (finishes in the gap are missed: waiters read the record again)."""
+        connection loss (finishes in the gap are missed: waiters read the record again).
+        The announcements that arrived together (a batch's) are handed over together."""
         down = False
         while not stop.is_set():
             client = redis.Redis.from_url(self.url, socket_connect_timeout=2.0,
@@ -560,16 +572,15 @@ class RedisStore(JobStore):
                     down = False
                 while not stop.is_set():
                     message = pubsub.get_message(timeout=0.5)
-                    if message is None:
-                        continue
-                    try:
-                        job_id, *flat = json.loads(message["data"])
-                        it = iter(flat)
-                        changed = self._mutable(dict(zip(it, it, strict=True)))
-                    except (ValueError, TypeError):
-                        log.warning("a malformed finish announcement: %.200r", message["data"])
-                        continue
-                    on_finished(job_id, changed)
+                    finished = []
+                    while message is not None and len(finished) < 1024:
+                        if message["type"] == "message":
+                            found = self._announced(message["data"])
+                            if found is not None:
+                                finished.append(found)
+                        message = pubsub.get_message(timeout=0.0)
+                    if finished:
+                        on_finished(finished)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
                 if not down:
                     log.warning("finish announcements interrupted (%s); resubscribing", e)
