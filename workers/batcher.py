@@ -58,8 +58,8 @@ class Item:
     entry: ModelEntry
     request: Request
     wanted: Callable[[], str | None]  # None while wanted, else why not ('canceled', 'timeout')
-    on_progress: Callable[[int, int], None]
     on_preview: Callable[[Artifact], None]
+    on_progress: Callable[[int, int], None] | None = None  # where the Batcher has no progress
     future: Future[dict[str, Any]] = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
     key: Hashable = None
@@ -271,7 +271,7 @@ class Batcher:
                     self._resolve(it, error=Stopped(reason))
                     keep.append(False)
                     continue
-                if self.progress is None:
+                if self.progress is None and it.on_progress is not None:
                     self.reporter.put(it.job_id, functools.partial(it.on_progress, step, total))
                 if previews is not None and idx < len(previews) and previews[idx] is not None:
                     self.reporter.put(it.job_id, functools.partial(it.on_preview, previews[idx]))

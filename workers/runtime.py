@@ -87,8 +87,8 @@ class _Run:
             error: dict[str, Any] | None = None) -> None:
         self.outcome, self.status, self.output, self.error = outcome, status, output, error
 
-    def fail(self, code: str, message: str, outcome: str | None = None) -> None:
-        self.end(outcome or code, "failed", error={"code": code, "message": message[:2000]})
+    def fail(self, code: str, message: str) -> None:
+        self.end(code, "failed", error={"code": code, "message": message[:2000]})
 
 
 class WorkerRuntime:
@@ -175,18 +175,17 @@ class WorkerRuntime:
         else:
             try:
                 run.deadline = self._deadline(job)
-                run.future = self.batcher.submit(self._item(job))
+                run.future = self.batcher.submit(self._item(job, run.deadline))
             except Exception as e:
                 self._failed(run, e)
 
     def _collect(self, run: _Run) -> None:
-        """Wait for a submitted job's result and store its artifacts."""
+        """Take the result of a job whose batch is over or whose deadline has passed (the
+        executor notices a deadline within a step: it gets 5 s more), and store its
+        artifacts."""
         assert run.future is not None
         try:
-            try:
-                output = run.future.result(timeout=max(0.0, run.deadline - time.time()) + 1.0)
-            except FutureTimeout:
-                output = run.future.result(timeout=5.0)  # the executor noticed the deadline
+            output = run.future.result(timeout=5.0)
             run.end("succeeded", "succeeded", output=link_artifacts(self.durable, run.id, output))
         except Exception as e:
             self._failed(run, e)
@@ -198,7 +197,7 @@ class WorkerRuntime:
             else:
                 run.end("canceled", "canceled")
         elif isinstance(e, InvalidRequest | ConvoyError | ModelNotFound | ValueError):
-            run.fail("invalid_input", str(e), outcome="invalid_input")
+            run.fail("invalid_input", str(e))
         elif isinstance(e, OutOfMemory):
             run.fail("gpu_oom", f"out of device memory at a batch of one: {e}")
         elif isinstance(e, FutureTimeout):
@@ -238,22 +237,16 @@ class WorkerRuntime:
         timeout = job.get("timeout_s") or self.settings.job_timeout_s
         return time.time() + min(float(timeout), self.settings.max_job_timeout_s)
 
-    def _item(self, job: dict[str, Any]) -> Item:
+    def _item(self, job: dict[str, Any], deadline: float) -> Item:
+        """The job's request for the batcher (its progress goes through ``_progress``, for
+        the whole batch at once)."""
         job_id = job["id"]
         entry = self.catalog.get(job["model"])
         data = prepare(job["kind"], job["input"], entry, self.settings.max_image_pixels)
         predictor = self.cache.get(entry)
-        deadline = self._deadline(job)
 
         def wanted() -> str | None:  # cancel flags are read by the batcher, once per batch
             return "timeout" if time.time() > deadline else None
-
-        def on_progress(step: int, total: int) -> None:
-            try:
-                self.store.set_progress(job_id, step, total)
-                self.store.append_event(job_id, "progress", {"step": step, "total": total})
-            except StoreUnavailable as e:
-                log.warning("job %s: progress %d/%d not recorded (%s)", job_id, step, total, e)
 
         def on_preview(artifact: Artifact) -> None:
             try:
@@ -263,8 +256,7 @@ class WorkerRuntime:
                 log.warning("job %s: preview %s not recorded (%s)", job_id, artifact.name, e)
 
         return Item(job_id=job_id, predictor=predictor, entry=entry,
-                    request=Request(job["kind"], data), wanted=wanted,
-                    on_progress=on_progress, on_preview=on_preview)
+                    request=Request(job["kind"], data), wanted=wanted, on_preview=on_preview)
 
     # -- heartbeat and reaping -------------------------------------------------------------------
     def info(self) -> dict[str, Any]:

@@ -64,8 +64,8 @@ async def submit(
     job_id = body.id or new_id()
     waiter = state.waiters.expect(job_id) if wait > 0 else None
     try:
-        small = int(request.headers.get("content-length") or INLINE_CHECK_BYTES + 1)
-        if body.id is None and small <= INLINE_CHECK_BYTES:
+        length = int(request.headers.get("content-length") or INLINE_CHECK_BYTES + 1)
+        if body.id is None and length <= INLINE_CHECK_BYTES:
             job, existing = _prepare(state, caller, body, job_id)
         else:
             job, existing = await anyio.to_thread.run_sync(_prepare, state, caller, body, job_id)

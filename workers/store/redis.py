@@ -128,8 +128,11 @@ redis.call('SREM', KEYS[4], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[2]); redis.call('SADD', KEYS[3], ARGV[2])
 return 1
 """
+# KEYS: job, events. ARGV: type, data, events ttl, and a progress field to set, or nothing.
+# → the event's sequence number, or 0 if the job is gone
 _APPEND = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[4] then redis.call('HSET', KEYS[1], 'progress', ARGV[4]) end
 local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[2], n .. '-1', 'type', ARGV[1], 'data', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
@@ -231,18 +234,15 @@ class RedisStore(JobStore):
         return created, True
 
     def _run_many(self, script: Any, calls: list[tuple[list[str], list[Any]]],
-                  transaction: bool = False, tail: list[tuple[str, str]] | None = None,
-                  head: list[tuple[str, str]] | None = None) -> list[Any]:
-        """One script over many key sets in one round trip (after setting the progress
-        field of each job hash in ``head``, and before an LPUSH of each of ``tail``); with
-        ``transaction``, all of it as one atomic step."""
+                  transaction: bool = False, tail: list[tuple[str, str]] | None = None
+                  ) -> list[Any]:
+        """One script over many key sets in one round trip (then an LPUSH of each of
+        ``tail``); with ``transaction``, all of it as one atomic step."""
         if script.sha not in self._loaded:  # else a pipeline would carry it in every call
             self.r.script_load(script.script)
             self._loaded.add(script.sha)
         for attempt in range(2):
             pipe = self.r.pipeline(transaction=transaction)
-            for key, value in head or ():
-                pipe.hset(key, "progress", value)
             for keys, args in calls:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
             for key, value in tail or ():
@@ -252,7 +252,6 @@ class RedisStore(JobStore):
                                     for r in replies):
                 self.r.script_load(script.script)  # a restarted Redis forgot its scripts
                 continue
-            replies = replies[len(head or ()):]
             for r in replies:
                 if isinstance(r, Exception):
                     raise r
@@ -338,20 +337,13 @@ class RedisStore(JobStore):
 
     # -- transitions -------------------------------------------------------------------------
     def claim(self, job_id: str, worker: str) -> dict[str, Any] | None:
-        return self._claim_job(job_id, worker, announce=False)
+        return self._claims([job_id], worker, announce=False)[0][0]
 
     def claim_and_announce(self, job_id: str, worker: str) -> dict[str, Any] | None:
-        return self._claim_job(job_id, worker, announce=True)
-
-    def _claim_job(self, job_id: str, worker: str, announce: bool) -> dict[str, Any] | None:
-        return self._claim_reply(job_id, worker, announce)[0]
+        return self.try_claim(job_id, worker)[0]
 
     def try_claim(self, job_id: str, worker: str) -> tuple[dict[str, Any] | None, str]:
-        return self._claim_reply(job_id, worker, announce=True)
-
-    def _claim_reply(self, job_id: str, worker: str, announce: bool
-                     ) -> tuple[dict[str, Any] | None, str]:
-        return self._claims([job_id], worker, announce)[0]
+        return self._claims([job_id], worker, announce=True)[0]
 
     def try_claim_many(self, job_ids: list[str], worker: str
                        ) -> list[tuple[dict[str, Any] | None, str]]:
@@ -377,11 +369,9 @@ class RedisStore(JobStore):
         if not job_ids:
             return
         data = json.dumps({"step": step, "total": total})
-        calls = [([self._k(j), f"{P}events:{j}"], ["progress", data, self.retention_s])
-                 for j in job_ids]
-        # The progress field first, then the events: one round trip for the whole batch.
-        pipe_fields = [(self._k(j), data) for j in job_ids]
-        self._run_many(self._append, calls, head=pipe_fields)
+        self._run_many(self._append, [([self._k(j), f"{P}events:{j}"],
+                                       ["progress", data, self.retention_s, data])
+                                      for j in job_ids])
 
     @_guard
     def finish(
