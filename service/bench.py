@@ -7,6 +7,8 @@ in one run, on this machine, prints a table and writes JSON.
   model called in-process in batches of ``max_batch``, and with batching switched off.
 - ``generate``: images per second of ``generate`` jobs against the same sampling loop
   called in-process, same batch and steps.
+- ``trace``: the throughput model's forward, eager and traced, alone and beside threads
+  running Python.
 """
 
 from __future__ import annotations
@@ -218,16 +220,17 @@ def throughput(opts: BenchOptions, levels: tuple[int, ...] = (1, 8, 64)) -> dict
     verdict = {"vs_direct_target": 0.8, "vs_batching_off_target": 2.0,
                "meets_target": top["vs_direct"] >= 0.8 and top["vs_batching_off"] >= 2.0}
 
+    parts = ("api", "workers", "client") + (("redis",) if mode == "redis" else ())
     table = Table("batching", "clients", "jobs", "jobs/s", "p50 ms", "p99 ms", "mean batch",
-                  "CPU ms/job API+worker+client", "vs direct", "vs batching off",
+                  "CPU ms/job " + "+".join(p.replace("workers", "worker") for p in parts),
+                  "vs direct", "vs batching off",
                   title=f"throughput: classify {entry.name} ({mode}, {opts.device}); direct "
                         f"in-process, batches of {entry.max_batch}: {direct_rate:.1f} images/s")
     for r in rows:
         table.add_row("on" if r["batching"] else "off", str(r["clients"]), str(r["jobs"]),
                       f"{r['jobs_per_s']:.1f}", ms(r["p50_s"]), ms(r["p99_s"]),
                       f"{r['mean_batch']:.1f}",
-                      "+".join(f"{r['cpu_s_per_job'][k] * 1000:.1f}"
-                               for k in ("api", "workers", "client")),
+                      "+".join(f"{r['cpu_s_per_job'][k] * 1000:.1f}" for k in parts),
                       f"{r['vs_direct']:.2f}", f"{r['vs_batching_off']:.2f}")
     console.print(table)
     console.print(f"at {levels[-1]} clients: {top['vs_direct']:.2f} of direct (target 0.8), "
@@ -310,6 +313,64 @@ def generate(opts: BenchOptions, steps: int = 20) -> dict[str, Any] | None:
     return result
 
 
+# -- trace -------------------------------------------------------------------------------------
+def trace(opts: BenchOptions, batch: int = 20, busy_threads: int = 2) -> dict[str, Any]:
+    """The throughput model's forward pass on a batch, eager and traced, alone and beside
+    threads running Python (as a worker's job threads do): an eager forward takes the GIL
+    back at every op, a traced one once."""
+    import threading
+
+    import torch
+
+    from models.catalog import ModelEntry
+
+    entry = _throughput_model(opts)
+    device = device_of(opts.device)
+    base = entry.model_dump(exclude={"trace", "source"})
+    models = {name: load_predictor(ModelEntry(**base, trace=traced), device).model
+              for name, traced in (("eager", False), ("traced", True))}
+    spec = entry.input
+    x = torch.rand(batch, spec.channels, spec.height, spec.width, device=device)
+    runs = _n(opts, 30)
+
+    def forward_ms(model: Any) -> float:
+        with torch.inference_mode():
+            model(x)
+            times = [_timed(lambda: model(x)) for _ in range(runs)]
+        return statistics.median(times) * 1000
+
+    rows = []
+    for company in (0, busy_threads):
+        stop = threading.Event()
+
+        def spin() -> None:
+            while not stop.is_set():
+                sum(range(200))
+
+        threads = [threading.Thread(target=spin, daemon=True) for _ in range(company)]
+        for t in threads:
+            t.start()
+        try:
+            row = {"busy_threads": company,
+                   **{f"{name}_ms": forward_ms(m) for name, m in models.items()}}
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        row["eager_vs_traced"] = row["eager_ms"] / row["traced_ms"]
+        rows.append(row)
+    table = Table("busy Python threads", "eager ms", "traced ms", "eager / traced",
+                  title=f"trace: {entry.name} forward on {batch} images, median of {runs} "
+                        f"({opts.device})")
+    for r in rows:
+        table.add_row(str(r["busy_threads"]), f"{r['eager_ms']:.1f}", f"{r['traced_ms']:.1f}",
+                      f"{r['eager_vs_traced']:.2f}")
+    console.print(table)
+    result = {"scenario": "trace", "model": entry.name, "batch": batch, "rows": rows}
+    _write(opts, "trace", result)
+    return result
+
+
 def sampler(opts: BenchOptions) -> Any:
     """The sampler benchmark of models/benchmarks (quality and speed per scheduler)."""
     try:
@@ -322,7 +383,8 @@ def sampler(opts: BenchOptions) -> Any:
 
 
 SCENARIOS: dict[str, Callable[[BenchOptions], Any]] = {
-    "latency": latency, "throughput": throughput, "generate": generate, "sampler": sampler,
+    "latency": latency, "throughput": throughput, "generate": generate, "trace": trace,
+    "sampler": sampler,
 }
 
 
@@ -355,6 +417,7 @@ def register(app: Any) -> None:
     command("latency", latency, "embedded,redis")
     command("throughput", throughput, "redis")
     command("generate", generate, "redis")
+    command("trace", trace, "redis")
     command("sampler", sampler, "redis")
 
     def run_all(opts: BenchOptions) -> None:

@@ -128,10 +128,21 @@ class Stack:
         raise RuntimeError(f"the bench service did not come up; logs:\n{self.tail()}")
 
     def cpu_seconds(self) -> dict[str, float]:
-        """CPU time (user + system) used so far by the API, the workers and this process."""
+        """CPU time (user + system) used so far by the API, the workers and this process,
+        and in Redis mode by the Redis server (all of it: other users of the server count)."""
         api, *workers = (_cpu_seconds(p.pid) for p in self.procs)
         own = os.times()
-        return {"api": api, "workers": sum(workers), "client": own.user + own.system}
+        used = {"api": api, "workers": sum(workers), "client": own.user + own.system}
+        if self.redis_url:
+            import redis
+
+            client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=2)
+            try:
+                info = client.info("cpu")
+            finally:
+                client.close()
+            used["redis"] = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        return used
 
     def tail(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"

@@ -6,6 +6,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -70,3 +71,14 @@ def test_the_load_generator_stops_at_a_job_that_did_not_succeed(jobs_server: str
     _Jobs.status = 503
     with pytest.raises(RuntimeError, match="did not succeed: 503"):
         run_clients(jobs_server, 2, 5, lambda i: {"n": i})
+
+
+def test_the_trace_scenario_times_both_forwards_alone_and_in_company(tmp_path: Path) -> None:
+    from service.bench import BenchOptions, trace
+
+    result = trace(BenchOptions(out=tmp_path, scale=0.1, model="lenet5-digits"), batch=4)
+    assert [r["busy_threads"] for r in result["rows"]] == [0, 2]
+    for row in result["rows"]:
+        assert row["eager_ms"] > 0 and row["traced_ms"] > 0
+        assert row["eager_vs_traced"] == row["eager_ms"] / row["traced_ms"]
+    assert (tmp_path / "trace.json").exists()
