@@ -342,12 +342,8 @@ def trace(opts: BenchOptions, batch: int = 20, busy_threads: int = 2) -> dict[st
     rows = []
     for company in (0, busy_threads):
         stop = threading.Event()
-
-        def spin() -> None:
-            while not stop.is_set():
-                sum(range(200))
-
-        threads = [threading.Thread(target=spin, daemon=True) for _ in range(company)]
+        threads = [threading.Thread(target=_spin, args=(stop,), daemon=True)
+                   for _ in range(company)]
         for t in threads:
             t.start()
         try:
@@ -369,6 +365,12 @@ def trace(opts: BenchOptions, batch: int = 20, busy_threads: int = 2) -> dict[st
     result = {"scenario": "trace", "model": entry.name, "batch": batch, "rows": rows}
     _write(opts, "trace", result)
     return result
+
+
+def _spin(stop: Any) -> None:
+    """Run Python until ``stop`` is set (a busy job thread)."""
+    while not stop.is_set():
+        sum(range(200))
 
 
 def sampler(opts: BenchOptions) -> Any:
