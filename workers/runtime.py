@@ -308,28 +308,31 @@ class WorkerRuntime:
 
     def rescue_stranded(self) -> int:
         """Send again the messages of jobs queued for over ``stranded_after_s`` while their
-        queue holds no message: their message went with a worker that died between taking
+        queue (one of this worker's catalog) holds no message: their message went with a worker that died between taking
         it and claiming them (or, in embedded mode, was taken and lost). A job whose message
         is in fact alive gets a second one; the claim runs it once. Returns how many."""
         if self.celery is None:
+            return 0
+        # A queue with messages waiting is left alone (they may be the jobs' own), and asked
+        # first: reading the queued jobs costs a read of each, and only a drained queue,
+        # whose queued jobs are few, needs it.
+        drained = {q for q in {e.queue for e in self.catalog}
+                   if waiting_messages(self.celery, q) == 0}
+        if not drained:
             return 0
         after = self.settings.stranded_after_s
         now = time.monotonic()
         self._rescued = {j: t for j, t in self._rescued.items() if now - t < after}
         by_queue: dict[str, list[str]] = {}
         for job_id, queue in self.store.stale_queued(after):
-            if job_id not in self._rescued:
+            if queue in drained and job_id not in self._rescued:
                 by_queue.setdefault(queue, []).append(job_id)
-        sent = 0
         for queue, ids in by_queue.items():
-            if waiting_messages(self.celery, queue) > 0:
-                continue  # their messages may be ahead in the queue: wait until it drains
             for i in range(0, len(ids), 256):
                 dispatch(self.celery, ids[i:i + 256], queue)
             log.warning("sent %d stranded jobs of queue %s again", len(ids), queue)
             self._rescued.update(dict.fromkeys(ids, now))
-            sent += len(ids)
-        return sent
+        return sum(len(ids) for ids in by_queue.values())
 
     def supervise(self) -> None:
         """Heartbeat every ``heartbeat_s``; reap and purge every few beats (thread body)."""

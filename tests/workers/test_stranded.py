@@ -38,15 +38,18 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     return Settings(redis_url=redis_url, data_dir=tmp_path, stranded_after_s=60)
 
 
-def _runtime(settings: Settings) -> tuple[WorkerRuntime, JobStore, Any]:
+def _runtime(settings: Settings, queue: str) -> tuple[WorkerRuntime, JobStore, Any]:
+    """A runtime whose catalog has a model on ``queue`` (the queues it looks after)."""
+    catalog = settings.data_dir / f"{queue}.toml"
+    catalog.write_text(f'[models.m]\nfamily = "lenet5"\nkinds = ["classify"]\nqueue = "{queue}"\n')
     store = open_store(settings)
     app = make_celery(settings)
-    return (WorkerRuntime(settings, store, Catalog.load([]), ModelCache(torch.device("cpu")),
-                          celery=app, name="w1"), store, app)
+    return (WorkerRuntime(settings, store, Catalog.load([catalog]),
+                          ModelCache(torch.device("cpu")), celery=app, name="w1"), store, app)
 
 
 def test_a_stale_job_with_no_message_is_sent_again_once(settings: Settings, q: str) -> None:
-    rt, store, app = _runtime(settings)
+    rt, store, app = _runtime(settings, q)
     store.create_and_announce(_job("stale", 120, q))
     store.create_and_announce(_job("young", 1, q))
     assert store.stale_queued(60) == [("stale", q)]
@@ -61,7 +64,7 @@ def test_a_stale_job_with_no_message_is_sent_again_once(settings: Settings, q: s
 
 def test_a_stale_job_whose_queue_holds_messages_waits_for_it_to_drain(settings: Settings,
                                                                       q: str) -> None:
-    rt, store, app = _runtime(settings)
+    rt, store, app = _runtime(settings, q)
     store.create_and_announce(_job("stale", 120, q))
     with app.connection_for_write() as conn:
         conn.SimpleQueue(q).put("some other job's message")
@@ -72,7 +75,7 @@ def test_a_stale_job_whose_queue_holds_messages_waits_for_it_to_drain(settings: 
 
 
 def test_a_running_or_finished_job_is_never_sent_again(settings: Settings, q: str) -> None:
-    rt, store, _ = _runtime(settings)
+    rt, store, _ = _runtime(settings, q)
     store.create_and_announce(_job("running", 120, q))
     store.create_and_announce(_job("done", 120, q))
     store.claim("running", "w9")
@@ -90,3 +93,11 @@ def test_the_message_built_for_redis_counts_as_waiting(redis_url: str, tmp_path:
     redis.Redis.from_url(redis_url).lpush(key, body)
     assert waiting_messages(app, "q-built") == 1
     assert waiting_messages(app, "never-used") == 0
+
+
+def test_a_queue_outside_the_workers_catalog_is_left_to_its_own_workers(settings: Settings,
+                                                                         q: str) -> None:
+    rt, store, _ = _runtime(settings, q)
+    store.create_and_announce(_job("elsewhere", 120, f"{q}-other"))
+    assert store.stale_queued(60) == [("elsewhere", f"{q}-other")]
+    assert rt.rescue_stranded() == 0
