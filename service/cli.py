@@ -5,6 +5,7 @@ and exit status 1, never a traceback."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -81,6 +82,10 @@ def serve(
         if settings.embedded else "distributed (Redis)"
     console.print(f"convoy on http://{host}:{port} — {mode}")
     worker = None
+    if not no_worker and importlib.util.find_spec("torch") is None:
+        console.print("No worker: this install has no torch (pip install 'convoy[worker]'); "
+                      "serving the API alone.", markup=False)
+        no_worker = True
     if not no_worker:
         worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"],
                                   preexec_fn=_die_with_parent)
