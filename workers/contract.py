@@ -22,10 +22,15 @@ from workers.images import decode_image
 if TYPE_CHECKING:
     from models.catalog import ModelEntry
 
-Seed = Annotated[int, Field(ge=0, lt=2**63, description="makes the job reproducible: the same "
-                            "model, input and seed give the same output on the same device "
-                            "type; drawn at random (and shown in the record) when absent",
-                            examples=[42])]
+SEED_DESCRIPTION = ("makes the job reproducible: the same model, input and seed give the same "
+                    "output on the same device type; drawn at random (and shown in the record) "
+                    "when absent")
+
+
+def _seed() -> Any:
+    return Field(None, ge=0, lt=2**63, description=SEED_DESCRIPTION, examples=[42])
+
+
 # An 8x8 white stroke on black, in the PNG format: what the OpenAPI examples send.
 EXAMPLE_IMAGE = ("iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAFklEQVR42mNgQAb/GRgYmGAcYhhwAAA7dgEK"
                  "7tLQGgAAAABJRU5ErkJggg==")
@@ -68,13 +73,13 @@ class SampleInput(_Input):
 
     n: int = Field(1, ge=1, le=MAX_N, description="images to draw (at most the model's "
                    "limits.max_n)", examples=[4])
-    seed: Seed | None = None
+    seed: int | None = _seed()
     class_label: ClassLabel = None
     truncation: float = Field(1.0, gt=0, le=10, description="scales the latent; below 1 "
                               "trades variety for typical images", examples=[0.8])
     interpolate_between: list[Image_] | None = Field(
         None, min_length=2, max_length=2, description="VAE only: two images; the output is "
-        "the decoded path between their latents")
+        "the decoded path between their latents", examples=[[EXAMPLE_IMAGE, EXAMPLE_IMAGE]])
     steps: int | None = Field(None, ge=2, le=MAX_INTERPOLATION, description="points on the "
                               "interpolation path (with interpolate_between)", examples=[8])
 
@@ -84,12 +89,13 @@ class GenerateInput(_Input):
 
     n: int = Field(1, ge=1, le=MAX_N, description="images to generate (at most the model's "
                    "limits.max_n)", examples=[4])
-    seed: Seed | None = None
+    seed: int | None = _seed()
     class_label: ClassLabel = None
     prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="text "
                                "pipelines: what to draw", examples=["a red circle"])
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS,
-                                        description="text pipelines: what to avoid")
+                                        description="text pipelines: what to avoid",
+                                        examples=["blurry"])
     steps: int = Field(20, ge=1, le=MAX_STEPS, description="denoising steps (at most the "
                        "model's limits.max_steps)", examples=[20])
     scheduler: Literal["ddpm", "ddim", "dpmpp", "euler"] = Field(
@@ -99,9 +105,11 @@ class GenerateInput(_Input):
                                          "guidance; the model's default when absent",
                                          examples=[2.0])
     height: int | None = Field(None, ge=8, le=MAX_SIDE, description="pipelines that take a "
-                               "size: output height in pixels (at most limits.max_side)")
+                               "size: output height in pixels (at most limits.max_side)",
+                               examples=[512])
     width: int | None = Field(None, ge=8, le=MAX_SIDE, description="pipelines that take a "
-                              "size: output width in pixels (at most limits.max_side)")
+                              "size: output width in pixels (at most limits.max_side)",
+                              examples=[512])
     preview_every: int = Field(0, ge=0, le=MAX_STEPS, description="emit a preview event "
                                "every N steps (0: none)", examples=[5])
 
@@ -116,7 +124,8 @@ class _Job(BaseModel):
                            "same id and body return the existing job; another body, 409)",
                            examples=["my-job-0001"])
     webhook: str | None = Field(None, max_length=2000, description="reserved: stored with "
-                                "the job; the server calls no URL")
+                                "the job; the server calls no URL",
+                                examples=["https://example.com/hook"])
     timeout_s: float | None = Field(None, gt=0, description="the job's deadline in seconds "
                                     "from its start (default CONVOY_JOB_TIMEOUT_S; over "
                                     "CONVOY_MAX_JOB_TIMEOUT_S is refused with 422); a job "
