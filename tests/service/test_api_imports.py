@@ -36,8 +36,9 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)))
 
 def test_api_sdk_and_cli_never_import_torch() -> None:
     code = f"HEAVY = {HEAVY!r}\n{PROBE}"
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    done = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 

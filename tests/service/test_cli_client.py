@@ -26,8 +26,8 @@ def convoy(*args: str, url: str | None = None) -> subprocess.CompletedProcess[st
     env.update(PYTHONPATH=str(ROOT), COLUMNS="80")
     if url:
         env["CONVOY_URL"] = url
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], check=False, cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=180)
 
 
 def one_line_error(done: subprocess.CompletedProcess[str], *words: str) -> str:

@@ -83,9 +83,10 @@ def test_429_and_503_are_retried_after_their_retry_after(monkeypatch: pytest.Mon
     assert seen[0].headers["content-type"] == "application/json"
 
     answers = [lambda r: error(503, "unavailable", **{"Retry-After": "2"})] * 3
-    with Client("http://convoy", retries=2, transport=scripted(list(answers), seen)) as c:
-        with pytest.raises(Unavailable) as caught:
-            c.get("j1")
+    transport = scripted(list(answers), seen)
+    with Client("http://convoy", retries=2, transport=transport) as c, \
+            pytest.raises(Unavailable) as caught:
+        c.get("j1")
     assert caught.value.retry_after == 2.0 and caught.value.code == "unavailable"
 
 
