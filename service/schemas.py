@@ -94,7 +94,7 @@ class Progress(BaseModel):
 
 
 class JobError(BaseModel):
-    """Why a job failed (or was canceled by its deadline)."""
+    """Why a job failed."""
 
     model_config = _OPEN
     code: str = Field(description="invalid_input, gpu_oom, timeout, worker_lost, internal",
