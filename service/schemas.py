@@ -140,6 +140,7 @@ class JobList(BaseModel):
 
 
 class ModelInput(BaseModel):
+    model_config = _OPEN
     channels: int = Field(description="1 grayscale, 3 RGB", examples=[1])
     height: int = Field(description="pixels", examples=[32])
     width: int = Field(description="pixels", examples=[32])
