@@ -42,6 +42,18 @@ def test_readme_links_the_contract_inside_the_repository() -> None:
     assert "../shared" not in text
 
 
+def test_the_contract_names_every_route_and_operation(tmp_path: Path) -> None:
+    from service.app import create_app
+    from workers.settings import Settings
+
+    doc = create_app(Settings(data_dir=tmp_path, redis_url=None)).openapi()
+    contract = (ROOT / "docs" / "api.md").read_text()
+    for path, operations in doc["paths"].items():
+        for method, op in operations.items():
+            assert path.replace("{job_id}", "{id}") in contract, (method, path)
+            assert f"`{op['operationId']}`" in contract, op["operationId"]
+
+
 def test_blocks_not_run_say_why_and_name_what_exists() -> None:
     skipped = [(body, why) for _, body, why in blocks() if why is not None]
     assert 1 <= len(skipped) <= 2, [why for _, why in skipped]

@@ -151,6 +151,10 @@ def test_a_job_life_through_the_sdk(service: Service, tmp_path: Path) -> None:
         gen = c.submit("generate", "tiny-ddpm", {"n": 2, "seed": 5, "steps": 2})
         events = list(c.events(gen.id))
         assert events[-1].final and [e.id for e in events] == sorted({e.id for e in events})
+        for event in events:  # each payload is the documented one (StatusEvent, ...)
+            event.payload()
+        assert {"status", "progress", "output"} <= {e.type for e in events}
+        ImagesOutput.model_validate(next(e.data for e in events if e.type == "output"))
         resumed = list(c.events(gen.id, last_event_id=events[-2].id))
         assert [e.id for e in resumed] == [events[-1].id]
         done = c.wait(gen.id, 60)
