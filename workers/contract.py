@@ -34,10 +34,24 @@ def _seed() -> Any:
 # An 8x8 white stroke on black, in the PNG format: what the OpenAPI examples send.
 EXAMPLE_IMAGE = ("iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAFklEQVR42mNgQAb/GRgYmGAcYhhwAAA7dgEK"
                  "7tLQGgAAAABJRU5ErkJggg==")
-Image_ = Annotated[
+ImageData = Annotated[
     str, Field(description="base64 image (PNG, JPEG, WebP, BMP), optionally as a data: URL; "
                "resized to the model's input size", min_length=1, examples=[EXAMPLE_IMAGE])
 ]
+
+
+class UploadRef(BaseModel):
+    """An image uploaded before (``POST /v1/uploads``), named by its id."""
+
+    model_config = ConfigDict(extra="forbid")
+    upload: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the id that POST "
+                        "/v1/uploads answered (the caller's own, within retention)",
+                        examples=["Jx2t0k3mQ1yP9vL8sR4aZc7wE5u"])
+
+
+Image_ = Annotated[ImageData | UploadRef, Field(
+    description="an image: base64 (PNG, JPEG, WebP, BMP; optionally a data: URL), or "
+    "{\"upload\": id} naming an upload; resized to the model's input size")]
 MAX_INTERPOLATION = 64  # points on a VAE interpolation path
 ClassLabel = Annotated[str | None, Field(
     description="class-conditional models: one of the model's labels (GET /v1/models), "
@@ -196,11 +210,12 @@ def check(kind: str, data: dict[str, Any], entry: ModelEntry, max_pixels: int) -
     if kind not in entry.kinds:
         raise InvalidInput(f"model {entry.name} does not serve {kind!r}; it serves {entry.kinds}")
     limits = entry.limits
-    for name in IMAGE_FIELDS:
-        if data.get(name) is not None:
+    for name in IMAGE_FIELDS:  # uploads were checked when uploaded
+        if isinstance(data.get(name), str):
             decode_image(data[name], max_pixels, name)
     for i, value in enumerate(data.get("interpolate_between") or []):
-        decode_image(value, max_pixels, f"interpolate_between[{i}]")
+        if isinstance(value, str):
+            decode_image(value, max_pixels, f"interpolate_between[{i}]")
     if "top_k" in data and data["top_k"] > limits.max_top_k:
         raise InvalidInput(f"top_k {data['top_k']} is over this model's limit of {limits.max_top_k}")
     if "n" in data and data["n"] > limits.max_n:

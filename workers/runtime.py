@@ -18,10 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from models.catalog import Catalog, ModelNotFound
 from models.predictor import Artifact, InvalidRequest, Request
+from workers.artifacts import generation_parameters, store_artifacts
 from workers.batcher import Batcher, Item, OutOfMemory, Stopped
+from workers.blobs import BlobStore, open_blobs
 from workers.celery_app import dispatch, waiting_messages
-from workers.contract import prepare
+from workers.contract import IMAGE_FIELDS, prepare
 from workers.errors import ConvoyError
+from workers.inputs import load_inputs
 from workers.settings import Settings, new_id
 from workers.stats import WorkerStats
 from workers.store import JobStore, StoreUnavailable
@@ -93,9 +96,11 @@ class _Run:
 
 class WorkerRuntime:
     def __init__(self, settings: Settings, store: JobStore, catalog: Catalog, cache: ModelCache,
-                 celery: Celery | None = None, name: str | None = None) -> None:
+                 celery: Celery | None = None, name: str | None = None,
+                 blobs: BlobStore | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.blobs = blobs or open_blobs(settings)  # inputs, previews and outputs
         self.catalog = catalog
         self.cache = cache
         self.celery = celery
@@ -186,7 +191,10 @@ class WorkerRuntime:
         assert run.future is not None
         try:
             output = run.future.result(timeout=5.0)
-            run.end("succeeded", "succeeded", output=link_artifacts(self.durable, run.id, output))
+            assert run.job is not None
+            params = generation_parameters(run.job, self.catalog.get(run.job["model"]))
+            run.end("succeeded", "succeeded",
+                    output=store_artifacts(self.blobs, run.id, output, params))
         except Exception as e:
             self._failed(run, e)
 
@@ -242,7 +250,8 @@ class WorkerRuntime:
         the whole batch at once)."""
         job_id = job["id"]
         entry = self.catalog.get(job["model"])
-        data = prepare(job["kind"], job["input"], entry, self.settings.max_image_pixels)
+        data = prepare(job["kind"], load_inputs(job["input"], IMAGE_FIELDS, self.blobs), entry,
+                       self.settings.max_image_pixels)
         predictor = self.cache.get(entry)
 
         def wanted() -> str | None:  # cancel flags are read by the batcher, once per batch
@@ -250,7 +259,7 @@ class WorkerRuntime:
 
         def on_preview(artifact: Artifact) -> None:
             try:
-                link = link_artifacts(self.store, job_id, artifact)
+                link = store_artifacts(self.blobs, job_id, artifact)
                 self.store.append_event(job_id, "preview", link)
             except StoreUnavailable as e:
                 log.warning("job %s: preview %s not recorded (%s)", job_id, artifact.name, e)
@@ -348,6 +357,7 @@ class WorkerRuntime:
                     self.rescue_stranded()
                 if beats % 600 == 0:
                     self.store.purge_expired()
+                    self.blobs.sweep(self.settings.retention_s)  # blobs expire with records
             except StoreUnavailable as e:
                 log.warning("heartbeat skipped: %s", e)  # the next beat tries again
             except Exception:

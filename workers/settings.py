@@ -40,6 +40,16 @@ class Settings(BaseSettings):
     max_queued_per_owner: int = 1000
     max_queue_depth: int = 10000
 
+    # Blobs: inputs, previews and outputs (see workers/blobs.py)
+    blobs: str | None = None  # s3://bucket/prefix, or a folder; unset: <data_dir>/blobs
+    s3_endpoint_url: str | None = None  # unset: AWS_ENDPOINT_URL or AWS S3 itself
+    s3_region: str | None = None  # unset: AWS_DEFAULT_REGION / AWS_REGION
+    s3_access_key_id: str | None = None  # unset: AWS_ACCESS_KEY_ID, ~/.aws, instance role
+    s3_secret_access_key: str | None = None  # unset: AWS_SECRET_ACCESS_KEY, ...
+    artifact_redirect: bool = False  # S3: artifact reads answer 307 to a presigned URL
+    presign_expiry_s: int = Field(300, ge=1, le=7 * 24 * 3600)  # lifetime of those URLs
+    inline_image_bytes: int = 16 * 1024  # base64 inputs longer than this move to the blob store
+
     # Jobs
     retention_s: int = 24 * 3600  # records, events and artifacts expire after this
     max_attempts: int = 3  # a job that kills its worker this many times fails worker_lost

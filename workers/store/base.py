@@ -283,6 +283,11 @@ class JobStore(ABC):
     @abstractmethod
     def artifact_names(self, job_id: str) -> list[str]: ...
 
+    # -- deletion ------------------------------------------------------------------------
+    def delete(self, job_id: str) -> bool:
+        """Remove the job's record, events and artifacts at once; whether it existed."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete jobs")
+
     # -- workers -------------------------------------------------------------------------
     @abstractmethod
     def heartbeat(self, worker: str, info: dict[str, Any], ttl_s: float) -> None: ...

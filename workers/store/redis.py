@@ -528,6 +528,20 @@ class RedisStore(JobStore):
     def ping(self) -> None:
         self.r.ping()
 
+    @_guard
+    def delete(self, job_id: str) -> bool:
+        owner = self.r.hget(self._k(job_id), "owner")
+        if owner is None:
+            return False
+        who = owner.decode()
+        pipe = self.r.pipeline()  # MULTI: the record and its traces go together
+        pipe.delete(self._k(job_id), f"{P}events:{job_id}", f"{P}art:{job_id}")
+        pipe.zrem(f"{P}owner:{who}", job_id)
+        pipe.srem(f"{P}queued", job_id)
+        pipe.srem(f"{P}queued:{who}", job_id)
+        pipe.srem(f"{P}running", job_id)
+        return bool(pipe.execute()[0])
+
     def purge_expired(self) -> int:
         return 0  # keys carry their own TTLs; stale index entries are dropped lazily
 

@@ -325,6 +325,12 @@ class SQLiteStore(JobStore):
         except sqlite3.Error as e:
             raise StoreUnavailable(f"sqlite: {e}") from e
 
+    def delete(self, job_id: str) -> bool:
+        with self._tx() as db:
+            for table in ("events", "artifacts"):
+                db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
+            return db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
+
     def purge_expired(self) -> int:
         now = time.time()
         with self._tx() as db:
