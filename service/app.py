@@ -18,9 +18,10 @@ from service.deps import State
 from service.limits import BodyLimit, RateLimiter
 from service.metrics import REGISTRY, WorkerCollector
 from service.openapi import install as install_openapi
-from service.routes import health, jobs, models
+from service.routes import health, jobs, models, uploads
 from service.submitter import Submitter
 from service.waiters import Waiters
+from workers.blobs import BlobError, open_blobs
 from workers.celery_app import make_celery
 from workers.errors import ConvoyError, RateLimited, Unavailable
 from workers.settings import Settings, get_settings
@@ -56,6 +57,12 @@ def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(StoreUnavailable)
     async def store_down(_: Request, exc: StoreUnavailable) -> JSONResponse:
         return _error(503, "unavailable", "the job store does not answer; try again shortly",
+                      headers={"Retry-After": "2"})
+
+    @app.exception_handler(BlobError)
+    async def blobs_down(_: Request, exc: BlobError) -> JSONResponse:
+        log.warning("blob store: %s", exc)
+        return _error(503, "unavailable", "the blob store does not answer; try again shortly",
                       headers={"Retry-After": "2"})
 
     @app.exception_handler(RequestValidationError)
@@ -105,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         waiters=Waiters(store),
         submitter=Submitter.for_celery(store, celery, settings.max_queued_per_owner,
                                        settings.max_queue_depth),
+        blobs=open_blobs(settings),
     )
     state.celery.conf.task_publish_retry_policy = {
         "max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
@@ -120,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     _install_handlers(app)
     app.include_router(jobs.router)
+    app.include_router(uploads.router)
     app.include_router(models.router)
     app.include_router(health.router)
     install_openapi(app)

@@ -13,6 +13,7 @@ from models.catalog import Catalog
 from service.limits import RateLimiter
 from service.submitter import Submitter
 from service.waiters import Waiters
+from workers.blobs import BlobStore
 from workers.errors import Unauthorized
 from workers.settings import Settings
 from workers.store import JobStore
@@ -30,6 +31,7 @@ class State:
     limiter: RateLimiter
     waiters: Waiters
     submitter: Submitter
+    blobs: BlobStore  # inputs, previews and outputs
 
 
 # The dependencies are async (they never block) so that FastAPI runs them on the event loop

@@ -31,6 +31,22 @@ class Artifact(BaseModel):
     height: int | None = Field(None, description="image height in pixels", examples=[32])
     seed: int | None = Field(None, description="generated images: the seed that redraws "
                              "this image alone", examples=[42])
+    bytes: int | None = Field(None, description="size of the bytes", examples=[1893])
+    sha256: str | None = Field(None, description="SHA-256 of the bytes, hex",
+                               examples=["9f86d081884c7d659a2feaa0c55ad015..."])
+
+
+class Upload(BaseModel):
+    """An image uploaded for later jobs (``POST /v1/uploads``); a job input names it as
+    ``{"upload": id}``. It expires with the retention (CONVOY_RETENTION_S) of jobs."""
+
+    id: str = Field(description="what a job input names", examples=["Jx2t0k3mQ1yP9vL8sR4aZc7wE5u"])
+    bytes: int = Field(description="size of the file", examples=[15728640])
+    content_type: str = Field(description="the image's media type", examples=["image/png"])
+    sha256: str = Field(description="SHA-256 of the file, hex")
+    width: int = Field(description="pixels", examples=[2048])
+    height: int = Field(description="pixels", examples=[2048])
+    created_at: str | None = Field(None, description="ISO 8601 time of the upload")
 
 
 class Size(BaseModel):

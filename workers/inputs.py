@@ -2,7 +2,7 @@
 
 A job's input may name an upload (``{"upload": "<id>"}``) instead of carrying base64, and
 a base64 image above ``CONVOY_INLINE_IMAGE_BYTES`` is moved to the blob store when the job
-is accepted (``{"blob": "jobs/<id>/input-image", "bytes": n}``): the job record stays a
+is accepted (``{"blob": "jobs/<id>/inputs/image", "bytes": n}``): the job record stays a
 few hundred bytes whatever the image. The worker reads the bytes back just before the
 predictor needs them.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from workers.blobs import BlobStore, artifact_key, upload_key
+from workers.blobs import BlobStore, check_key, upload_key
 from workers.errors import InvalidInput, NotFound
 
 IMAGE_LISTS = ("interpolate_between",)
@@ -61,7 +61,7 @@ def stash_inputs(data: dict[str, Any], fields: tuple[str, ...], job_id: str, own
             except NotFound as e:
                 raise InvalidInput(f"{where}: {e.message}") from None
         elif isinstance(value, str) and len(value) > inline_bytes:
-            key = artifact_key(job_id, f"input-{name}" + ("" if index is None else f"-{index}"))
+            key = check_key(f"jobs/{job_id}/inputs/{name}" + ("" if index is None else f"-{index}"))
             info = blobs.put(key, value.encode(), "text/plain; charset=us-ascii")
             _put(out, name, index, {"blob": key, "bytes": info.size})
     return out

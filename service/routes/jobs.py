@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Body, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from service.deps import Caller, CallerDep, State, StateDep
@@ -17,8 +17,10 @@ from service.errors import V1_ERRORS, error_responses
 from service.metrics import JOBS_SUBMITTED
 from service.schemas import EVENTS_DESCRIPTION, JobList, JobRecord
 from service.submitter import BrokerDown
-from workers.contract import JobRequest, check, request_hash
+from workers.blobs import artifact_key, job_prefix
+from workers.contract import IMAGE_FIELDS, JobRequest, check, request_hash
 from workers.errors import Conflict, InvalidInput, NotFound, RateLimited, Unavailable
+from workers.inputs import stash_inputs
 from workers.runtime import finish_and_announce
 from workers.settings import new_id
 from workers.store import TERMINAL, public_record
@@ -72,7 +74,7 @@ async def submit(
     waiter = state.waiters.expect(job_id) if wait > 0 else None
     try:
         length = int(request.headers.get("content-length") or INLINE_CHECK_BYTES + 1)
-        if body.id is None and length <= INLINE_CHECK_BYTES:
+        if body.id is None and length <= min(INLINE_CHECK_BYTES, settings.inline_image_bytes):
             job, existing = _prepare(state, caller, body, job_id)
         else:
             job, existing = await anyio.to_thread.run_sync(_prepare, state, caller, body, job_id)
@@ -115,6 +117,8 @@ def _prepare(state: State, caller: Caller, body: JobRequest, job_id: str
         existing = state.store.get(body.id)
         if existing is not None:
             return None, _resubmitted(existing, caller, fingerprint)
+    data = stash_inputs(data, IMAGE_FIELDS, job_id, caller.owner, state.blobs,
+                        settings.inline_image_bytes)
     return {
         "id": job_id, "owner": caller.owner, "kind": body.kind,
         "model": entry.name, "queue": entry.queue, "input": data,
@@ -201,13 +205,52 @@ async def _stream(state: State, job_id: str, after: int) -> AsyncIterator[Server
 @router.get("/{job_id}/artifacts/{name}", response_class=Response,
             operation_id="getArtifact", response_description="the artifact's bytes",
             responses={200: {"content": {"image/png": {"schema": {"type": "string",
-                                                                  "format": "binary"}}}}})
+                                                                  "format": "binary"}}}},
+                       307: {"description": "CONVOY_ARTIFACT_REDIRECT with S3: a presigned "
+                             "URL of the bytes, valid CONVOY_PRESIGN_EXPIRY_S seconds"}})
 def get_artifact(job_id: str, name: str, state: StateDep, caller: CallerDep) -> Response:
-    """The bytes of one of the job's artifacts (as named in its output or events)."""
+    """The bytes of one of the job's artifacts (as named in its output or events), streamed
+    from the blob store."""
     owned_job(state, caller, job_id)
-    found = state.store.get_artifact(job_id, name)
-    if found is None:
-        raise NotFound(f"job {job_id!r} has no artifact {name!r}")
-    data, content_type = found
-    return Response(data, media_type=content_type,
-                    headers={"Cache-Control": "private, max-age=86400"})
+    headers = {"Cache-Control": "private, max-age=86400"}
+    try:
+        key = artifact_key(job_id, name)
+    except ValueError:
+        raise NotFound(f"job {job_id!r} has no artifact {name!r}") from None
+    if state.settings.artifact_redirect:
+        url = state.blobs.presign(key, state.settings.presign_expiry_s)
+        if url is not None and state.blobs.head(key) is not None:
+            return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    info = state.blobs.head(key)
+    chunks = state.blobs.chunks(key) if info is not None else None
+    if info is None or chunks is None:
+        found = state.store.get_artifact(job_id, name)  # a record written before blobs
+        if found is None:
+            raise NotFound(f"job {job_id!r} has no artifact {name!r}")
+        data, content_type = found
+        return Response(data, media_type=content_type, headers=headers)
+    return StreamingResponse(chunks, media_type=info.content_type, headers={
+        **headers, "Content-Length": str(info.size), "ETag": f'"{info.sha256}"'})
+
+
+@router.delete("/{job_id}", status_code=204, operation_id="deleteJob",
+               response_class=Response, responses=error_responses(409))
+def delete_job(job_id: str, state: StateDep, caller: CallerDep) -> Response:
+    """Delete the caller's job: its record, events, artifacts and moved inputs. A queued
+    or running job is canceled first (409 if a running job has not stopped within 10 s;
+    try again)."""
+    job = owned_job(state, caller, job_id)
+    if job["status"] not in TERMINAL:
+        state.store.request_cancel(job_id)
+        if job["status"] == "queued":
+            finish_and_announce(state.store, job_id, None, "canceled")
+        job = state.store.wait_terminal(job_id, DELETE_WAIT_S) or job
+        if job["status"] not in TERMINAL:
+            raise Conflict(f"job {job_id!r} is still stopping; try again")
+    state.blobs.delete_prefix(job_prefix(job_id))
+    state.store.delete(job_id)
+    state.blobs.delete_prefix(job_prefix(job_id))  # a preview written while it stopped
+    return Response(status_code=204)
+
+
+DELETE_WAIT_S = 10.0

@@ -1,0 +1,108 @@
+"""``/v1/uploads``: images sent once as files and named by jobs afterwards.
+
+A 15 MB image as base64 inside a JSON body costs 20 MB of JSON held whole by the API and,
+before the blob store, a 20 MB job record. An upload is a multipart file instead: the
+parser spools it to a temporary file (memory holds a chunk at a time), its header is read
+for the format and pixel checks that inline images get, and it is copied in chunks to the
+blob store. Jobs then send ``{"upload": "<id>"}``; uploads expire with job retention.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import IO, Any
+
+import anyio
+from fastapi import APIRouter, Request, Response
+from PIL import Image
+from starlette.datastructures import UploadFile
+
+from service.deps import Caller, CallerDep, State, StateDep
+from service.errors import V1_ERRORS, error_responses
+from service.schemas import Upload
+from workers.blobs import upload_key
+from workers.errors import InvalidInput, RateLimited, UnsupportedMediaType
+from workers.images import ALLOWED_FORMATS
+from workers.inputs import owned_upload
+from workers.settings import new_id
+from workers.store.base import now_iso
+
+router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=V1_ERRORS)
+FIELD = "file"
+_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "BMP": "image/bmp"}
+_FORM = {"multipart/form-data": {"schema": {
+    "type": "object", "required": [FIELD],
+    "properties": {FIELD: {"type": "string", "format": "binary",
+                           "description": "the image (PNG, JPEG, WebP, BMP)"}}}}}
+
+
+def _rate(state: State, caller: Caller) -> None:
+    retry = state.limiter.take(caller.key) if state.keys else 0.0
+    if retry > 0:
+        raise RateLimited("too many requests for this API key", retry_after=retry)
+
+
+def _header(file: IO[bytes], max_pixels: int) -> tuple[str, int, int]:
+    """(format, width, height) from the image's header alone; no pixel is decoded."""
+    head = file.read(16)
+    file.seek(0)
+    if head.startswith((b"%PDF", b"GIF8")) or head[:4] in (b"II*\x00", b"MM\x00*"):
+        raise UnsupportedMediaType(f"this format is not accepted; send "
+                                   f"{', '.join(sorted(ALLOWED_FORMATS))}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(file)
+            fmt, (width, height) = str(image.format), image.size
+    except (OSError, ValueError, SyntaxError):  # PIL's ways of saying "not an image"
+        raise InvalidInput(f"{FIELD} is not a readable image") from None
+    finally:
+        file.seek(0)
+    if fmt not in ALLOWED_FORMATS:
+        raise UnsupportedMediaType(f"{fmt} is not accepted; send "
+                                   f"{', '.join(sorted(ALLOWED_FORMATS))}")
+    if width * height > max_pixels:
+        raise InvalidInput(f"{FIELD} is {width}x{height} = {width * height} pixels, over the "
+                           f"limit of {max_pixels}")
+    return fmt, width, height
+
+
+def _store(state: State, owner: str, file: IO[bytes]) -> dict[str, Any]:
+    fmt, width, height = _header(file, state.settings.max_image_pixels)
+    upload_id = new_id()
+    state.blobs.put(upload_key(upload_id), file, _TYPES[fmt], meta={
+        "owner": owner, "width": str(width), "height": str(height), "created_at": now_iso()})
+    return owned_upload(state.blobs, upload_id, owner)
+
+
+@router.post("", status_code=201, operation_id="createUpload", response_model=Upload,
+             response_description="stored: the upload's id and description",
+             openapi_extra={"requestBody": {"required": True, "content": _FORM}},
+             responses=error_responses(415, 429))
+async def create_upload(request: Request, state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    """Upload an image (multipart/form-data, field ``file``) for jobs to name as
+    ``{"upload": id}``. Limits as for inline images: the body limit (413), the formats
+    (415) and the pixel bound (422)."""
+    _rate(state, caller)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise UnsupportedMediaType(f"send multipart/form-data with the image as field {FIELD!r}")
+    async with request.form(max_files=1, max_fields=0) as form:
+        upload = form.get(FIELD)
+        if not isinstance(upload, UploadFile):
+            raise InvalidInput(f"send the image as the multipart file field {FIELD!r}")
+        return await anyio.to_thread.run_sync(_store, state, caller.owner, upload.file)
+
+
+@router.get("/{upload_id}", operation_id="getUpload", response_model=Upload)
+def get_upload(upload_id: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    """The upload's description (404 for an unknown id and for another owner's upload)."""
+    return owned_upload(state.blobs, upload_id, caller.owner)
+
+
+@router.delete("/{upload_id}", status_code=204, operation_id="deleteUpload",
+               response_class=Response)
+def delete_upload(upload_id: str, state: StateDep, caller: CallerDep) -> Response:
+    """Delete the upload now rather than at the end of retention; jobs queued with it fail."""
+    owned_upload(state.blobs, upload_id, caller.owner)
+    state.blobs.delete([upload_key(upload_id)])
+    return Response(status_code=204)
