@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from workers.settings import Settings
 
 CHUNK = 256 * 1024
+PART = 5 * 1024 * 1024  # S3's smallest multipart part
 _SEGMENT = re.compile(r"^[A-Za-z0-9._~-]{1,200}$")
 
 
@@ -232,6 +233,14 @@ class S3Blobs(BlobStore):
             config=Config(retries={"max_attempts": 3, "mode": "standard"},
                           s3={"addressing_style": "path"} if endpoint_url else None))
 
+    @property
+    def _transfer(self) -> Any:
+        """Multipart parts of S3's smallest size, one at a time: memory holds one part."""
+        from boto3.s3.transfer import TransferConfig
+
+        return TransferConfig(multipart_threshold=PART, multipart_chunksize=PART,
+                              max_concurrency=1, use_threads=False)
+
     def _name(self, key: str) -> str:
         return self.prefix + check_key(key)
 
@@ -259,7 +268,7 @@ class S3Blobs(BlobStore):
 
             try:
                 self.s3.upload_fileobj(source, self.bucket, self._name(key), ExtraArgs={
-                    "ContentType": content_type, "Metadata": fields})
+                    "ContentType": content_type, "Metadata": fields}, Config=self._transfer)
             except (BotoCoreError, ClientError) as e:
                 raise BlobError(f"s3: {e}") from e
         return BlobInfo(key, size, content_type, sha, dict(meta or {}), time.time())
