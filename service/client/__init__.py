@@ -20,11 +20,11 @@ from service.client.errors import (
     WaitTimeout,
 )
 from service.client.sync import Client
-from service.schemas import Artifact, JobList, JobRecord, ModelInfo, WorkerInfo
+from service.schemas import Artifact, JobList, JobRecord, ModelInfo, Upload, WorkerInfo
 
 __all__ = [
     "TERMINAL", "ApiError", "Artifact", "AsyncClient", "Client", "Conflict", "ConnectionFailed",
     "ConvoyClientError", "Event", "InvalidInput", "JobList", "JobRecord", "ModelInfo",
     "NotFound", "PayloadTooLarge", "RateLimited", "Unauthorized", "Unavailable",
-    "UnsupportedMediaType", "WaitTimeout", "WorkerInfo", "artifacts",
+    "UnsupportedMediaType", "Upload", "WaitTimeout", "WorkerInfo", "artifacts",
 ]

@@ -8,6 +8,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -106,6 +107,27 @@ def checked(response: httpx.Response) -> Any:
             body = response.text
         raise api_error(response.status_code, body, retry_after(response))
     return response.json()
+
+
+def no_content(response: httpx.Response) -> None:
+    """Nothing, for a 2xx answer without a body (204); the matching ``ApiError`` otherwise."""
+    if response.status_code >= 400:
+        checked(response)
+
+
+_IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+                ".webp": "image/webp", ".bmp": "image/bmp"}
+
+
+def upload_files(source: Path | bytes, filename: str | None) -> tuple[dict[str, Any], Any]:
+    """(``files=`` for httpx, the open file to close afterwards or None) of an upload: a
+    path is streamed from disk, never read whole."""
+    if isinstance(source, bytes):
+        return {"file": (filename or "image", source, "application/octet-stream")}, None
+    path = Path(source)
+    handle = path.open("rb")
+    ctype = _IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    return {"file": (filename or path.name, handle, ctype)}, handle
 
 
 def artifacts(job: JobRecord) -> list[Artifact]:

@@ -18,7 +18,7 @@ import httpx
 
 from service.client import _base as base
 from service.client.errors import ConnectionFailed, WaitTimeout
-from service.schemas import JobList, JobRecord, ModelInfo, WorkerInfo
+from service.schemas import JobList, JobRecord, ModelInfo, Upload, WorkerInfo
 
 
 class AsyncClient:
@@ -69,6 +69,25 @@ class AsyncClient:
 
     async def get(self, job_id: str) -> JobRecord:
         return JobRecord.model_validate(await self._json("GET", f"/v1/jobs/{job_id}"))
+
+    async def delete(self, job_id: str) -> None:
+        """Delete the job: its record, events, artifacts and moved inputs (a queued or
+        running job is canceled first). ``NotFound`` for another owner's job."""
+        base.no_content(await self._request("DELETE", f"/v1/jobs/{job_id}"))
+
+    # -- uploads ------------------------------------------------------------------------------
+    async def upload(self, source: Path | bytes, filename: str | None = None) -> Upload:
+        """Upload an image (a path, streamed from disk, or bytes); a job input names it as
+        ``{"image": {"upload": upload.id}}``."""
+        files, handle = base.upload_files(source, filename)
+        try:
+            return Upload.model_validate(await self._json("POST", "/v1/uploads", files=files))
+        finally:
+            if handle is not None:
+                handle.close()
+
+    async def delete_upload(self, upload_id: str) -> None:
+        base.no_content(await self._request("DELETE", f"/v1/uploads/{upload_id}"))
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Cancel a queued or running job; a finished job comes back unchanged."""
@@ -153,7 +172,8 @@ class AsyncClient:
 
     # -- artifacts ------------------------------------------------------------------------------
     async def artifact(self, job_id: str, name: str) -> bytes:
-        response = await self._request("GET", f"/v1/jobs/{job_id}/artifacts/{name}")
+        response = await self._request("GET", f"/v1/jobs/{job_id}/artifacts/{name}",
+                                   follow_redirects=True)  # a presigned URL, where set
         if response.status_code >= 400:
             base.checked(response)
         return response.content

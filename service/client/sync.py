@@ -17,7 +17,7 @@ import httpx
 
 from service.client import _base as base
 from service.client.errors import ConnectionFailed, WaitTimeout
-from service.schemas import JobList, JobRecord, ModelInfo, WorkerInfo
+from service.schemas import JobList, JobRecord, ModelInfo, Upload, WorkerInfo
 
 
 class Client:
@@ -69,6 +69,25 @@ class Client:
 
     def get(self, job_id: str) -> JobRecord:
         return JobRecord.model_validate(self._json("GET", f"/v1/jobs/{job_id}"))
+
+    def delete(self, job_id: str) -> None:
+        """Delete the job: its record, events, artifacts and moved inputs (a queued or
+        running job is canceled first). ``NotFound`` for another owner's job."""
+        base.no_content(self._request("DELETE", f"/v1/jobs/{job_id}"))
+
+    # -- uploads ------------------------------------------------------------------------------
+    def upload(self, source: Path | bytes, filename: str | None = None) -> Upload:
+        """Upload an image (a path, streamed from disk, or bytes); a job input names it as
+        ``{"image": {"upload": upload.id}}``."""
+        files, handle = base.upload_files(source, filename)
+        try:
+            return Upload.model_validate(self._json("POST", "/v1/uploads", files=files))
+        finally:
+            if handle is not None:
+                handle.close()
+
+    def delete_upload(self, upload_id: str) -> None:
+        base.no_content(self._request("DELETE", f"/v1/uploads/{upload_id}"))
 
     def cancel(self, job_id: str) -> JobRecord:
         """Cancel a queued or running job; a finished job comes back unchanged."""
@@ -152,7 +171,8 @@ class Client:
 
     # -- artifacts ------------------------------------------------------------------------------
     def artifact(self, job_id: str, name: str) -> bytes:
-        response = self._request("GET", f"/v1/jobs/{job_id}/artifacts/{name}")
+        response = self._request("GET", f"/v1/jobs/{job_id}/artifacts/{name}",
+                                   follow_redirects=True)  # a presigned URL, where set
         if response.status_code >= 400:
             base.checked(response)
         return response.content

@@ -256,3 +256,27 @@ def test_uploads_over_the_limits_or_of_the_wrong_type_are_refused(stack: Stack) 
         assert r.status_code == 422
     with httpx.Client(base_url=stack.svc.url) as anonymous:
         assert anonymous.post("/v1/uploads", files={"file": ("x.png", b"x")}).status_code == 401
+
+
+def test_sdk_uploads_downloads_and_deletes(stack: Stack, tmp_path: Path) -> None:
+    from service.client import Client, NotFound
+
+    picture = tmp_path / "digit.png"
+    picture.write_bytes(noise_png(40))
+    with Client(stack.svc.url, "key-ann") as sdk, \
+            Client(stack.redirect.url, "key-ann") as via_redirect:
+        up = sdk.upload(picture)
+        assert up.bytes == picture.stat().st_size and (up.width, up.height) == (40, 40)
+        job = sdk.run("classify", "lenet5-digits", {"image": {"upload": up.id}}, timeout=60)
+        assert job.status == "succeeded"
+        made = sdk.run("generate", "sleepy", {"n": 1, "steps": 2, "seed": 4}, timeout=60)
+        image = made.output.images[0]  # type: ignore[union-attr]
+        assert image.sha256 == hashlib.sha256(sdk.artifact(made.id, image.name)).hexdigest()
+        # a redirect to a presigned URL (S3) is followed
+        assert via_redirect.artifact(made.id, image.name) == sdk.artifact(made.id, image.name)
+        sdk.delete(made.id)
+        with pytest.raises(NotFound):
+            sdk.get(made.id)
+        sdk.delete_upload(up.id)
+        with pytest.raises(NotFound):
+            sdk.delete_upload(up.id)
