@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 Seed = Annotated[int, Field(ge=0, lt=2**63, description="makes the job reproducible")]
 Image_ = Annotated[
     str, Field(description="base64 image (PNG, JPEG, WebP, BMP), optionally a data URL",
-               min_length=1)
+               min_length=1,
+               json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/*"})
 ]
 MAX_N = 256  # schema bound; each model's limits are tighter
 
@@ -111,6 +112,10 @@ JobRequest = Annotated[
     Field(discriminator="kind"),
 ]
 IMAGE_FIELDS = ("image",)
+INPUTS: dict[str, type[_Input]] = {
+    "classify": ClassifyInput, "segment": SegmentInput, "reconstruct": ReconstructInput,
+    "sample": SampleInput, "generate": GenerateInput,
+}
 
 
 @dataclass(frozen=True)

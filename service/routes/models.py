@@ -8,18 +8,22 @@ from fastapi import APIRouter
 
 from service.deps import CallerDep, StateDep
 from service.errors import V1_ERRORS
+from workers.model_inputs import model_inputs
 
 router = APIRouter(prefix="/v1", tags=["models"], responses=V1_ERRORS)
 
 
 @router.get("/models")
 def list_models(state: StateDep, caller: CallerDep) -> dict[str, Any]:
-    return {"models": [e.public() for e in state.catalog]}
+    """Each model's kinds, labels, input size, limits, held-out metrics, and ``inputs``: the
+    JSON schema of each kind's input as this model takes it."""
+    return {"models": [{**e.public(), "inputs": model_inputs(e)} for e in state.catalog]}
 
 
 @router.get("/models/{name}")
 def get_model(name: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
-    return state.catalog.get(name).public()
+    entry = state.catalog.get(name)
+    return {**entry.public(), "inputs": model_inputs(entry)}
 
 
 @router.get("/workers", tags=["workers"])
@@ -28,4 +32,4 @@ def list_workers(state: StateDep, caller: CallerDep) -> dict[str, Any]:
     workers = state.store.workers()
     for w in workers:
         w.pop("stats", None)
-    return {"workers": workers}
+    return {"workers": workers, "queued": state.store.count_queued()}
