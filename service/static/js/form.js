@@ -16,6 +16,12 @@ const el = (tag, attrs = {}, ...children) => {
 };
 export {el};
 
+// A die drawn inline (no emoji font is needed, nothing is fetched).
+const DICE = '<svg viewBox="0 0 24 24" width="18" height="18" aria-hidden="true"><rect x="3" y="3" ' +
+  'width="18" height="18" rx="4" fill="none" stroke="currentColor" stroke-width="2"/>' +
+  [[8, 8], [16, 8], [12, 12], [8, 16], [16, 16]].map(([x, y]) => `<circle cx="${x}" cy="${y}" r="1.6" fill="currentColor"/>`).join("") +
+  "</svg>";
+
 const isImage = (p) => p.type === "string" && (p.contentMediaType || "").startsWith("image/");
 const isImageList = (p) => p.type === "array" && p.items && isImage(p.items);
 const placeholder = (v) => typeof v === "string" && /^<\d+ characters>$/.test(v);
@@ -92,7 +98,8 @@ function scalarInput(name, p, initial) {
       const dice = el("button", {type: "button", class: "dice", title: "a random seed",
                                  "aria-label": "random seed", onclick: () => {
         input.value = Math.floor(Math.random() * 2 ** 31);
-      }}, "🎲");
+      }});
+      dice.innerHTML = DICE;
       return {node: el("span", {class: "with-button"}, input, dice), get, set};
     }
     return {node: input, get, set};

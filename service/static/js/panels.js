@@ -8,7 +8,7 @@ import {artImage, thumbnailOf} from "./results.js";
 const placeholder = (v) => typeof v === "string" && /^<\d+ characters>$/.test(v);
 
 function params(input) {
-  return Object.entries(input || {}).map(([k, v]) => {
+  return Object.entries(input || {}).filter(([, v]) => v !== null && v !== undefined).map(([k, v]) => {
     const shown = placeholder(v) ? "image" : Array.isArray(v) ? v.map((x) => placeholder(x) ? "image" : x).join(", ") : String(v);
     return el("span", {class: "chip"}, `${k}: ${shown}`);
   });
@@ -65,7 +65,6 @@ function metricRows(metrics, prefix = "") {
 
 export function renderCards(box, models) {
   box.replaceChildren(...models.map((m) => {
-    const l = m.limits || {};
     const labels = m.labels.length > 24 ? [...m.labels.slice(0, 24), `… ${m.labels.length - 24} more`] : m.labels;
     return el("article", {class: "model-card", "data-model": m.name},
       el("h3", {}, m.name, " ", el("small", {class: "note"}, m.family)),
@@ -73,12 +72,25 @@ export function renderCards(box, models) {
       el("p", {class: "chips"}, m.kinds.map((k) => el("span", {class: "chip kind"}, k))),
       el("dl", {},
          el("dt", {}, "input"), el("dd", {}, `${m.input.width}×${m.input.height}×${m.input.channels}`),
-         el("dt", {}, "limits"), el("dd", {}, `n ≤ ${l.max_n}, steps ≤ ${l.max_steps}, top-k ≤ ${l.max_top_k}, side ≤ ${l.max_side}`),
+         el("dt", {}, "limits"), el("dd", {}, limitsOf(m)),
          el("dt", {}, "batching"), el("dd", {}, `up to ${m.max_batch} per pass, queue ${m.queue}`),
          labels.length ? [el("dt", {}, "labels"), el("dd", {}, labels.join(", "))] : []),
       el("details", {}, el("summary", {}, "Held-out metrics"),
          el("table", {class: "table"}, metricRows(m.metrics).map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, v))))));
   }));
+}
+
+// "n ≤ 16, steps ≤ 1000": the bounds of the model's own input schemas, kind by kind.
+function limitsOf(m) {
+  const out = [];
+  for (const schema of Object.values(m.inputs || {})) {
+    for (const [name, p] of Object.entries(schema.properties || {})) {
+      const max = p.maximum ?? p.maxLength;
+      const text = `${p.title || name} ≤ ${max}`;
+      if (max !== undefined && max < 1e5 && !out.includes(text)) out.push(text);
+    }
+  }
+  return out.join(", ") || "none";
 }
 
 function mb(bytes) { return bytes ? `${(bytes / 2 ** 20).toFixed(1)} MB` : "–"; }
@@ -114,6 +126,8 @@ async function refreshOps(onError) {
 }
 
 export function startOps({onError}) {
-  refreshOps(onError);
+  const refresh = () => refreshOps(onError);
+  refresh();
+  window.addEventListener("convoy:key", refresh);
   setInterval(() => { if (!document.hidden) refreshOps(onError); }, 5000);
 }

@@ -35,13 +35,16 @@ function figure(art, caption, filename) {
             el("figcaption", {}, caption, " ", downloadLink(art, "⬇", filename)));
 }
 
-function classify(out) {
+function classify(out, inputSrc) {
   const preds = out.predictions || [];
-  return el("div", {class: "bars", "data-result": "classify"}, preds.map((p) =>
+  const bars = el("div", {class: "bars"}, preds.map((p) =>
     el("div", {class: "bar-row"},
        el("span", {class: "bar-label"}, p.label),
        el("span", {class: "bar-track"}, el("span", {class: "bar-fill", style: `width:${pct(p.score)}`})),
        el("span", {class: "bar-value"}, pct(p.score)))));
+  const input = inputSrc ? el("figure", {class: "tile"}, el("img", {class: "art small", src: inputSrc, alt: "input"}),
+                              el("figcaption", {}, "input")) : null;
+  return el("div", {class: "pair", "data-result": "classify"}, input, bars);
 }
 
 function loadImage(src) {
@@ -134,7 +137,7 @@ function images(out) {
 
 export function renderOutput(kind, out, {inputSrc} = {}) {
   if (!out) return el("p", {}, "no output");
-  if (kind === "classify") return classify(out);
+  if (kind === "classify") return classify(out, inputSrc);
   if (kind === "segment") return segment(out, inputSrc);
   if (kind === "reconstruct") return reconstruct(out, inputSrc);
   if (out.images) return images(out);

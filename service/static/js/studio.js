@@ -117,6 +117,7 @@ function showJob(job, inputSrc) {
   $("params").textContent = JSON.stringify({kind: job.kind, model: job.model, input: job.input}, null, 2);
   $("params-box").hidden = false;
   if (job.status === "succeeded") {
+    if (!job.progress) { setProgress(1, 1); $("progress-text").textContent = "done"; }
     $("preview").replaceChildren();
     $("result").replaceChildren(renderOutput(job.kind, job.output, {inputSrc}));
   }
@@ -213,6 +214,7 @@ async function start() {
   $("key-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     key.set($("key").value.trim());
+    window.dispatchEvent(new Event("convoy:key"));
     if (await loadModels()) { refreshHistory(); reattach(); }
   });
   $("model").addEventListener("change", () => selectModel($("model").value));
