@@ -94,6 +94,8 @@ def submit(page: Any) -> str:
 def run_and_wait(page: Any, status: str = "succeeded", timeout_ms: int = 120_000) -> str:
     job_id = submit(page)
     page.wait_for_selector(f"#status.{status}", timeout=timeout_ms)
+    if status == "succeeded":  # the status event comes first; the result is drawn after it
+        page.wait_for_selector("#result [data-result]")
     return job_id
 
 

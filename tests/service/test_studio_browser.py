@@ -13,8 +13,16 @@ import httpx
 import pytest
 
 from tests.fixtures import Service
-from tests.service.studio_driver import (browser, choose, input_images, offline_page,
-                                         run_and_wait, shot, sign_in, submit)
+from tests.service.studio_driver import (
+    browser,
+    choose,
+    input_images,
+    offline_page,
+    run_and_wait,
+    shot,
+    sign_in,
+    submit,
+)
 
 pytestmark = pytest.mark.slow
 KEY = "studio-key-1"
@@ -163,6 +171,8 @@ def test_previews_arrive_before_the_end_and_progress_moves(page: Any) -> None:
         if not seen or value != seen[-1]:
             seen.append(value)
         if page.locator("#preview img").count() and page.locator("#status.running").count():
+            if not preview_before_end:
+                shot(page, "running")
             preview_before_end = True
         time.sleep(0.15)
     assert preview_before_end, "no preview was shown while the job ran"

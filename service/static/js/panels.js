@@ -129,5 +129,6 @@ export function startOps({onError}) {
   const refresh = () => refreshOps(onError);
   refresh();
   window.addEventListener("convoy:key", refresh);
+  window.addEventListener("convoy:job-ended", refresh);
   setInterval(() => { if (!document.hidden) refreshOps(onError); }, 5000);
 }

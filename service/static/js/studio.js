@@ -160,6 +160,7 @@ export async function attach(job, {after = 0, inputSrc = null} = {}) {
   const final = await call(`/v1/jobs/${job.id}`);
   showJob(final, inputSrc);
   refreshHistory();
+  window.dispatchEvent(new Event("convoy:job-ended"));
 }
 
 async function run() {
