@@ -152,6 +152,7 @@ def test_generate_with_class_dice_and_previews(page: Any) -> None:
     run_and_wait(page)
     captions = page.locator("[data-result=images] figcaption").all_inner_texts()
     assert [int(c.split()[1]) for c in captions] == [seed + i for i in range(4)]
+    assert page.locator("#preview img").count() == 0  # the result replaces the previews
     page.locator("[data-result=images] img").first.click()
     page.wait_for_selector("#lightbox:not([hidden])")
     page.keyboard.press("Escape")
@@ -213,7 +214,7 @@ def test_reload_reattaches_to_the_running_job(page: Any, studio: Service) -> Non
 def test_history_reuse_and_large_images(page: Any, studio: Service) -> None:
     with studio.client(KEY) as c:
         r = c.post("/v1/jobs", json={"kind": "generate", "model": "ddpm-digits", "input": {
-            "class_label": "8", "steps": 7, "n": 2, "seed": 99, "scheduler": "ddim"}},
+            "class_label": "8", "steps": 25, "n": 2, "seed": 99, "scheduler": "ddim"}},
             headers={"Prefer": "wait=60"})
         assert r.status_code == 200, r.text
     page.click("#history-refresh")
@@ -227,8 +228,9 @@ def test_history_reuse_and_large_images(page: Any, studio: Service) -> None:
     card.locator("button.reuse").click()
     assert page.locator(".tab[data-kind=generate]").get_attribute("aria-selected") == "true"
     assert page.input_value("#model") == "ddpm-digits"
-    assert page.input_value("#f-steps") == "7" and page.input_value("#f-seed") == "99"
+    assert page.input_value("#f-steps") == "25" and page.input_value("#f-seed") == "99"
     assert page.input_value("#f-scheduler") == "ddim" and page.input_value("#f-class_label") == "8"
+    page.evaluate("document.querySelector('#history').scrollIntoView()")
     shot(page, "history")
 
 

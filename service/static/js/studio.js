@@ -124,8 +124,10 @@ function showJob(job, inputSrc) {
   if (job.error) showError("run-error", new ApiError(0, job.error.code, job.error.message));
 }
 
-async function showPreview(art) {
+async function showPreview(jobId, art) {
   const src = await blobUrl(art.url);
+  // a preview that arrives after the job ended (or another job began) is not shown
+  if (state.job?.id !== jobId || TERMINAL.includes($("status").textContent)) return;
   const img = el("img", {class: "art big", src, alt: "preview", "data-artifact": art.name});
   $("preview").replaceChildren(img, el("small", {class: "note"}, `preview · ${art.name}`));
 }
@@ -148,7 +150,7 @@ export async function attach(job, {after = 0, inputSrc = null} = {}) {
       state.job.last = id;
       if (event === "status") setStatus(data.status);
       else if (event === "progress") setProgress(data.step, data.total);
-      else if (event === "preview") showPreview(data);
+      else if (event === "preview") showPreview(job.id, data);
       else if (event === "error") showError("run-error", new ApiError(0, data.code, data.message));
       remember();
     }, {after, signal: abort.signal});
