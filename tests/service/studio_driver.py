@@ -82,10 +82,14 @@ def choose(page: Any, kind: str, model: str) -> None:
     page.wait_for_function(f"document.querySelector('#model').value === '{model}'")
 
 
-def submit(page: Any) -> str:
-    """Click Run; return the new job's id once the page follows it."""
+def submit(page: Any, keys_on: str | None = None) -> str:
+    """Click Run (or press Ctrl+Enter in the field ``keys_on``); return the new job's id
+    once the page follows it."""
     before = page.inner_text("#job-id")
-    page.click("#run")
+    if keys_on:
+        page.press(keys_on, "Control+Enter")
+    else:
+        page.click("#run")
     page.wait_for_function("(before) => { const t = document.querySelector('#job-id').textContent;"
                            " return t && t !== before; }", arg=before)
     return str(page.inner_text("#job-id"))

@@ -222,6 +222,9 @@ async function start() {
   });
   $("model").addEventListener("change", () => selectModel($("model").value));
   $("run").addEventListener("click", run);
+  $("form").addEventListener("keydown", (e) => {  // Ctrl+Enter runs, as in a notebook
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); run(); }
+  });
   $("cancel").addEventListener("click", cancel);
   $("history-refresh").addEventListener("click", refreshHistory);
   $("lightbox").addEventListener("click", () => { $("lightbox").hidden = true; });
