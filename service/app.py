@@ -17,6 +17,7 @@ from service import studio
 from service.deps import State
 from service.limits import BodyLimit, RateLimiter
 from service.metrics import REGISTRY, WorkerCollector
+from service.openapi import install as install_openapi
 from service.routes import health, jobs, models
 from service.submitter import Submitter
 from service.waiters import Waiters
@@ -122,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    install_openapi(app)
     studio.install(app)
 
     return app
