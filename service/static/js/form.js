@@ -144,11 +144,14 @@ export function buildForm(container, schema, {initial = {}, onImage} = {}) {
       control = scalarInput(name, p, initial[name]);
     }
     const bounds = range(p);
-    const hint = [p.description, bounds && `range ${bounds}`].filter(Boolean).join(" · ");
+    // the description's first clause under the field, all of it on hover
+    const short = (p.description || "").split(/[:;(]/)[0].trim();
+    const hint = [short, bounds && `range ${bounds}`].filter(Boolean).join(" · ");
     container.append(el("div", {class: `field ${isImage(p) || isImageList(p) ? "wide" : ""}`, "data-name": name},
-      el("label", {for: `f-${name}`}, title, required.has(name) ? el("span", {class: "req"}, " *") : null),
+      el("label", {for: `f-${name}`, title: p.description}, title,
+         required.has(name) ? el("span", {class: "req"}, " *") : null),
       control.node,
-      hint ? el("small", {class: "hint"}, hint) : null));
+      hint ? el("small", {class: "hint", title: p.description}, hint) : null));
     fields[name] = {control, p};
   }
   return {
