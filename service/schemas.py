@@ -49,6 +49,8 @@ class ClassArea(BaseModel):
     index: int = Field(description="the class index; the mask's pixel value", examples=[1])
     pixels: int = Field(description="pixels of this class in the mask", examples=[812])
     fraction: float = Field(description="share of the mask's pixels", examples=[0.198])
+    colour: str | None = Field(None, description="the overlay's colour for this class, "
+                               "#rrggbb", examples=["#e6194b"])
 
 
 class ClassifyOutput(BaseModel):

@@ -96,6 +96,8 @@ def test_segment_overlay_legend_opacity_and_raw_mask(page: Any, images: dict) ->
     shares = [float(legend.nth(i).locator("td").nth(3).inner_text().rstrip("%"))
               for i in range(legend.count())]
     assert abs(sum(shares) - 100) < 0.5 and shares[0] < 100
+    swatch = legend.nth(1).locator(".swatch").evaluate("e => getComputedStyle(e).backgroundColor")
+    assert swatch == "rgb(230, 25, 75)", swatch  # the circle's overlay colour names it
     page.wait_for_function("document.querySelector('canvas[data-artifact=overlay]').width === 64")
     before = canvas_sum(page)
     page.locator("#opacity").fill("100")
