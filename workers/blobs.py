@@ -107,7 +107,7 @@ class BlobStore(ABC):
         return None if parts is None else b"".join(parts)
 
     @abstractmethod
-    def keys(self, prefix: str = "") -> list[BlobInfo]:
+    def entries(self, prefix: str = "") -> list[BlobInfo]:
         """Every blob under ``prefix`` (size and time of last change only; no metadata)."""
 
     @abstractmethod
@@ -115,12 +115,12 @@ class BlobStore(ABC):
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every blob under ``prefix``; return how many."""
-        return self.delete([b.key for b in self.keys(prefix)])
+        return self.delete([b.key for b in self.entries(prefix)])
 
     def sweep(self, older_than_s: float) -> int:
         """Delete the blobs written more than ``older_than_s`` ago (retention); how many."""
         cutoff = time.time() - older_than_s
-        return self.delete([b.key for b in self.keys() if b.modified < cutoff])
+        return self.delete([b.key for b in self.entries() if b.modified < cutoff])
 
     def presign(self, key: str, expiry_s: int) -> str | None:
         """A URL that reads the blob for ``expiry_s`` seconds, where the store has them."""
@@ -182,7 +182,7 @@ class FolderBlobs(BlobStore):
 
         return read()
 
-    def keys(self, prefix: str = "") -> list[BlobInfo]:
+    def entries(self, prefix: str = "") -> list[BlobInfo]:
         base = self.root / "data"
         out = []
         for path in base.rglob("*"):
@@ -296,7 +296,7 @@ class S3Blobs(BlobStore):
 
         return read()
 
-    def keys(self, prefix: str = "") -> list[BlobInfo]:
+    def entries(self, prefix: str = "") -> list[BlobInfo]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         out = []

@@ -44,6 +44,19 @@ def _flat(prop: dict[str, Any]) -> dict[str, Any]:
     return {**kept[0], **out, "nullable": True}
 
 
+def _base64_images(prop: dict[str, Any]) -> dict[str, Any]:
+    """An image as a form sends it, base64: the ``{"upload": id}`` branch left out."""
+    branches = prop.get("anyOf")
+    if branches:
+        kept = [_base64_images(b) for b in branches
+                if not str(b.get("$ref", "")).endswith("/UploadRef")]
+        rest = {k: v for k, v in prop.items() if k != "anyOf"}
+        prop = {**kept[0], **rest} if len(kept) == 1 else {**rest, "anyOf": kept}
+    if isinstance(prop.get("items"), dict):
+        prop = {**prop, "items": _base64_images(prop["items"])}
+    return prop
+
+
 def _drop(kind: str, entry: ModelEntry) -> set[str]:
     prompt = takes_prompt(entry)
     dropped: set[str] = set()
@@ -85,7 +98,7 @@ def kind_schema(kind: str, entry: ModelEntry) -> dict[str, Any]:
     flattened with ``nullable``)."""
     schema = INPUTS[kind].model_json_schema()
     dropped = _drop(kind, entry)
-    props = {name: _bound(kind, name, _flat(prop), entry)
+    props = {name: _bound(kind, name, _flat(_base64_images(prop)), entry)
              for name, prop in schema["properties"].items() if name not in dropped}
     if kind == "generate" and takes_prompt(entry):
         schema.setdefault("required", []).append("prompt")

@@ -63,10 +63,10 @@ def test_put_head_read_delete(blobs: BlobStore) -> None:
     assert blobs.head("jobs/j1/nothing.png") is None and blobs.chunks("jobs/j1/x") is None
     blobs.put("jobs/j1/image-1.png", b"x", "image/png")
     blobs.put("jobs/j2/image-0.png", b"y", "image/png")
-    assert sorted(b.key for b in blobs.keys("jobs/j1/")) == ["jobs/j1/image-0.png",
+    assert sorted(b.key for b in blobs.entries("jobs/j1/")) == ["jobs/j1/image-0.png",
                                                             "jobs/j1/image-1.png"]
     assert blobs.delete_prefix("jobs/j1/") == 2
-    assert blobs.keys("jobs/j1/") == [] and blobs.read("jobs/j2/image-0.png") == b"y"
+    assert blobs.entries("jobs/j1/") == [] and blobs.read("jobs/j2/image-0.png") == b"y"
 
 
 def test_a_file_is_stored_in_chunks(blobs: BlobStore, tmp_path: Path) -> None:
@@ -92,7 +92,7 @@ def test_sweep_removes_what_outlived_retention(blobs: BlobStore) -> None:
     time.sleep(1.1)
     blobs.put("jobs/new/a.png", b"b", "image/png")
     assert blobs.sweep(older_than_s=1.0) == 1
-    assert [b.key for b in blobs.keys()] == ["jobs/new/a.png"]
+    assert [b.key for b in blobs.entries()] == ["jobs/new/a.png"]
 
 
 def test_presigned_urls(blobs: BlobStore) -> None:
