@@ -22,6 +22,7 @@ from workers.store.base import (
     Event,
     JobStore,
     QueueFull,
+    StaleClaim,
     StoreUnavailable,
     age_s,
     now_iso,
@@ -47,6 +48,7 @@ if s ~= 'queued' then return s end
 """ + _OWNER + """
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2])
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HINCRBY', KEYS[1], 'token', 1)
 redis.call('SREM', KEYS[2], ARGV[3]); redis.call('SREM', ARGV[4] .. owner, ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[3])
 if ARGV[6] == '1' then
@@ -58,12 +60,16 @@ end
 return redis.call('HGETALL', KEYS[1])
 """
 # KEYS: job, queued, running, events, finished channel. ARGV: worker ('' for any), status,
-# output, error, finished_at, id, owner-set prefix, events ttl, '1' to return the job, then
-# (type, data) of each event to append. → the job (or 1), or 0 if it was not ours to finish
+# output, error, finished_at, id, owner-set prefix, events ttl, '1' to return the job, the
+# claim's token ('' for any), then (type, data) of each event to append. → the job (or 1),
+# or 0 if it was not ours to finish
 _FINISH = """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s or s == 'succeeded' or s == 'failed' or s == 'canceled' then return 0 end
 if ARGV[1] ~= '' and (s ~= 'running' or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1]) then
+  return 0
+end
+if ARGV[10] ~= '' and (s ~= 'running' or redis.call('HGET', KEYS[1], 'token') ~= ARGV[10]) then
   return 0
 end
 """ + _OWNER + """
@@ -71,7 +77,7 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2], 'output', ARGV[3], 'error', ARGV[
            'finished_at', ARGV[5])
 redis.call('SREM', KEYS[2], ARGV[6]); redis.call('SREM', ARGV[7] .. owner, ARGV[6])
 redis.call('SREM', KEYS[3], ARGV[6])
-for i = 10, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   redis.call('XADD', KEYS[4], n .. '-1', 'type', ARGV[i], 'data', ARGV[i + 1])
   redis.call('EXPIRE', KEYS[4], ARGV[8])
@@ -123,20 +129,46 @@ return 1
 _REQUEUE = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'device') ~= redis.call('HGET', KEYS[1], 'token') then
+  redis.call('HINCRBY', KEYS[1], 'attempts', -1)  -- held, never on the device: uncharged
+end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'worker', '', 'progress', 'null')
 redis.call('SREM', KEYS[4], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[2]); redis.call('SADD', KEYS[3], ARGV[2])
 return 1
 """
-# KEYS: job, events. ARGV: type, data, events ttl, and a progress field to set, or nothing.
-# → the event's sequence number, or 0 if the job is gone
+# The writes of a run under its claim's token (ARGV[n], '' for an unfenced write): -1 unless
+# the job runs under that claim.
+def _fenced(n: int) -> str:
+    return f"""
+if ARGV[{n}] and ARGV[{n}] ~= '' and (redis.call('HGET', KEYS[1], 'status') ~= 'running'
+    or redis.call('HGET', KEYS[1], 'token') ~= ARGV[{n}]) then return -1 end
+"""
+
+
+# KEYS: job, events. ARGV: type, data, events ttl, a progress field to set ('' or nothing
+# for none), the claim's token ('' or nothing). → the event's sequence number, 0 if the
+# job is gone, -1 if the claim is over
 _APPEND = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if ARGV[4] then redis.call('HSET', KEYS[1], 'progress', ARGV[4]) end
+""" + _fenced(5) + """
+if ARGV[4] and ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'progress', ARGV[4]) end
 local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[2], n .. '-1', 'type', ARGV[1], 'data', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return n
+"""
+
+# KEYS: job. ARGV: token. → 1 if marked, -1 if the claim is over
+_MARK = _fenced(1) + """
+redis.call('HSET', KEYS[1], 'device', ARGV[1])
+return 1
+"""
+# KEYS: job, artifacts. ARGV: token (''), ttl, then field, value pairs. → 1, or -1 (stale)
+_PUT_ARTIFACT = _fenced(1) + """
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
 """
 
 
@@ -169,6 +201,8 @@ class RedisStore(JobStore):
         self._finish = self.r.register_script(_FINISH)
         self._requeue = self.r.register_script(_REQUEUE)
         self._append = self.r.register_script(_APPEND)
+        self._mark = self.r.register_script(_MARK)
+        self._put_artifact = self.r.register_script(_PUT_ARTIFACT)
 
     @staticmethod
     def _k(job_id: str) -> str:
@@ -203,6 +237,8 @@ class RedisStore(JobStore):
                 out[key] = json.loads(raw) if raw else None
             elif key == "attempts":
                 out[key] = int(raw or 0)
+            elif key in ("token", "device"):
+                out[key] = int(raw) if raw else None
             elif key == "cancel_requested":
                 out[key] = h.get("cancel", "0") == "1"
             else:
@@ -361,44 +397,83 @@ class RedisStore(JobStore):
                 for r in replies]
 
     @_guard
-    def set_progress(self, job_id: str, step: int, total: int) -> None:
-        self.r.hset(self._k(job_id), "progress", json.dumps({"step": step, "total": total}))
+    def set_progress(self, job_id: str, step: int, total: int, token: int | None = None
+                     ) -> None:
+        if token is None:
+            self.r.hset(self._k(job_id), "progress", json.dumps({"step": step, "total": total}))
+        else:
+            self.progress_many([job_id], step, total, [token], event=False)
 
     @_guard
-    def progress_many(self, job_ids: list[str], step: int, total: int) -> None:
+    def progress_many(self, job_ids: list[str], step: int, total: int,
+                      tokens: list[int] | None = None, event: bool = True) -> None:
         if not job_ids:
             return
         data = json.dumps({"step": step, "total": total})
+        toks = [str(t) for t in tokens] if tokens is not None else [""] * len(job_ids)
         self._run_many(self._append, [([self._k(j), f"{P}events:{j}"],
-                                       ["progress", data, self.retention_s, data])
-                                      for j in job_ids])
+                                       ["progress", data, self.retention_s, data, t])
+                                      for j, t in zip(job_ids, toks, strict=True)])
+
+    @_guard
+    def mark_on_device(self, claims: dict[str, int]) -> set[str]:
+        ids = list(claims)
+        if not ids:
+            return set()
+        replies = self._run_many(self._mark, [([self._k(j)], [claims[j]]) for j in ids])
+        return {j for j, r in zip(ids, replies, strict=True) if r != 1}
+
+    def _mark_one(self, job_id: str, token: int) -> bool:
+        return not self.mark_on_device({job_id: token})
+
+    @_guard
+    def stopped_among(self, claims: dict[str, int]) -> dict[str, str]:
+        ids = list(claims)
+        if not ids:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for j in ids:
+            pipe.hmget(self._k(j), ["status", "token", "cancel"])
+        out = {}
+        for j, (status, token, cancel) in zip(ids, pipe.execute(), strict=True):
+            if status != b"running" or token != str(claims[j]).encode():
+                out[j] = "lost"
+            elif cancel == b"1":
+                out[j] = "canceled"
+        return out
 
     @_guard
     def finish(
         self, job_id: str, worker: str | None, status: str,
         output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+        token: int | None = None,
     ) -> dict[str, Any] | None:
-        return self.finish_and_announce(job_id, worker, status, output, error, announce=False)
+        return self.finish_and_announce(job_id, worker, status, output, error, token,
+                                        announce=False)
 
     def finish_and_announce(
         self, job_id: str, worker: str | None, status: str,
         output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
-        announce: bool = True,
+        token: int | None = None, announce: bool = True,
     ) -> dict[str, Any] | None:
-        reply = self._finishes([(job_id, worker, status, output, error)], announce, True)[0]
+        reply = self._finishes([(job_id, worker, status, output, error)], announce, True,
+                               [token])[0]
         return self._decode_flat(reply)
 
     def finish_many(self, outcomes: list[tuple[str, str | None, str, dict[str, Any] | None,
-                                               dict[str, Any] | None]]) -> list[bool]:
-        return [r == 1 for r in self._finishes(outcomes, announce=True, records=False)]
+                                               dict[str, Any] | None]],
+                    tokens: list[int | None] | None = None) -> list[bool]:
+        return [r == 1 for r in self._finishes(outcomes, announce=True, records=False,
+                                               tokens=tokens)]
 
     @_guard
     def _finishes(self, outcomes: list[tuple[str, str | None, str, dict[str, Any] | None,
                                              dict[str, Any] | None]], announce: bool,
-                  records: bool) -> list[Any]:
+                  records: bool, tokens: list[int | None] | None = None) -> list[Any]:
         at = now_iso()
         calls = []
-        for job_id, worker, status, output, error in outcomes:
+        toks = tokens or [None] * len(outcomes)
+        for (job_id, worker, status, output, error), token in zip(outcomes, toks, strict=True):
             events: list[Any] = []
             if announce:
                 for type_, data in self.final_events(status, output, error):
@@ -406,7 +481,8 @@ class RedisStore(JobStore):
             calls.append((
                 [self._k(job_id), f"{P}queued", f"{P}running", f"{P}events:{job_id}", FINISHED],
                 [worker or "", status, json.dumps(output), json.dumps(error), at, job_id,
-                 f"{P}queued:", self.retention_s, "1" if records else "", *events]))
+                 f"{P}queued:", self.retention_s, "1" if records else "",
+                 "" if token is None else str(token), *events]))
         return self._run_many(self._finish, calls)
 
     @_guard
@@ -463,11 +539,15 @@ class RedisStore(JobStore):
 
     # -- events ------------------------------------------------------------------------------
     @_guard
-    def append_event(self, job_id: str, type: str, data: dict[str, Any]) -> int:
+    def append_event(self, job_id: str, type: str, data: dict[str, Any],
+                     token: int | None = None) -> int:
         seq = int(self._append(keys=[self._k(job_id), f"{P}events:{job_id}"],
-                               args=[type, json.dumps(data), self.retention_s]))
+                               args=[type, json.dumps(data), self.retention_s, "",
+                                     "" if token is None else token]))
         if seq == 0:
             raise KeyError(job_id)
+        if seq < 0:
+            raise StaleClaim(job_id)
         return seq
 
     @_guard
@@ -485,12 +565,14 @@ class RedisStore(JobStore):
 
     # -- artifacts ---------------------------------------------------------------------------
     @_guard
-    def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str) -> None:
-        key = f"{P}art:{job_id}"
-        pipe = self.r.pipeline()
-        pipe.hset(key, mapping={f"d:{name}": data, f"t:{name}": content_type})
-        pipe.expire(key, self.retention_s)
-        pipe.execute()
+    def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str,
+                     token: int | None = None) -> None:
+        reply = self._put_artifact(
+            keys=[self._k(job_id), f"{P}art:{job_id}"],
+            args=["" if token is None else token, self.retention_s,
+                  f"d:{name}", data, f"t:{name}", content_type])
+        if reply != 1:
+            raise StaleClaim(job_id)
 
     @_guard
     def get_artifact(self, job_id: str, name: str) -> tuple[bytes, str] | None:

@@ -17,6 +17,7 @@ from workers.store.base import (
     TERMINAL,
     Event,
     JobStore,
+    StaleClaim,
     StoreUnavailable,
     age_s,
     now_iso,
@@ -184,40 +185,95 @@ class SQLiteStore(JobStore):
         if job is None or job["status"] != "queued":
             return None
         job.update(status="running", worker=worker, attempts=(job.get("attempts") or 0) + 1,
-                   started_at=now_iso())
+                   token=(job.get("token") or 0) + 1, started_at=now_iso())
         self._write(db, job)
         return job
 
-    def set_progress(self, job_id: str, step: int, total: int) -> None:
+    @staticmethod
+    def _holds(job: dict[str, Any] | None, token: int | None) -> bool:
+        """Whether a write under ``token`` (None: unfenced) may touch the job."""
+        return job is not None and (token is None or (
+            job["status"] == "running" and job.get("token") == token))
+
+    def _fence(self, db: sqlite3.Connection, job_id: str, token: int | None) -> None:
+        if token is not None and not self._holds(self._row(db, job_id), token):
+            raise StaleClaim(job_id)
+
+    def set_progress(self, job_id: str, step: int, total: int, token: int | None = None
+                     ) -> None:
         with self._tx() as db:
             job = self._row(db, job_id)
             if job is not None and job["status"] == "running":
+                if not self._holds(job, token):
+                    raise StaleClaim(job_id)
                 job["progress"] = {"step": step, "total": total}
                 self._write(db, job)
+
+    def progress_many(self, job_ids: list[str], step: int, total: int,
+                      tokens: list[int] | None = None) -> None:
+        data = {"step": step, "total": total}
+        with self._tx() as db:  # a batch's step in one transaction
+            for i, job_id in enumerate(job_ids):
+                job = self._row(db, job_id)
+                if job is None or job["status"] != "running" or not self._holds(
+                        job, tokens[i] if tokens is not None else None):
+                    continue
+                job["progress"] = data
+                self._write(db, job)
+                self._append(db, job_id, "progress", data)
+
+    def _mark_one(self, job_id: str, token: int) -> bool:
+        with self._tx() as db:
+            job = self._row(db, job_id)
+            if not self._holds(job, token):
+                return False
+            assert job is not None
+            job["device"] = token
+            self._write(db, job)
+            return True
+
+    def stopped_among(self, claims: dict[str, int]) -> dict[str, str]:
+        if not claims:
+            return {}
+        ids = list(claims)
+        rows = self._db().execute(
+            f"SELECT id, status, cancel, json_extract(mutable, '$.token') FROM jobs WHERE id IN"
+            f" ({','.join('?' * len(ids))})", ids).fetchall()
+        found = {r[0]: r[1:] for r in rows}
+        out = {}
+        for job_id, token in claims.items():
+            status, cancel, held = found.get(job_id, (None, 0, None))
+            if status != "running" or held != token:
+                out[job_id] = "lost"
+            elif cancel:
+                out[job_id] = "canceled"
+        return out
 
     def finish(
         self, job_id: str, worker: str | None, status: str,
         output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+        token: int | None = None,
     ) -> dict[str, Any] | None:
         with self._tx() as db:
-            return self._finish(db, job_id, worker, status, output, error)
+            return self._finish(db, job_id, worker, status, output, error, token)
 
     def finish_and_announce(
         self, job_id: str, worker: str | None, status: str,
         output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+        token: int | None = None,
     ) -> dict[str, Any] | None:
         with self._tx() as db:  # the outcome and its events in one transaction
-            job = self._finish(db, job_id, worker, status, output, error)
+            job = self._finish(db, job_id, worker, status, output, error, token)
             if job is not None:
                 for type_, data in self.final_events(status, output, error):
                     self._append(db, job_id, type_, data)
             return job
 
     def _finish(self, db: sqlite3.Connection, job_id: str, worker: str | None, status: str,
-                output: dict[str, Any] | None, error: dict[str, Any] | None
-                ) -> dict[str, Any] | None:
+                output: dict[str, Any] | None, error: dict[str, Any] | None,
+                token: int | None = None) -> dict[str, Any] | None:
         job = self._row(db, job_id)
-        if job is None or job["status"] in TERMINAL:
+        if job is None or job["status"] in TERMINAL or not self._holds(job, token):
             return None
         if worker is not None and (job["status"] != "running" or job.get("worker") != worker):
             return None
@@ -230,6 +286,8 @@ class SQLiteStore(JobStore):
             job = self._row(db, job_id)
             if job is None or job["status"] != "running" or job.get("worker") != worker:
                 return False
+            if job.get("device") != job.get("token"):  # held, never on the device: uncharged
+                job["attempts"] = max(0, (job.get("attempts") or 1) - 1)
             job.update(status="queued", worker=None, progress=None)
             self._write(db, job)
             return True
@@ -257,8 +315,10 @@ class SQLiteStore(JobStore):
         return [(r[0], r[1]) for r in rows]
 
     # -- events ------------------------------------------------------------------------------
-    def append_event(self, job_id: str, type: str, data: dict[str, Any]) -> int:
+    def append_event(self, job_id: str, type: str, data: dict[str, Any],
+                     token: int | None = None) -> int:
         with self._tx() as db:
+            self._fence(db, job_id, token)
             return self._append(db, job_id, type, data)
 
     @staticmethod
@@ -286,8 +346,10 @@ class SQLiteStore(JobStore):
             time.sleep(self.poll_s)
 
     # -- artifacts ---------------------------------------------------------------------------
-    def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str) -> None:
+    def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str,
+                     token: int | None = None) -> None:
         with self._tx() as db:
+            self._fence(db, job_id, token)
             db.execute("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?)",
                        (job_id, name, content_type, data))
 
