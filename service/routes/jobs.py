@@ -15,6 +15,7 @@ from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from service.deps import Caller, CallerDep, State, StateDep
 from service.errors import V1_ERRORS, error_responses
 from service.metrics import JOBS_SUBMITTED
+from service.routes.health import NO_WORKER
 from service.submitter import BrokerDown
 from workers.contract import JobRequest, check, request_hash
 from workers.errors import Conflict, InvalidInput, NotFound, RateLimited, Unavailable
@@ -140,7 +141,11 @@ def list_jobs(
 
 @router.get("/{job_id}")
 def get_job(job_id: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
-    return public_record(owned_job(state, caller, job_id))
+    """The job's record; a queued job while no worker lives says so in ``waiting``."""
+    record = public_record(owned_job(state, caller, job_id))
+    if record["status"] == "queued" and not state.store.workers():
+        record["waiting"] = NO_WORKER
+    return record
 
 
 @router.post("/{job_id}/cancel")
