@@ -23,7 +23,7 @@ from service.waiters import Waiters
 from workers.celery_app import make_celery
 from workers.errors import ConvoyError, RateLimited, Unavailable
 from workers.settings import Settings, get_settings
-from workers.store import StoreUnavailable, open_store
+from workers.store import StoreFull, StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("static") / "index.html"
@@ -54,6 +54,9 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StoreUnavailable)
     async def store_down(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        if isinstance(exc, StoreFull):
+            return _error(503, "unavailable", "the job store is full; try again later",
+                          headers={"Retry-After": "10"})
         return _error(503, "unavailable", "the job store does not answer; try again shortly",
                       headers={"Retry-After": "2"})
 

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     rate_limit_burst: int = 200
     max_queued_per_owner: int = 1000
     max_queue_depth: int = 10000
+    max_stored_bytes_per_owner: int = 2 * 1024**3  # inputs and artifacts an owner keeps within retention; 0: no bound
 
     # Jobs
     retention_s: int = 24 * 3600  # records, events and artifacts expire after this

@@ -18,11 +18,18 @@ from service.metrics import JOBS_SUBMITTED
 from service.routes.health import NO_WORKER
 from service.submitter import BrokerDown
 from workers.contract import JobRequest, check, request_hash
-from workers.errors import Conflict, InvalidInput, NotFound, RateLimited, Unavailable
+from workers.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    Unavailable,
+)
 from workers.runtime import finish_and_announce
 from workers.settings import new_id
 from workers.store import TERMINAL, public_record
-from workers.store.base import STATUSES, QueueFull, now_iso
+from workers.store.base import STATUSES, QueueFull, now_iso, usage_buckets
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1_ERRORS)
 _WAIT = re.compile(r"wait\s*=\s*(\d+(?:\.\d+)?)")
@@ -78,6 +85,13 @@ async def submit(
             if e.whose == "owner":
                 raise RateLimited(f"this key already has {settings.max_queued_per_owner} "
                                   "queued jobs", retry_after=5.0) from e
+            if e.whose == "size":
+                raise PayloadTooLarge("the input alone is over this key's bound of "
+                                      f"{settings.max_stored_bytes_per_owner} stored bytes") from e
+            if e.whose == "bytes":
+                raise RateLimited(f"this key stores {settings.max_stored_bytes_per_owner} bytes "
+                                  "of inputs and results already; they expire with their jobs",
+                                  retry_after=_usage_retry(settings.retention_s)) from e
             raise Unavailable("the queue is full", retry_after=10.0) from e
         except BrokerDown as e:
             raise Unavailable(str(e)) from e
@@ -121,6 +135,11 @@ def _resubmitted(existing: dict[str, Any], caller: Caller, fingerprint: str) -> 
     if existing["owner"] != caller.owner or existing.get("request_hash") != fingerprint:
         raise Conflict(f"job id {existing['id']!r} is taken by a different submission")
     return existing
+
+
+def _usage_retry(retention_s: int) -> float:
+    """Seconds until the oldest bucket of stored bytes is forgotten (at most)."""
+    return float(usage_buckets(retention_s)[1])
 
 
 @router.get("")

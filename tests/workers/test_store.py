@@ -171,3 +171,24 @@ def test_writes_of_a_run_whose_claim_is_over_are_refused(store: JobStore) -> Non
         store.append_event("a", "progress", {"step": 2}, token=new)
     assert store.stopped_among({"a": new}) == {"a": "lost"}
     assert [e.type for e in store.events("a")] == ["progress", "output", "status"]
+
+
+def test_an_owners_stored_bytes_are_bounded(store: JobStore) -> None:
+    from workers.store.base import QueueFull
+
+    store.max_owner_bytes = 5000
+    big = {**job("a"), "input": {"image": "x" * 3000}}
+    store.accept(big, 100, 100)
+    used = store.stored_bytes("alice")
+    assert 3000 < used < 3100
+    store.put_artifact("a", "image-0.png", b"\x89PNG" + b"\x00" * 1500, "image/png")
+    assert store.stored_bytes("alice") == used + 1504
+    with pytest.raises(QueueFull) as over:  # 3000 more would pass the bound
+        store.accept({**big, "id": "b"}, 100, 100)
+    assert over.value.whose == "bytes"
+    with pytest.raises(QueueFull) as alone:
+        store.accept({**job("c"), "input": {"image": "x" * 6000}}, 100, 100)
+    assert alone.value.whose == "size"
+    assert store.get("b") is None and store.get("c") is None
+    store.accept({**big, "id": "d", "owner": "bob"}, 100, 100)  # another owner's bound
+    assert store.stored_bytes("bob") == used

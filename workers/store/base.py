@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -24,14 +25,20 @@ class StoreUnavailable(RuntimeError):
     """The store's backend does not answer (Redis down, database locked for too long)."""
 
 
+class StoreFull(StoreUnavailable):
+    """The store refuses writes for want of memory (Redis at ``maxmemory`` under
+    ``noeviction``): like an outage, it passes once space is freed."""
+
+
 class StaleClaim(Exception):
     """A write of a run whose claim is over: the job was handed to another run (its worker
     was taken for dead), or it ended. The run must stop and write nothing more."""
 
 
 class QueueFull(Exception):
-    """A submission over a queue limit: ``whose`` is 'owner' (the owner's queued jobs) or
-    'all' (everyone's)."""
+    """A submission over a limit: ``whose`` is 'owner' (the owner's queued jobs), 'all'
+    (everyone's), 'bytes' (the bytes the owner stores, see ``JobStore.max_owner_bytes``)
+    or 'size' (the job's input alone is over that bound)."""
 
     def __init__(self, whose: str) -> None:
         super().__init__(whose)
@@ -46,6 +53,21 @@ class Event:
 
 
 QUEUED: tuple[str, dict[str, Any]] = ("status", {"status": "queued"})
+USAGE_BUCKETS = 24  # an owner's stored bytes are counted in this many buckets of retention
+
+
+def usage_buckets(retention_s: int, now: float | None = None) -> tuple[list[int], int]:
+    """(the buckets that may still hold an owner's stored bytes, newest first; a bucket's
+    width in seconds). Bytes are counted in the bucket of the time they were stored and
+    forgotten with it, about when what they count expires."""
+    width = max(60, retention_s // USAGE_BUCKETS)
+    current = int((time.time() if now is None else now) // width)
+    return [current - i for i in range(retention_s // width + 2)], width
+
+
+def input_size(job: dict[str, Any]) -> int:
+    """The bytes a job's submission stores (its input, as JSON)."""
+    return len(json.dumps(job.get("input", {})).encode())
 
 
 def running_event(attempt: int) -> tuple[str, dict[str, Any]]:
@@ -109,6 +131,8 @@ class JobStore(ABC):
     """
 
     retention_s: int
+    # Bytes (inputs, previews, outputs) an owner may keep stored at once; 0: no bound.
+    max_owner_bytes: int = 0
     # Whether ``accept`` can push a broker message in the same step as it records the job.
     pushes_messages: bool = False
     # Whether ``listen_finished`` announces finished jobs (else waiters follow events).
@@ -139,6 +163,12 @@ class JobStore(ABC):
             raise QueueFull("owner")
         if everyone >= max_all:
             raise QueueFull("all")
+        if self.max_owner_bytes:
+            size = input_size(job)
+            if size > self.max_owner_bytes:
+                raise QueueFull("size")
+            if self.stored_bytes(job["owner"]) + size > self.max_owner_bytes:
+                raise QueueFull("bytes")
         return self.create_and_announce(job)
 
     def accept_many(self, jobs: list[dict[str, Any]], max_mine: int, max_all: int,
@@ -159,6 +189,11 @@ class JobStore(ABC):
 
     @abstractmethod
     def get(self, job_id: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    def stored_bytes(self, owner: str) -> int:
+        """The bytes of inputs and artifacts the owner stored within the retention (about:
+        counted by time buckets, see ``usage_buckets``)."""
 
     @abstractmethod
     def list(

@@ -23,13 +23,17 @@ from workers.store.base import (
     JobStore,
     QueueFull,
     StaleClaim,
+    StoreFull,
     StoreUnavailable,
     age_s,
+    input_size,
     now_iso,
+    usage_buckets,
 )
 
 T = TypeVar("T")
 P = "convoy:"
+USAGE = f"{P}bytes:"  # + owner + ':' + bucket: the bytes the owner stored in that time
 FINISHED = f"{P}finished"  # channel: each finish publishes [id, field, value, ...]
 log = logging.getLogger(__name__)
 
@@ -91,8 +95,9 @@ redis.call('PUBLISH', KEYS[5], cjson.encode(changed))
 if ARGV[9] == '1' then return all end
 return 1
 """
-# KEYS: job, counter, owner's jobs, queued, owner's queued, events. ARGV: fixed, ttl, id,
-# owner, the first event's (type, data) or nothing. → 1 if created, else the existing job
+# KEYS: job, counter, owner's jobs, queued, owner's queued, events, the owner's stored-bytes
+# buckets (the current first). ARGV: fixed, ttl, id, owner, the first event's (type, data)
+# or ('', ''), the input's bytes, a bucket's ttl. → 1 if created, else the existing job
 _CREATE_BODY = """
 local n = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0, 'seq', 0, 'n', n, 'cancel', 0,
@@ -100,13 +105,22 @@ redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0, 'seq', 0, 'n', n,
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[3], n, ARGV[3])
 redis.call('SADD', KEYS[4], ARGV[3]); redis.call('SADD', KEYS[5], ARGV[3])
+redis.call('INCRBY', KEYS[7], ARGV[7]); redis.call('EXPIRE', KEYS[7], ARGV[8])
 """
-# KEYS: as _CREATE. ARGV: fixed, ttl, id, owner, the queued event's (type, data), owner's
-# limit, everyone's limit. → 1 if created, 'owner' or 'all' at a limit, else the existing job
+# KEYS: as _CREATE. ARGV: as _CREATE, then the owner's limit, everyone's limit, the bound
+# of the owner's stored bytes (0: none). → 1 if created, 'owner', 'all', 'size' or 'bytes'
+# at a limit, else the existing job
 _ACCEPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGETALL', KEYS[1]) end
-if redis.call('SCARD', KEYS[5]) >= tonumber(ARGV[7]) then return 'owner' end
-if redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[8]) then return 'all' end
+if redis.call('SCARD', KEYS[5]) >= tonumber(ARGV[9]) then return 'owner' end
+if redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[10]) then return 'all' end
+local bound = tonumber(ARGV[11])
+if bound > 0 then
+  if tonumber(ARGV[7]) > bound then return 'size' end
+  local used = tonumber(ARGV[7])
+  for i = 7, #KEYS do used = used + tonumber(redis.call('GET', KEYS[i]) or '0') end
+  if used > bound then return 'bytes' end
+end
 redis.call('HSET', KEYS[1], 'fixed', ARGV[1])
 """ + _CREATE_BODY + """
 redis.call('HSET', KEYS[1], 'seq', 1)
@@ -119,7 +133,7 @@ if redis.call('HSETNX', KEYS[1], 'fixed', ARGV[1]) == 0 then
   return redis.call('HGETALL', KEYS[1])
 end
 """ + _CREATE_BODY + """
-if ARGV[5] then
+if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'seq', 1)
   redis.call('XADD', KEYS[6], '1-1', 'type', ARGV[5], 'data', ARGV[6])
   redis.call('EXPIRE', KEYS[6], ARGV[2])
@@ -164,10 +178,16 @@ _MARK = _fenced(1) + """
 redis.call('HSET', KEYS[1], 'device', ARGV[1])
 return 1
 """
-# KEYS: job, artifacts. ARGV: token (''), ttl, then field, value pairs. → 1, or -1 (stale)
+# KEYS: job, artifacts. ARGV: token (''), ttl, the stored-bytes bucket's prefix, number and
+# ttl, the data's bytes, then field, value pairs. → 1, or -1 (stale)
 _PUT_ARTIFACT = _fenced(1) + """
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner then
+  local bucket = ARGV[3] .. owner .. ':' .. ARGV[4]
+  redis.call('INCRBY', bucket, ARGV[6]); redis.call('EXPIRE', bucket, ARGV[5])
+end
 return 1
 """
 
@@ -179,6 +199,8 @@ def _guard(fn: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
+        except redis.exceptions.OutOfMemoryError as e:
+            raise StoreFull(f"redis is full: {e}") from e
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as e:
             raise StoreUnavailable(f"redis: {e}") from e
 
@@ -189,8 +211,9 @@ class RedisStore(JobStore):
     pushes_messages = True  # the broker is the same Redis (see workers.celery_app)
     announces_finishes = True
 
-    def __init__(self, url: str, retention_s: int = 86400) -> None:
+    def __init__(self, url: str, retention_s: int = 86400, max_owner_bytes: int = 0) -> None:
         self.retention_s = retention_s
+        self.max_owner_bytes = max_owner_bytes
         self.url = url
         opts: dict[str, Any] = dict(socket_connect_timeout=2.0, retry_on_timeout=False)
         self.r = redis.Redis.from_url(url, socket_timeout=3.0, **opts)
@@ -207,6 +230,16 @@ class RedisStore(JobStore):
     @staticmethod
     def _k(job_id: str) -> str:
         return f"{P}job:{job_id}"
+
+    def _usage(self, owner: str) -> tuple[list[str], int]:
+        """(the owner's stored-bytes bucket keys, the current first; a bucket's ttl)."""
+        buckets, width = usage_buckets(self.retention_s)
+        return [f"{USAGE}{owner}:{b}" for b in buckets], self.retention_s + 2 * width
+
+    @_guard
+    def stored_bytes(self, owner: str) -> int:
+        keys, _ = self._usage(owner)
+        return sum(int(v) for v in self.r.mget(keys) if v is not None)
 
     def _status_keys(self, job_id: str, owner: str) -> list[str]:
         return [self._k(job_id), f"{P}queued", f"{P}queued:{owner}", f"{P}running"]
@@ -256,11 +289,12 @@ class RedisStore(JobStore):
     def _create_job(self, job: dict[str, Any], announce: bool) -> tuple[dict[str, Any], bool]:
         jid, owner = job["id"], job["owner"]
         fixed = json.dumps({k: v for k, v in job.items() if k not in MUTABLE})
-        first = [QUEUED[0], json.dumps(QUEUED[1])] if announce else []
+        first = [QUEUED[0], json.dumps(QUEUED[1])] if announce else ["", ""]
+        usage, usage_ttl = self._usage(owner)
         reply = self._create(
             keys=[self._k(jid), f"{P}counter", f"{P}owner:{owner}", f"{P}queued",
-                  f"{P}queued:{owner}", f"{P}events:{jid}"],
-            args=[fixed, self.retention_s, jid, owner, *first])
+                  f"{P}queued:{owner}", f"{P}events:{jid}", usage[0]],
+            args=[fixed, self.retention_s, jid, owner, *first, input_size(job), usage_ttl])
         if reply != 1:
             existing = self._decode_flat(reply)
             assert existing is not None
@@ -302,10 +336,12 @@ class RedisStore(JobStore):
         for job in jobs:
             jid, owner = job["id"], job["owner"]
             fixed = json.dumps({k: v for k, v in job.items() if k not in MUTABLE})
+            usage, usage_ttl = self._usage(owner)
             calls.append(([self._k(jid), f"{P}counter", f"{P}owner:{owner}", f"{P}queued",
-                           f"{P}queued:{owner}", f"{P}events:{jid}"],
+                           f"{P}queued:{owner}", f"{P}events:{jid}", *usage],
                           [fixed, self.retention_s, jid, owner, QUEUED[0],
-                           json.dumps(QUEUED[1]), max_mine, max_all]))
+                           json.dumps(QUEUED[1]), input_size(job), usage_ttl, max_mine,
+                           max_all, self.max_owner_bytes]))
         replies = self._run_many(self._accept, calls, transaction=True, tail=messages)
         out: list[tuple[dict[str, Any], bool] | QueueFull] = []
         for job, reply in zip(jobs, replies, strict=True):
@@ -567,9 +603,11 @@ class RedisStore(JobStore):
     @_guard
     def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str,
                      token: int | None = None) -> None:
+        buckets, width = usage_buckets(self.retention_s)
         reply = self._put_artifact(
             keys=[self._k(job_id), f"{P}art:{job_id}"],
-            args=["" if token is None else token, self.retention_s,
+            args=["" if token is None else token, self.retention_s, USAGE, buckets[0],
+                  self.retention_s + 2 * width, len(data),
                   f"d:{name}", data, f"t:{name}", content_type])
         if reply != 1:
             raise StaleClaim(job_id)

@@ -20,8 +20,10 @@ from workers.store.base import (
     StaleClaim,
     StoreUnavailable,
     age_s,
+    input_size,
     now_iso,
     running_event,
+    usage_buckets,
 )
 
 SCHEMA = """
@@ -49,13 +51,19 @@ CREATE TABLE IF NOT EXISTS artifacts (
     PRIMARY KEY (job_id, name)
 );
 CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, info TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS usage (
+    owner TEXT NOT NULL, bucket INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    PRIMARY KEY (owner, bucket)
+);
 """
 
 
 class SQLiteStore(JobStore):
-    def __init__(self, path: Path, retention_s: int = 86400, poll_s: float = 0.01) -> None:
+    def __init__(self, path: Path, retention_s: int = 86400, poll_s: float = 0.01,
+                 max_owner_bytes: int = 0) -> None:
         self.path = Path(path)
         self.retention_s = retention_s
+        self.max_owner_bytes = max_owner_bytes
         self.poll_s = poll_s
         self._local = threading.local()
         self._db().executescript(SCHEMA)
@@ -127,9 +135,21 @@ class SQLiteStore(JobStore):
             (job["id"], job["owner"], job["kind"], job["status"], fixed, mutable,
              time.time() + self.retention_s),
         )
+        self._count_bytes(db, job["owner"], input_size(job))
         created = self._job((fixed, mutable))
         assert created is not None
         return created, True
+
+    def _count_bytes(self, db: sqlite3.Connection, owner: str, size: int) -> None:
+        bucket = usage_buckets(self.retention_s)[0][0]
+        db.execute("INSERT INTO usage VALUES (?, ?, ?) ON CONFLICT (owner, bucket)"
+                   " DO UPDATE SET bytes = bytes + excluded.bytes", (owner, bucket, size))
+
+    def stored_bytes(self, owner: str) -> int:
+        oldest = usage_buckets(self.retention_s)[0][-1]
+        row = self._db().execute("SELECT sum(bytes) FROM usage WHERE owner = ? AND bucket >= ?",
+                                 (owner, oldest)).fetchone()
+        return int(row[0] or 0)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         try:
@@ -352,6 +372,9 @@ class SQLiteStore(JobStore):
             self._fence(db, job_id, token)
             db.execute("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?)",
                        (job_id, name, content_type, data))
+            row = db.execute("SELECT owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is not None:
+                self._count_bytes(db, row[0], len(data))
 
     def get_artifact(self, job_id: str, name: str) -> tuple[bytes, str] | None:
         row = self._db().execute(
@@ -395,4 +418,6 @@ class SQLiteStore(JobStore):
                 db.executemany(f"DELETE FROM {table} WHERE job_id = ?", [(i,) for i in ids])
             db.execute("DELETE FROM jobs WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM workers WHERE expires_at <= ?", (now - 3600,))
+            db.execute("DELETE FROM usage WHERE bucket < ?",
+                       (usage_buckets(self.retention_s, now)[0][-1],))
         return len(ids)
