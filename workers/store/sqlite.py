@@ -242,15 +242,20 @@ class SQLiteStore(JobStore):
                 self._write(db, job)
                 self._append(db, job_id, "progress", data)
 
+    def mark_on_device(self, claims: dict[str, int]) -> set[str]:
+        stale = set()
+        with self._tx() as db:  # a batch in one transaction
+            for job_id, token in claims.items():
+                job = self._row(db, job_id)
+                if job is None or not self._holds(job, token):
+                    stale.add(job_id)
+                    continue
+                job["device"] = token
+                self._write(db, job)
+        return stale
+
     def _mark_one(self, job_id: str, token: int) -> bool:
-        with self._tx() as db:
-            job = self._row(db, job_id)
-            if not self._holds(job, token):
-                return False
-            assert job is not None
-            job["device"] = token
-            self._write(db, job)
-            return True
+        return not self.mark_on_device({job_id: token})
 
     def stopped_among(self, claims: dict[str, int]) -> dict[str, str]:
         if not claims:
