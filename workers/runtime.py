@@ -247,9 +247,10 @@ class WorkerRuntime:
 
     def _on_device(self, job_ids: list[str]) -> dict[str, str]:
         """Mark a batch's runs as on the device before it runs (a worker lost from now on
-        is charged an attempt for them); the runs whose claim is over must not start."""
+        is charged an attempt for them); the runs whose claim is over must not start. A
+        store that does not answer is no reason to hold the device: the batch runs unmarked."""
         try:
-            return dict.fromkeys(self.durable.mark_on_device(self._claims(job_ids)), "lost")
+            return dict.fromkeys(self.store.mark_on_device(self._claims(job_ids)), "lost")
         except StoreUnavailable as e:
             log.warning("batch of %d not marked on the device (%s)", len(job_ids), e)
             return {}
