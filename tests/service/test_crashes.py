@@ -105,22 +105,23 @@ def test_a_stalled_worker_writes_nothing_after_its_job_ran_elsewhere(
         svc.start_worker(False)
         done = wait_status(c, job_id, DONE, timeout=300)  # ... its job runs elsewhere
         assert done["status"] == "succeeded" and done["attempts"] == 2, done
-        events = parse_sse(c.get(f"/v1/jobs/{job_id}/events").text)
+        events = store.events(job_id)  # the whole log (a stream stops at the final status)
         names = store.artifact_names(job_id)
         kept = {n: store.get_artifact(job_id, n) for n in names}
         stalled.send_signal(signal.SIGCONT)  # ... then wakes up and takes its next step
 
         def stale_run_over() -> bool:
             log = stalled_log.read_text(errors="replace")
-            later = parse_sse(c.get(f"/v1/jobs/{job_id}/events").text)
-            return "handed to another run" in log or len(later) > len(events)
+            return "handed to another run" in log or len(store.events(job_id)) > len(events)
 
         _wait(stale_run_over, "the stalled worker never took another step", timeout=60)
         time.sleep(2.0)  # anything it still had queued would be written by now
-        after = parse_sse(c.get(f"/v1/jobs/{job_id}/events").text)
+        after = store.events(job_id)
+        streamed = parse_sse(c.get(f"/v1/jobs/{job_id}/events").text)
         record = c.get(f"/v1/jobs/{job_id}").json()
     assert after == events, [e for e in after if e not in events][:5]
-    assert after[-1]["event"] == "status" and after[-1]["data"]["status"] == "succeeded"
+    assert after[-1].type == "status" and after[-1].data["status"] == "succeeded"
+    assert streamed[-1]["event"] == "status" and streamed[-1]["id"] == after[-1].seq
     assert store.artifact_names(job_id) == names
     assert {n: store.get_artifact(job_id, n) for n in names} == kept
     assert record["status"] == "succeeded" and record["output"] == done["output"]
