@@ -70,7 +70,7 @@ def test_three_sigkills_with_30_queued_fail_no_job(fresh_service: Service) -> No
     store = store_of(svc)
     kills = 0
     with svc.client() as c:
-        ids = [c.post("/v1/jobs", json=sleepy(40)).json()["id"] for _ in range(30)]
+        ids = [c.post("/v1/jobs", json=sleepy(100)).json()["id"] for _ in range(30)]
         svc.start_worker(True, "--concurrency", "64")
         for _ in range(3):
             time.sleep(12)
