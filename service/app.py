@@ -17,6 +17,7 @@ from models.catalog import Catalog, ModelNotFound
 from service.deps import State
 from service.limits import BodyLimit, RateLimiter
 from service.metrics import REGISTRY, WorkerCollector
+from service.openapi import install as install_openapi
 from service.routes import health, jobs, models
 from service.submitter import Submitter
 from service.waiters import Waiters
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    install_openapi(app)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
