@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from models.predictor import Artifact
@@ -27,23 +28,28 @@ def artifact_url(job_id: str, name: str) -> str:
 
 
 def store_artifacts(blobs: BlobStore, job_id: str, value: Any,
-                    parameters: dict[str, Any] | None = None) -> Any:
+                    parameters: dict[str, Any] | None = None,
+                    charge: Callable[[int], None] | None = None) -> Any:
     """Write every Artifact inside a predictor result to the blob store and swap it for its
-    link. With ``parameters``, PNG images that carry a seed get them as a text chunk."""
+    link. With ``parameters``, PNG images that carry a seed get them as a text chunk;
+    ``charge(size)`` is called before each write (it may refuse by raising)."""
     if isinstance(value, Artifact):
         data = value.data
         if parameters is not None and value.content_type == "image/png" and "seed" in value.meta:
             text = parameters_text({**parameters, "seed": value.meta["seed"],
                                     "size": _size(value.meta)})
             data = png_with_text(data, PARAMETERS_KEY, text)
+        if charge is not None:
+            charge(len(data))
         info = blobs.put(artifact_key(job_id, value.name), data, value.content_type)
         return {"name": value.name, "url": artifact_url(job_id, value.name),
                 "content_type": value.content_type, "bytes": info.size, "sha256": info.sha256,
                 **value.meta}
     if isinstance(value, dict):
-        return {k: store_artifacts(blobs, job_id, v, parameters) for k, v in value.items()}
+        return {k: store_artifacts(blobs, job_id, v, parameters, charge)
+                for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [store_artifacts(blobs, job_id, v, parameters) for v in value]
+        return [store_artifacts(blobs, job_id, v, parameters, charge) for v in value]
     return value
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -13,6 +13,7 @@ from service.metrics import render
 from service.schemas import Health
 
 router = APIRouter(tags=["health"])
+NO_WORKER = "no live worker: jobs are accepted and wait in the queue until one starts"
 
 
 @router.get("/healthz", operation_id="health", response_model=Health)
@@ -32,8 +33,9 @@ class Readiness(BaseModel):
     "model": Readiness, "description": "not ready: the store or broker does not answer, or no "
     "worker was seen", "headers": {"Retry-After": {"schema": {"type": "integer"},
                                                    "required": True}}}})
-def readyz(state: StateDep) -> JSONResponse:
-    """200 when the store and broker answer and a worker was seen within its heartbeat."""
+def readyz(state: StateDep, request: Request) -> JSONResponse:
+    """200 when the store and broker answer and a worker was seen within its heartbeat;
+    else ``checks.why`` says what is missing (jobs are still accepted and queue)."""
     checks: dict[str, Any] = {}
     try:
         state.store.ping()
@@ -53,6 +55,9 @@ def readyz(state: StateDep) -> JSONResponse:
         workers = []
         checks["workers"] = 0
     ready = checks["store"] == "ok" and checks["broker"] == "ok" and bool(workers)
+    if checks["store"] == "ok" and not workers:
+        child = getattr(request.app.state, "worker_child", None)
+        checks["why"] = NO_WORKER + (f" ({child.note})" if child and child.note else "")
     headers = {} if ready else {"Retry-After": "2"}
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503,
                         headers=headers)

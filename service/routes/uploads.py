@@ -21,11 +21,11 @@ from service.deps import Caller, CallerDep, State, StateDep
 from service.errors import V1_ERRORS, error_responses
 from service.schemas import Upload
 from workers.blobs import upload_key
-from workers.errors import InvalidInput, RateLimited, UnsupportedMediaType
+from workers.errors import InvalidInput, PayloadTooLarge, RateLimited, UnsupportedMediaType
 from workers.images import ALLOWED_FORMATS
 from workers.inputs import owned_upload
 from workers.settings import new_id
-from workers.store.base import now_iso
+from workers.store.base import now_iso, usage_buckets
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=V1_ERRORS)
 FIELD = "file"
@@ -67,8 +67,26 @@ def _header(file: IO[bytes], max_pixels: int) -> tuple[str, int, int]:
     return fmt, width, height
 
 
+def _check_bound(state: State, owner: str, size: int) -> None:
+    """The owner's bound on stored bytes (uploads, inputs, previews, outputs): 413 for a
+    file over it alone, 429 while what the owner stores leaves no room for it."""
+    bound = state.store.max_owner_bytes
+    if not bound:
+        return
+    if size > bound:
+        raise PayloadTooLarge(f"the file alone is over this key's bound of {bound} stored bytes")
+    if state.store.stored_bytes(owner) + size > bound:
+        raise RateLimited(f"this key stores {bound} bytes of inputs and results already; "
+                          "they expire with their jobs",
+                          retry_after=float(usage_buckets(state.settings.retention_s)[1]))
+
+
 def _store(state: State, owner: str, file: IO[bytes]) -> dict[str, Any]:
     fmt, width, height = _header(file, state.settings.max_image_pixels)
+    size = file.seek(0, 2)
+    file.seek(0)
+    _check_bound(state, owner, size)
+    state.store.count_owner_bytes(owner, size)
     upload_id = new_id()
     state.blobs.put(upload_key(upload_id), file, _TYPES[fmt], meta={
         "owner": owner, "width": str(width), "height": str(height), "created_at": now_iso()})
@@ -78,11 +96,12 @@ def _store(state: State, owner: str, file: IO[bytes]) -> dict[str, Any]:
 @router.post("", status_code=201, operation_id="createUpload", response_model=Upload,
              response_description="stored: the upload's id and description",
              openapi_extra={"requestBody": {"required": True, "content": _FORM}},
-             responses=error_responses(415, 429))
+             responses=error_responses(413, 415, 429))
 async def create_upload(request: Request, state: StateDep, caller: CallerDep) -> dict[str, Any]:
     """Upload an image (multipart/form-data, field ``file``) for jobs to name as
     ``{"upload": id}``. Limits as for inline images: the body limit (413), the formats
-    (415) and the pixel bound (422)."""
+    (415) and the pixel bound (422); and the key's bound on stored bytes (413 for a file
+    over it alone, 429 while the key stores too much)."""
     _rate(state, caller)
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise UnsupportedMediaType(f"send multipart/form-data with the image as field {FIELD!r}")

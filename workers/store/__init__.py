@@ -12,6 +12,7 @@ from workers.store.base import (
     TERMINAL,
     Event,
     JobStore,
+    StoreFull,
     StoreUnavailable,
     public_record,
 )
@@ -24,11 +25,14 @@ def open_store(settings: Settings) -> JobStore:
     if settings.redis_url:
         from workers.store.redis import RedisStore
 
-        return RedisStore(settings.redis_url, retention_s=settings.retention_s)
+        return RedisStore(settings.redis_url, retention_s=settings.retention_s,
+                          max_owner_bytes=settings.max_stored_bytes_per_owner)
     from workers.store.sqlite import SQLiteStore
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return SQLiteStore(settings.data_dir / "convoy.db", retention_s=settings.retention_s)
+    return SQLiteStore(settings.data_dir / "convoy.db", retention_s=settings.retention_s,
+                       max_owner_bytes=settings.max_stored_bytes_per_owner)
 
 
-__all__ = ["TERMINAL", "Event", "JobStore", "StoreUnavailable", "open_store", "public_record"]
+__all__ = ["TERMINAL", "Event", "JobStore", "StoreFull", "StoreUnavailable", "open_store",
+           "public_record"]
