@@ -70,7 +70,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     env: dict[str, str] = {"CONVOY_API_KEYS": KEYS}
     redis_url = None
     if request.param == "redis":
-        redis_url = redis_db_url(14)
+        redis_url = redis_db_url(9)
         s3 = request.getfixturevalue("s3_server")
         env.update(s3.env(PREFIX))
     svc = Service(tmp_path_factory.mktemp(f"blobs-{request.param}"), redis_url, **env)
@@ -280,3 +280,20 @@ def test_sdk_uploads_downloads_and_deletes(stack: Stack, tmp_path: Path) -> None
         sdk.delete_upload(up.id)
         with pytest.raises(NotFound):
             sdk.delete_upload(up.id)
+
+
+def test_uploads_count_against_the_keys_stored_bytes(tmp_path: Path) -> None:
+    svc = Service(tmp_path, None, CONVOY_MAX_STORED_BYTES_PER_OWNER="200000")
+    one, too_big = noise_png(200), noise_png(290)
+    assert 100_000 < len(one) < 200_000 < len(too_big)
+    try:
+        svc.start_api()
+        with svc.client() as c:
+            r = c.post("/v1/uploads", files={"file": ("a.png", too_big, "image/png")})
+            assert r.status_code == 413 and "bound" in r.json()["error"]["message"]
+            assert c.post("/v1/uploads", files={"file": ("b.png", one)}).status_code == 201
+            r = c.post("/v1/uploads", files={"file": ("c.png", one, "image/png")})
+            assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
+            assert int(r.headers["retry-after"]) >= 1
+    finally:
+        svc.stop()

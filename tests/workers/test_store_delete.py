@@ -1,5 +1,6 @@
 """Deleting a job from the store: its record, events and artifacts go at once, on SQLite
-and on Redis (where no key of the job may be left behind)."""
+and on Redis (where no key of the job may be left behind); and the blob store's bytes
+counted against their owner."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from tests.workers.test_store import job
 from workers.store import JobStore
+from workers.store.base import StaleClaim
 from workers.store.sqlite import SQLiteStore
 
 
@@ -56,3 +58,18 @@ def test_redis_keeps_no_key_of_a_deleted_job(redis_url: str) -> None:
         if r.type(key) in (b"set", b"zset"):
             members = r.smembers(key) if r.type(key) == b"set" else r.zrange(key, 0, -1)
             assert b"zz-gone" not in members, key
+
+
+def test_blobs_count_against_the_owners_stored_bytes_under_the_claim(store: JobStore) -> None:
+    store.create_and_announce(job("counted"))
+    claimed = store.claim_and_announce("counted", "w1")
+    assert claimed is not None
+    before = store.stored_bytes("alice")
+    store.count_blob("counted", 5000, token=claimed.get("token"))
+    assert store.stored_bytes("alice") == before + 5000
+    store.count_owner_bytes("alice", 700)  # an upload
+    assert store.stored_bytes("alice") == before + 5700 and store.stored_bytes("bob") == 0
+    if claimed.get("token") is not None:  # a run whose claim is over counts (writes) nothing
+        with pytest.raises(StaleClaim):
+            store.count_blob("counted", 10, token=claimed["token"] + 1)
+        assert store.stored_bytes("alice") == before + 5700
