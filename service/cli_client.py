@@ -35,7 +35,7 @@ URL = typer.Option(envvar="CONVOY_URL", help="the service's address [default: "
 KEY = typer.Option(envvar="CONVOY_API_KEY", help="API key, if the server has keys")
 JSON = typer.Option("--json", help="print JSON (for scripts)")
 console = Console()
-jobs_app = typer.Typer(help="List, inspect, follow, wait for and cancel jobs.",
+jobs_app = typer.Typer(help="List, inspect, follow, wait for, cancel and delete jobs.",
                        no_args_is_help=True)
 
 
@@ -260,6 +260,15 @@ def jobs_cancel(job_id: str, url: Annotated[str | None, URL] = None,
     with Client(url, key) as client:
         job = client.cancel(job_id)
     typer.echo(f"job {job.id} {job.status}")
+
+
+@jobs_app.command("delete")
+def jobs_delete(job_id: str, url: Annotated[str | None, URL] = None,
+                key: Annotated[str | None, KEY] = None) -> None:
+    """Delete a job: its record, events and images (a queued or running one is canceled)."""
+    with Client(url, key) as client:
+        client.delete(job_id)
+    typer.echo(f"job {job_id} deleted")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,6 +1,6 @@
 """The client commands of ``convoy``: inputs typed from the kind's schema, ``@path`` images,
 one-line errors (never a traceback), ``convoy models`` within 80 columns, and ``submit``,
-``jobs list|get|events|wait|cancel`` against the real service."""
+``jobs list|get|events|wait|cancel|delete`` against the real service."""
 
 from __future__ import annotations
 
@@ -114,3 +114,5 @@ def test_submit_and_jobs_commands(service: Service, tmp_path: Path) -> None:
         f"job {parked_id} canceled"
     text = convoy("jobs", "list", "--limit", "3", url=url).stdout.splitlines()
     assert text and all(len(line) <= 100 for line in text) and parked_id in text[0]
+    assert convoy("jobs", "delete", job_id, url=url).stdout.strip() == f"job {job_id} deleted"
+    one_line_error(convoy("jobs", "get", job_id, url=url), "404", "not_found")
