@@ -52,7 +52,8 @@ class UploadRef(BaseModel):
 
 Image_ = Annotated[ImageData | UploadRef, Field(
     description="an image: base64 (PNG, JPEG, WebP, BMP; optionally a data: URL), or "
-    "{\"upload\": id} naming an upload; resized to the model's input size")]
+    "{\"upload\": id} naming an upload; resized to the model's input size",
+    examples=[EXAMPLE_IMAGE, {"upload": "Jx2t0k3mQ1yP9vL8sR4aZc7wE5u"}])]
 MAX_INTERPOLATION = 64  # points on a VAE interpolation path
 ClassLabel = Annotated[str | None, Field(
     description="class-conditional models: one of the model's labels (GET /v1/models), "
