@@ -4,7 +4,7 @@ images, not the model). Images go to the blob store, so a job costs Redis its re
 events only: a few kilobytes, where it was megabytes.
 
 Also a script, for the figures in docs/operations.md:
-``python -m tests.service.test_record_size --jobs 100 --steps 20`` (Redis from
+``python -m tests.service.test_record_size --jobs 10 --steps 20 [--side 512]`` (Redis from
 CONVOY_TEST_REDIS, database 15, flushed).
 """
 
@@ -37,7 +37,8 @@ def save_sd_shaped_pipeline(folder: Path) -> None:
     pipe.save_pretrained(folder, safe_serialization=True)
 
 
-def measure(redis_url: str, tmp: Path, jobs: int, steps: int) -> dict[str, Any]:
+def measure(redis_url: str, tmp: Path, jobs: int, steps: int, side: int = 512
+            ) -> dict[str, Any]:
     """Run ``jobs`` jobs; Redis's memory before and after, and the keys of the first job."""
     import redis
     import torch
@@ -75,8 +76,8 @@ def measure(redis_url: str, tmp: Path, jobs: int, steps: int) -> dict[str, Any]:
             "id": f"job-{i}", "owner": "m", "kind": "generate", "model": "tiny-sd",
             "queue": "convoy", "created_at": now_iso(), "status": "queued", "attempts": 0,
             "input": {"prompt": "a red circle on a blue square", "negative_prompt": None,
-                      "n": 4, "steps": steps, "seed": i, "preview_every": 1, "height": 512,
-                      "width": 512, "scheduler": "dpmpp", "guidance_scale": None,
+                      "n": 4, "steps": steps, "seed": i, "preview_every": 1, "height": side,
+                      "width": side, "scheduler": "dpmpp", "guidance_scale": None,
                       "class_label": None}})
         outcome = runtime.run_job(f"job-{i}")
         assert outcome == "succeeded", outcome
@@ -85,7 +86,7 @@ def measure(redis_url: str, tmp: Path, jobs: int, steps: int) -> dict[str, Any]:
     blob_bytes = sum(p.stat().st_size for p in (tmp / "data").rglob("*") if p.is_file()
                      ) if (tmp / "data" / "blobs").exists() else 0
     store.close()
-    return {"jobs": jobs, "steps": steps, "used_memory_before": before,
+    return {"jobs": jobs, "steps": steps, "side": side, "used_memory_before": before,
             "used_memory_after": after, "per_job": (after - before) / jobs,
             "first_job_keys": first, "first_job_total": sum(first.values()),
             "blob_bytes": blob_bytes}
@@ -103,7 +104,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--side", type=int, default=512, help="image height and width")
     args = parser.parse_args()
     url = os.environ.get("CONVOY_TEST_REDIS", "redis://127.0.0.1:6379") + "/15"
     with tempfile.TemporaryDirectory() as tmp:
-        print(measure(url, Path(tmp), args.jobs, args.steps))
+        print(measure(url, Path(tmp), args.jobs, args.steps, args.side))
