@@ -66,7 +66,7 @@ class DecodeBudget:
 
 
 # The process's budget: the API and the worker configure it from their settings at start.
-DECODE_BUDGET = DecodeBudget(2 * 4096 * 4096, 2.0)
+DECODE_BUDGET = DecodeBudget(4096 * 4096, 2.0)
 
 
 def decode_image(value: str, max_pixels: int, field: str = "image",

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     max_queued_per_owner: int = 1000
     max_queue_depth: int = 10000
     max_streams_per_key: int = 64  # open event streams plus Prefer: wait submissions per key
-    decode_budget_pixels: int = 2 * 4096 * 4096  # pixels being decoded at once in a process
+    decode_budget_pixels: int = 4096 * 4096  # pixels being decoded at once in a process
     decode_wait_s: float = 2.0  # a decode over the budget waits this long, then 503
     input_scale: int = 16  # a model takes images up to this many times its input side
     max_error_details: int = 20  # validation errors listed in a 422
