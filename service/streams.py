@@ -34,7 +34,8 @@ class Follower:
 
     def deliver(self, events: list[Event], catch_up: bool = False) -> None:
         """(On the event loop.) A read that came before this follower's own first read saw
-        nothing that the first read does not: it is dropped."""
+        nothing that the first read does not: it is dropped. The first read is handed on
+        even when empty, so that the follower knows it has seen all there was."""
         if catch_up:
             self.caught_up = True
         if not self.caught_up:
@@ -42,14 +43,15 @@ class Follower:
         fresh = [e for e in events if e.seq > self.after]
         if fresh:
             self.after = fresh[-1].seq
+        if fresh or catch_up:
             self.queue.put_nowait(fresh)
 
-    async def next(self, timeout_s: float) -> list[Event]:
-        """The next events, or [] after ``timeout_s``."""
+    async def next(self, timeout_s: float) -> list[Event] | None:
+        """The next events ([] for an empty first read), or None after ``timeout_s``."""
         try:
             return await asyncio.wait_for(self.queue.get(), timeout_s)
         except TimeoutError:
-            return []
+            return None
 
 
 class EventHub:

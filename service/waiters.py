@@ -88,7 +88,7 @@ class Waiters:
         try:
             while (left := deadline - time.monotonic()) > 0:
                 events = await follower.next(min(left, 5.0))
-                if events and not any(e.type == "status" and e.data.get("status") in TERMINAL
+                if events is not None and not any(e.type == "status" and e.data.get("status") in TERMINAL
                                       for e in events):
                     continue
                 latest = await anyio.to_thread.run_sync(self.store.get, job["id"])

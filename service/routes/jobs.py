@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import nullcontext
@@ -256,33 +257,40 @@ async def job_events(
 ) -> EventSourceResponse:
     """Server-sent events; reconnect with ``Last-Event-ID`` to resume after that event."""
     after = last_event_id(last_event_id_)
-    await anyio.to_thread.run_sync(owned_job, state, caller, job_id)
+    job = await anyio.to_thread.run_sync(owned_job, state, caller, job_id)
     release = state.open_per_key.acquire(caller.key)
-    return EventSourceResponse(_stream(state, job_id, after, release), ping=15,
+    ended = job["status"] in TERMINAL
+    return EventSourceResponse(_stream(state, job_id, after, ended, release), ping=15,
                                background=BackgroundTask(release))
 
 
-async def _stream(state: State, job_id: str, after: int, release: Callable[[], None]
-                  ) -> AsyncIterator[ServerSentEvent]:
-    """The job's events from the process's shared reader; the record is read again only
-    when none came for a while (the job may have expired, or ended before ``after``)."""
+RECHECK_S = 30.0  # how often an open stream reads its job's record (it may have expired)
+
+
+async def _stream(state: State, job_id: str, after: int, ended: bool,
+                  release: Callable[[], None]) -> AsyncIterator[ServerSentEvent]:
+    """The job's events from the process's shared reader. A job that had ended when the
+    stream opened ends it once the events after ``after`` are sent; otherwise the record
+    is read again only every ``RECHECK_S`` or so (spread out, so that streams opened
+    together do not read together)."""
     follower = state.hub.follow(job_id, after)
-    quiet_s = 1.0
     try:
         while True:
-            events = await follower.next(quiet_s)
-            for event in events:
+            events = await follower.next(RECHECK_S * (1 + random.random() / 4))
+            for event in events or ():
                 yield ServerSentEvent(data=json.dumps(event.data), event=event.type,
                                       id=str(event.seq))
                 if event.type == "status" and event.data.get("status") in TERMINAL:
                     return
-            if events:
+            if events is not None:
+                if ended and follower.caught_up and follower.queue.empty():
+                    return  # the final event came before `after`
                 continue
-            quiet_s = 5.0
             job = await anyio.to_thread.run_sync(state.store.get, job_id)
             if job is None:
                 return
-            if job["status"] in TERMINAL:  # the final event was read before `after`
+            ended = job["status"] in TERMINAL
+            if ended and follower.caught_up and follower.queue.empty():
                 tail = await anyio.to_thread.run_sync(state.store.events, job_id,
                                                       follower.after, 0.0)
                 if not tail:
