@@ -206,7 +206,7 @@ def test_open_streams_hold_no_thread_in_embedded_mode(make_service) -> None:  # 
 # -- images that take long to decode ---------------------------------------------------------
 def test_slow_decodes_leave_healthz_answering(make_service) -> None:  # type: ignore[no-untyped-def]
     buf = io.BytesIO()
-    Image.new("RGB", (2048, 2048), (40, 90, 200)).save(buf, "WEBP", lossless=True)
+    Image.new("RGB", (4096, 4096), (40, 90, 200)).save(buf, "WEBP", lossless=True)
     body = json.dumps({"kind": "classify", "model": "lenet5-digits", "input": {
         "image": base64.b64encode(buf.getvalue()).decode()}}).encode()
     assert len(body) < 2048  # a tiny body: it was decoded on the event loop
@@ -230,14 +230,15 @@ def test_slow_decodes_leave_healthz_answering(make_service) -> None:  # type: ig
 
     prober = threading.Thread(target=probe)
     prober.start()
-    senders = [threading.Thread(target=send) for _ in range(8)]
+    time.sleep(0.3)
+    senders = [threading.Thread(target=send) for _ in range(6)]
     for t in senders:
         t.start()
     for t in senders:
         t.join(150)
     done.set()
     prober.join(60)
-    print(f"FIGURES healthz during 8 slow decodes: max {max(latencies) * 1000:.0f} ms "
-          f"over {len(latencies)} probes")
-    assert statuses == [202] * 8
-    assert max(latencies) < 1.5, sorted(latencies)[-5:]
+    print(f"FIGURES healthz during 6 decodes of 4096x4096: max {max(latencies) * 1000:.0f} "
+          f"ms over {len(latencies)} probes")
+    assert statuses == [202] * 6
+    assert max(latencies) < 1.25, sorted(latencies)[-5:]  # a decode takes 1.6 s here
