@@ -8,7 +8,12 @@ of the API and the worker:
     python scripts/hostile_load.py decode     # 1 KB lossless WebPs declaring 4096x4096
     python scripts/hostile_load.py keys       # bodies of 500 000 unknown keys
     CONVOY_INPUT_SCALE=0 python scripts/hostile_load.py decode   # the decode budget alone
+    CONVOY_REDIS_URL=redis://127.0.0.1:6379/5 python scripts/hostile_load.py streams
 
+``streams`` runs the API alone (jobs stay queued): one key opens ``--streams`` event
+streams on its job, then another key sends ``--concurrent`` submissions and reads them
+back, 8 at a time; it prints their statuses and latencies, the API's threads and (Redis
+mode) the Redis connections of its database before and with the streams open.
 Extra ``CONVOY_*`` variables in the environment reach the service.
 """
 
@@ -51,6 +56,96 @@ def bodies(kind: str, n: int, model: str) -> list[bytes]:
             for _ in range(n)]
 
 
+ALICE, BOB = {"Authorization": "Bearer ka"}, {"Authorization": "Bearer kb"}
+
+
+def open_stream(port: int, job_id: str) -> tuple[socket.socket, int]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: x\r\n"
+                 "Authorization: Bearer ka\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return sock, int(head.split(b" ", 2)[1]) if head else 0
+
+
+def threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
+
+
+def redis_connections() -> int | None:
+    url = os.environ.get("CONVOY_REDIS_URL")
+    if not url:
+        return None
+    import redis
+
+    client = redis.Redis.from_url(url)
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    try:
+        return sum(1 for c in client.client_list() if int(c["db"]) == db) - 1
+    finally:
+        client.close()
+
+
+def streams(url: str, port: int, pid: int, n_streams: int, n_requests: int) -> dict[str, object]:
+    with httpx.Client(base_url=url, headers=ALICE, timeout=60) as c:
+        job = {"kind": "sample", "model": "dcgan-digits", "input": {}}
+        job_id = c.post("/v1/jobs", json=job).json()["id"]
+    connections_before, threads_before = redis_connections(), threads(pid)
+    opened = [open_stream(port, job_id) for _ in range(n_streams)]
+    time.sleep(2.0)
+    connections_open, threads_open = redis_connections(), threads(pid)
+    statuses: list[int] = []
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one(count: int) -> None:
+        with httpx.Client(base_url=url, headers=BOB, timeout=60) as c:
+            for _ in range(count):
+                for method, path in (("POST", "/v1/jobs"), ("GET", None)):
+                    t0 = time.perf_counter()
+                    try:
+                        if method == "POST":
+                            r = c.post("/v1/jobs", json={"kind": "sample",
+                                                         "model": "dcgan-digits", "input": {}})
+                            job_id = r.json().get("id")
+                        elif job_id:
+                            r = c.get(f"/v1/jobs/{job_id}")
+                        else:
+                            continue
+                        code = r.status_code
+                    except httpx.HTTPError:
+                        code = 0
+                    with lock:
+                        statuses.append(code)
+                        latencies.append(time.perf_counter() - t0)
+
+    workers = [threading.Thread(target=one, args=(n_requests // 8,)) for _ in range(8)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    for sock, _ in opened:
+        sock.close()
+    lat = sorted(latencies)
+    return {
+        "streams": n_streams,
+        "stream statuses": {str(s): [c for _, c in opened].count(s)
+                            for s in sorted({c for _, c in opened})},
+        "other key's statuses": {str(s): statuses.count(s) for s in sorted(set(statuses))},
+        "other key's p50 ms": round(statistics.median(lat) * 1000, 1),
+        "other key's max ms": round(lat[-1] * 1000, 1),
+        "API threads": [threads_before, threads_open],
+        "Redis connections": [connections_before, connections_open],
+    }
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -67,30 +162,41 @@ def worker_pid(api_pid: int) -> int | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["decode", "keys"])
+    parser.add_argument("kind", choices=["decode", "keys", "streams"])
     parser.add_argument("--concurrent", type=int, default=16)
+    parser.add_argument("--streams", type=int, default=130)
     parser.add_argument("--model", default="unet-shapes")
     args = parser.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     tmp = Path(tempfile.mkdtemp(prefix="convoy-hostile-"))
-    env = {**os.environ, "CONVOY_DATA_DIR": str(tmp / "data"), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "CONVOY_DATA_DIR": str(tmp / "data"), "PYTHONPATH": str(ROOT),
+           "CONVOY_API_KEYS": "alice:ka,bob:kb"}
+    if os.environ.get("CONVOY_REDIS_URL"):
+        import redis
+
+        redis.Redis.from_url(os.environ["CONVOY_REDIS_URL"]).flushdb()
     log = open(tmp / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    extra = ["--no-worker"] if args.kind == "streams" else []
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port),
+                             *extra], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                ready = httpx.get(f"{url}/readyz", timeout=2)
+                if ready.status_code == 200 or (extra and ready.json()["checks"]["store"] == "ok"):
                     break
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
         else:
             raise SystemExit(f"the service did not come up: {(tmp / 'serve.log').read_text()}")
+        if args.kind == "streams":
+            print(json.dumps(streams(url, port, proc.pid, args.streams, args.concurrent)))
+            return
         worker = worker_pid(proc.pid)
         payloads = bodies(args.kind, args.concurrent, args.model)
         api_before = peak_rss_mb(proc.pid)
@@ -108,7 +214,7 @@ def main() -> None:
                     time.sleep(0.05)
 
         def send(body: bytes) -> None:
-            with httpx.Client(base_url=url, timeout=120) as c:
+            with httpx.Client(base_url=url, headers=ALICE, timeout=120) as c:
                 r = c.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
                 statuses.append(r.status_code)
 
