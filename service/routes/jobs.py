@@ -58,6 +58,9 @@ def _prefer_wait(prefer: str | None, limit: float) -> float:
 
 INLINE_CHECK_BYTES = 8 * 1024  # smaller bodies without images are checked on the event loop
 MAX_FIELDS = 64  # more keys than any kind's schema has: refused before validation
+# Threads that parse, check and decode submissions (a decode may wait for the budget): a
+# burst of them must leave threads for everything else.
+CHECKS = anyio.CapacityLimiter(16)
 MAX_STRUCTURE = 16 * 1024  # bytes outside strings; a submission needs well under 1 KB
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
@@ -88,11 +91,13 @@ async def submit(
     if len(raw) <= INLINE_CHECK_BYTES:
         body = parse_job(raw, settings.max_error_details)
     else:
-        body = await anyio.to_thread.run_sync(parse_job, raw, settings.max_error_details)
+        body = await anyio.to_thread.run_sync(parse_job, raw, settings.max_error_details,
+                                              limiter=CHECKS)
     if body.id is None and len(raw) <= INLINE_CHECK_BYTES and not _has_images(body):
         job, existing = _prepare(state, caller, body)
     else:
-        job, existing = await anyio.to_thread.run_sync(_prepare, state, caller, body)
+        job, existing = await anyio.to_thread.run_sync(_prepare, state, caller, body,
+                                                       limiter=CHECKS)
     if job is None:
         return JSONResponse(public_record(existing), status_code=200)
     with state.open_per_key.hold(caller.key) if wait > 0 else nullcontext():

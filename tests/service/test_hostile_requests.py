@@ -135,6 +135,20 @@ def test_key_and_rate_limit_are_checked_before_the_body(api: Callable[..., TestC
     assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
 
 
+def test_waits_count_against_the_open_streams_of_a_key(api: Callable[..., TestClient]) -> None:
+    c = api(max_streams_per_key=2)
+    opened = c.app.state.convoy.open_per_key  # type: ignore[attr-defined]
+    releases = [opened.acquire("ka"), opened.acquire("ka")]  # two streams open
+    gen = {"kind": "generate", "model": "parked", "input": {}}
+    r = c.post("/v1/jobs", json=gen, headers={**ALICE, "Prefer": "wait=1"})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert c.post("/v1/jobs", json=gen, headers=ALICE).status_code == 202  # no wait: no slot
+    releases[0]()
+    releases[0]()  # a release counts once
+    r = c.post("/v1/jobs", json=gen, headers={**ALICE, "Prefer": "wait=0.2"})
+    assert r.status_code == 202 and opened.count("ka") == 1
+
+
 # -- Last-Event-ID ---------------------------------------------------------------------------
 @pytest.mark.parametrize("value", ["²", "1" * 23, "-1", "abc", "1e3", "٣"])
 def test_a_last_event_id_that_is_no_event_id_gets_400(api: Callable[..., TestClient],
