@@ -6,6 +6,7 @@ ms, and prints the answers' statuses, the ``/healthz`` latencies and the peak RS
 of the API and the worker:
 
     python scripts/hostile_load.py decode     # 1 KB lossless WebPs declaring 4096x4096
+    python scripts/hostile_load.py decode --ids   # the same with client-chosen job ids
     python scripts/hostile_load.py keys       # bodies of 500 000 unknown keys
     CONVOY_INPUT_SCALE=0 python scripts/hostile_load.py decode   # the decode budget alone
     CONVOY_REDIS_URL=redis://127.0.0.1:6379/5 python scripts/hostile_load.py streams
@@ -45,12 +46,13 @@ def webp_4096() -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def bodies(kind: str, n: int, model: str) -> list[bytes]:
+def bodies(kind: str, n: int, model: str, ids: bool) -> list[bytes]:
     if kind == "decode":
         image = webp_4096()
         job_kind = "segment" if model.startswith("unet") else "classify"
-        return [json.dumps({"kind": job_kind, "model": model, "input": {"image": image}}).encode()
-                for _ in range(n)]
+        return [json.dumps({"kind": job_kind, "model": model, "input": {"image": image},
+                            **({"id": f"hostile-{i}"} if ids else {})}).encode()
+                for i in range(n)]
     keys = {f"k{i}": i for i in range(500_000)}
     return [json.dumps({"kind": "classify", "model": model, "input": keys}).encode()
             for _ in range(n)]
@@ -165,6 +167,7 @@ def main() -> None:
     parser.add_argument("kind", choices=["decode", "keys", "streams"])
     parser.add_argument("--concurrent", type=int, default=16)
     parser.add_argument("--streams", type=int, default=130)
+    parser.add_argument("--ids", action="store_true", help="decode: client-chosen job ids")
     parser.add_argument("--model", default="unet-shapes")
     args = parser.parse_args()
     with socket.socket() as s:
@@ -198,7 +201,7 @@ def main() -> None:
             print(json.dumps(streams(url, port, proc.pid, args.streams, args.concurrent)))
             return
         worker = worker_pid(proc.pid)
-        payloads = bodies(args.kind, args.concurrent, args.model)
+        payloads = bodies(args.kind, args.concurrent, args.model, args.ids)
         api_before = peak_rss_mb(proc.pid)
         worker_before = peak_rss_mb(worker) if worker else 0.0
         latencies: list[float] = []
