@@ -15,9 +15,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.catalog import Catalog, ModelNotFound
 from service.deps import State
-from service.errors import add_request_models, bounded_errors
+from service.errors import bounded_errors
 from service.limits import BodyLimit, OpenPerKey, RateLimiter
 from service.metrics import REGISTRY, WorkerCollector
+from service.openapi import install as install_openapi
 from service.routes import health, jobs, models
 from service.streams import EventHub
 from service.submitter import Submitter
@@ -124,13 +125,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.convoy = state
-    openapi = app.openapi
-    app.openapi = lambda: add_request_models(openapi())  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     _install_handlers(app)
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    install_openapi(app)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:

@@ -85,6 +85,7 @@ def request_body_openapi() -> dict[str, Any]:
     ``add_request_models``)."""
     schema = JOB_REQUEST.json_schema(ref_template="#/components/schemas/{model}")
     schema.pop("$defs", None)
+    schema["title"] = "Body"
     return {"requestBody": {"required": True, "content": {"application/json": {
         "schema": schema}}}}
 

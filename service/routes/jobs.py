@@ -21,6 +21,7 @@ from starlette.requests import ClientDisconnect
 from service.deps import Caller, CallerDep, State, StateDep
 from service.errors import V1_ERRORS, bounded_errors, error_responses, request_body_openapi
 from service.metrics import JOBS_SUBMITTED
+from service.schemas import EVENTS_DESCRIPTION, JobList, JobRecord
 from service.submitter import BrokerDown
 from workers.contract import IMAGE_FIELDS, JOB_REQUEST, JobRequest, check, pixel_limit, request_hash
 from workers.errors import (
@@ -65,16 +66,23 @@ MAX_STRUCTURE = 16 * 1024  # bytes outside strings; a submission needs well unde
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
-@router.post("", status_code=202, openapi_extra=request_body_openapi(),
-             responses={200: {"description": "finished (Prefer: wait) or an idempotent "
-                              "resubmission"}, **error_responses(409, 415, 429)})
+@router.post("", status_code=202, operation_id="submitJob", response_model=JobRecord,
+             response_description="accepted: the job record (queued, or running)",
+             openapi_extra=request_body_openapi(),
+             responses={200: {"model": JobRecord, "description": "finished within Prefer: "
+                              "wait, or an idempotent resubmission of a client-chosen id"},
+                        **error_responses(409, 415, 429)})
 async def submit(
     request: Request,
     state: StateDep,
     caller: CallerDep,
-    prefer: Annotated[str | None, Header(description="wait=N: hold the reply up to N s")] = None,
+    prefer: Annotated[str | None, Header(
+        description="wait=N: hold the reply up to N seconds (at most CONVOY_MAX_WAIT_S, 60 by "
+        "default); 200 with the finished record if the job ends by then, else 202",
+        examples=["wait=10"])] = None,
 ) -> JSONResponse:
-    """Submit a job. The input schema depends on ``kind`` (see the request body's variants).
+    """Submit a job. The input schema depends on ``kind`` (see the request body's variants);
+    the model's own limits (``GET /v1/models``) may be tighter than the schema's bounds.
 
     The key and its rate limit are checked before the body is read; the body is parsed,
     validated and its images decoded on a worker thread (a small body without images on
@@ -205,14 +213,15 @@ def _resubmitted(existing: dict[str, Any], caller: Caller, fingerprint: str) -> 
     return existing
 
 
-@router.get("")
+@router.get("", operation_id="listJobs", response_model=JobList)
 def list_jobs(
     state: StateDep,
     caller: CallerDep,
     status: Annotated[str | None, Query(description=f"one of {', '.join(STATUSES)}")] = None,
-    kind: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(pattern=r"^\d{1,18}$")] = None,
+    kind: Annotated[str | None, Query(description="only jobs of this kind")] = None,
+    limit: Annotated[int, Query(ge=1, le=200, description="jobs per page")] = 50,
+    cursor: Annotated[str | None, Query(pattern=r"^\d{1,18}$", description="next_cursor of "
+                                        "the previous page")] = None,
 ) -> dict[str, Any]:
     """The caller's jobs, newest first."""
     if status is not None and status not in STATUSES:
@@ -221,12 +230,13 @@ def list_jobs(
     return {"jobs": [public_record(j) for j in jobs], "next_cursor": next_cursor}
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", operation_id="getJob", response_model=JobRecord)
 def get_job(job_id: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    """The job record (404 for an unknown id and for another owner's job)."""
     return public_record(owned_job(state, caller, job_id))
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", operation_id="cancelJob", response_model=JobRecord)
 def cancel_job(job_id: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
     """Cancel a queued or running job; a finished job is returned unchanged."""
     job = owned_job(state, caller, job_id)
@@ -253,12 +263,15 @@ def last_event_id(value: str | None) -> int:
 
 
 @router.get("/{job_id}/events", response_class=EventSourceResponse,
-            responses={200: {"content": {"text/event-stream": {}}}, **error_responses(400, 429)})
+            operation_id="streamJobEvents", response_description=EVENTS_DESCRIPTION,
+            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                       **error_responses(400, 429)})
 async def job_events(
     job_id: str,
     state: StateDep,
     caller: CallerDep,
-    last_event_id_: Annotated[str | None, Header(alias="last-event-id")] = None,
+    last_event_id_: Annotated[str | None, Header(
+        alias="last-event-id", description="resume after this event id", examples=["3"])] = None,
 ) -> EventSourceResponse:
     """Server-sent events; reconnect with ``Last-Event-ID`` to resume after that event."""
     after = last_event_id(last_event_id_)
@@ -308,8 +321,11 @@ async def _stream(state: State, job_id: str, after: int, ended: bool,
 
 
 @router.get("/{job_id}/artifacts/{name}", response_class=Response,
-            responses={200: {"content": {"image/png": {}}}})
+            operation_id="getArtifact", response_description="the artifact's bytes",
+            responses={200: {"content": {"image/png": {"schema": {"type": "string",
+                                                                  "format": "binary"}}}}})
 def get_artifact(job_id: str, name: str, state: StateDep, caller: CallerDep) -> Response:
+    """The bytes of one of the job's artifacts (as named in its output or events)."""
     owned_job(state, caller, job_id)
     found = state.store.get_artifact(job_id, name)
     if found is None:

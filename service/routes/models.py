@@ -8,21 +8,24 @@ from fastapi import APIRouter
 
 from service.deps import CallerDep, StateDep
 from service.errors import V1_ERRORS
+from service.schemas import ModelInfo, ModelList, WorkerList
 
 router = APIRouter(prefix="/v1", tags=["models"], responses=V1_ERRORS)
 
 
-@router.get("/models")
+@router.get("/models", operation_id="listModels", response_model=ModelList)
 def list_models(state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    """The models this service serves, with their kinds, labels, input size and limits."""
     return {"models": [e.public() for e in state.catalog]}
 
 
-@router.get("/models/{name}")
+@router.get("/models/{name}", operation_id="getModel", response_model=ModelInfo)
 def get_model(name: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    """One model (404 for an unknown name)."""
     return state.catalog.get(name).public()
 
 
-@router.get("/workers", tags=["workers"])
+@router.get("/workers", tags=["workers"], operation_id="listWorkers", response_model=WorkerList)
 def list_workers(state: StateDep, caller: CallerDep) -> dict[str, Any]:
     """Live workers: device, loaded models, memory in use, jobs done."""
     workers = state.store.workers()
