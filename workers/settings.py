@@ -151,8 +151,10 @@ def private_file(path: Path) -> Path:
 
 
 def new_id() -> str:
-    """A random, unguessable id (160 bits)."""
-    return secrets.token_urlsafe(20)
+    """A random, unguessable id (about 160 bits) that never starts with ``-`` or ``_``,
+    so that command lines take it as an argument, not an option."""
+    token = secrets.token_urlsafe(20)
+    return token if token[0].isalnum() else secrets.choice("abcdefghjkmnpqrstuvwxyz") + token[1:]
 
 
 @lru_cache
