@@ -65,6 +65,7 @@ def serve(
     import uvicorn
 
     from service.app import create_app
+    from service.http import timed_protocol
     from workers.settings import Settings, UnsafeSettings
 
     _logging()
@@ -95,7 +96,9 @@ def serve(
         worker.start()
     sys.setswitchinterval(settings.switch_interval_s)  # as the worker does
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+        uvicorn.run(app, host=host, port=port, log_level="warning",
+                    timeout_graceful_shutdown=5,
+                    http=timed_protocol(settings.header_timeout_s, settings.body_timeout_s))
     finally:
         if worker is not None:
             worker.stop(signal.SIGTERM)

@@ -49,17 +49,23 @@ def owned_upload(blobs: BlobStore, upload_id: str, owner: str) -> dict[str, Any]
 
 
 def stash_inputs(data: dict[str, Any], fields: tuple[str, ...], job_id: str, owner: str,
-                 blobs: BlobStore, inline_bytes: int) -> dict[str, Any]:
-    """The input to record: uploads checked to be the owner's, base64 images longer than
-    ``inline_bytes`` moved to the blob store (they were checked already)."""
+                 blobs: BlobStore, inline_bytes: int, max_pixels: int | None = None
+                 ) -> dict[str, Any]:
+    """The input to record: uploads checked to be the owner's (and within ``max_pixels``,
+    the model's bound), base64 images longer than ``inline_bytes`` moved to the blob store
+    (they were checked already)."""
     out = dict(data)
     for name, index, value in _image_slots(data, fields):
         where = name if index is None else f"{name}[{index}]"
         if isinstance(value, dict) and "upload" in value:
             try:
-                owned_upload(blobs, value["upload"], owner)
+                upload = owned_upload(blobs, value["upload"], owner)
             except NotFound as e:
                 raise InvalidInput(f"{where}: {e.message}") from None
+            pixels = upload["width"] * upload["height"]
+            if max_pixels is not None and pixels > max_pixels:
+                raise InvalidInput(f"{where} is {upload['width']}x{upload['height']} = {pixels} "
+                                   f"pixels, over this model's limit of {max_pixels}")
         elif isinstance(value, str) and len(value) > inline_bytes:
             key = check_key(f"jobs/{job_id}/inputs/{name}" + ("" if index is None else f"-{index}"))
             info = blobs.put(key, value.encode(), "text/plain; charset=us-ascii")

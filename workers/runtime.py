@@ -23,7 +23,7 @@ from workers.artifacts import generation_parameters, store_artifacts
 from workers.batcher import Batcher, Item, OutOfMemory, Stopped
 from workers.blobs import BlobStore, open_blobs
 from workers.celery_app import dispatch, waiting_messages
-from workers.contract import IMAGE_FIELDS, prepare
+from workers.contract import IMAGE_FIELDS, pixel_limit, prepare
 from workers.errors import ConvoyError
 from workers.inputs import load_inputs
 from workers.settings import Settings, new_id
@@ -280,7 +280,8 @@ class WorkerRuntime:
         job_id = job["id"]
         entry = self.catalog.get(job["model"])
         data = prepare(job["kind"], load_inputs(job["input"], IMAGE_FIELDS, self.blobs), entry,
-                       self.settings.max_image_pixels)
+                       pixel_limit(entry, self.settings.max_image_pixels,
+                                   self.settings.input_scale))
         predictor = self.cache.get(entry)
 
         def wanted() -> str | None:  # cancel flags are read by the batcher, once per batch

@@ -169,6 +169,8 @@ def test_uploads_are_named_by_their_owner_only(blobs: BlobStore) -> None:
     ref = {"image": {"upload": "up1"}}
     assert stash_inputs(ref, ("image",), "j", "ann", blobs, 1024) == ref
     assert load_inputs(ref, ("image",), blobs)["image"] == base64.b64encode(raw).decode()
+    with pytest.raises(InvalidInput, match="over this model's limit of 1000"):
+        stash_inputs(ref, ("image",), "j", "ann", blobs, 1024, max_pixels=1000)
     for owner, upload in (("bob", "up1"), ("ann", "missing"), ("ann", "../x")):
         with pytest.raises(InvalidInput, match="no upload"):
             stash_inputs({"image": {"upload": upload}}, ("image",), "j", owner, blobs, 1024)
