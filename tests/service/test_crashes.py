@@ -18,7 +18,16 @@ import pytest
 
 from tests.fixtures import Service, wait_status
 from tests.helpers import parse_sse
-from tests.service.test_faults import DONE, duplicates, effects, sleepy, store_of
+from tests.service.test_faults import (
+    DONE,
+    artifact_names,
+    blobs_of,
+    duplicates,
+    effects,
+    sleepy,
+    store_of,
+)
+from workers.blobs import artifact_key
 
 pytestmark = pytest.mark.slow
 KILL_MODES = os.environ.get("CONVOY_SIGKILL_MODES", "redis").split(",")
@@ -83,7 +92,7 @@ def test_three_sigkills_with_30_queued_fail_no_job(fresh_service: Service) -> No
             kills += 1
             svc.start_worker()
         finished = [wait_status(c, j, DONE, timeout=600) for j in ids]
-        dups = sum(duplicates(effects(c, store, j), 1) for j in ids)
+        dups = sum(duplicates(effects(c, store, j, blobs_of(svc)), 1) for j in ids)
     counts = {s: sum(j["status"] == s for j in finished) for s in DONE}
     print(f"FIGURES sigkill-x{kills}-{svc.mode}: submitted=30 "  # type: ignore[attr-defined]
           f"succeeded={counts['succeeded']} failed={counts['failed']} duplicated={dups} "
@@ -109,8 +118,9 @@ def test_a_stalled_worker_writes_nothing_after_its_job_ran_elsewhere(
         done = wait_status(c, job_id, DONE, timeout=300)  # ... its job runs elsewhere
         assert done["status"] == "succeeded" and done["attempts"] == 2, done
         events = store.events(job_id)  # the whole log (a stream stops at the final status)
-        names = store.artifact_names(job_id)
-        kept = {n: store.get_artifact(job_id, n) for n in names}
+        blobs = blobs_of(svc)
+        names = artifact_names(blobs, job_id)
+        kept = {n: blobs.read(artifact_key(job_id, n)) for n in names}
         stalled.send_signal(signal.SIGCONT)  # ... then wakes up and takes its next step
 
         def stale_run_over() -> bool:
@@ -125,7 +135,7 @@ def test_a_stalled_worker_writes_nothing_after_its_job_ran_elsewhere(
     assert after == events, [e for e in after if e not in events][:5]
     assert after[-1].type == "status" and after[-1].data["status"] == "succeeded"
     assert streamed[-1]["event"] == "status" and streamed[-1]["id"] == after[-1].seq
-    assert store.artifact_names(job_id) == names
-    assert {n: store.get_artifact(job_id, n) for n in names} == kept
+    assert artifact_names(blobs, job_id) == names
+    assert {n: blobs.read(artifact_key(job_id, n)) for n in names} == kept
     assert record["status"] == "succeeded" and record["output"] == done["output"]
     assert stalled.poll() is None  # the stalled worker lives on

@@ -22,6 +22,7 @@ import pytest
 
 from tests.fixtures import Service, free_port, wait_status
 from tests.helpers import parse_sse
+from workers.blobs import BlobStore, job_prefix, open_blobs
 from workers.settings import Settings
 from workers.store import JobStore, open_store
 
@@ -39,6 +40,16 @@ def store_of(svc: Service) -> JobStore:
                                data_dir=Path(svc.env["CONVOY_DATA_DIR"])))
 
 
+def blobs_of(svc: Service) -> BlobStore:
+    """The service's own blob store (outputs and previews), opened from the test."""
+    return open_blobs(Settings(data_dir=Path(svc.env["CONVOY_DATA_DIR"]),
+                               blobs=svc.env.get("CONVOY_BLOBS")))
+
+
+def artifact_names(blobs: BlobStore, job_id: str) -> list[str]:
+    return sorted(b.key.rsplit("/", 1)[-1] for b in blobs.entries(job_prefix(job_id)))
+
+
 def wait_progress(c: httpx.Client, job_id: str, step: int, timeout: float = 180.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -49,7 +60,8 @@ def wait_progress(c: httpx.Client, job_id: str, step: int, timeout: float = 180.
     raise AssertionError(f"job {job_id} made no progress in {timeout} s")
 
 
-def effects(c: httpx.Client, store: JobStore, job_id: str) -> dict[str, Any]:
+def effects(c: httpx.Client, store: JobStore, job_id: str, blobs: BlobStore
+            ) -> dict[str, Any]:
     """What a finished job left behind: its events by type and its stored artifacts."""
     events = parse_sse(c.get(f"/v1/jobs/{job_id}/events").text)
     statuses = [e["data"]["status"] for e in events if e["event"] == "status"]
@@ -58,7 +70,7 @@ def effects(c: httpx.Client, store: JobStore, job_id: str) -> dict[str, Any]:
         "finals": [s for s in statuses if s in DONE],
         "running": [e["data"].get("attempt") for e in events
                     if e["event"] == "status" and e["data"]["status"] == "running"],
-        "artifacts": store.artifact_names(job_id),
+        "artifacts": artifact_names(blobs, job_id),
     }
 
 
@@ -86,7 +98,7 @@ def test_sigkill_mid_job_then_restart(fresh_service: Service) -> None:
         done = wait_status(c, job["id"], DONE, timeout=240)
         assert done["status"] == "succeeded", done
         assert done["attempts"] == 2
-        found = effects(c, store, job["id"])
+        found = effects(c, store, job["id"], blobs_of(svc))
         for image in done["output"]["images"]:
             assert c.get(image["url"]).content.startswith(b"\x89PNG")
     assert found["running"] == [1, 2]
@@ -143,7 +155,7 @@ def test_poison_job_ends_worker_lost_while_others_flow(fresh_service: Service) -
             time.sleep(0.5)
         lost = c.get(f"/v1/jobs/{poison['id']}").json()
         finished = [wait_status(c, j, DONE, timeout=240) for j in others]
-        dups = sum(duplicates(effects(c, store, j), 1) for j in others)
+        dups = sum(duplicates(effects(c, store, j, blobs_of(svc)), 1) for j in others)
         restarts = supervisor.restarts
     assert lost["status"] == "failed" and lost["error"]["code"] == "worker_lost", lost
     assert lost["attempts"] == 2 and restarts >= 2
@@ -174,7 +186,7 @@ def test_sigterm_is_a_warm_shutdown(fresh_service: Service) -> None:
         assert [(j["status"], j["attempts"]) for j in finished] == [("succeeded", 1)] * 3
         done = wait_status(c, later, DONE, timeout=240)
         assert (done["status"], done["attempts"]) == ("succeeded", 1)
-        dups = sum(duplicates(effects(c, store, j), 1) for j in [*running, later])
+        dups = sum(duplicates(effects(c, store, j, blobs_of(svc)), 1) for j in [*running, later])
     assert dups == 0
     figures("sigterm", 4, 4, dups)
 
@@ -241,7 +253,7 @@ def test_redis_restart_loses_nothing(own_redis: RedisServer, tmp_path: Path) -> 
             after = [_submit_when_back(c, sleepy(4)) for _ in range(3)]
             finished = [wait_status(c, j, DONE, timeout=240) for j in before + after]
             store = store_of(svc)
-            dups = sum(duplicates(effects(c, store, j), 1) for j in before + after)
+            dups = sum(duplicates(effects(c, store, j, blobs_of(svc)), 1) for j in before + after)
     finally:
         svc.stop()
     assert [j["status"] for j in finished] == ["succeeded"] * len(finished)
