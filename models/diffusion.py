@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -46,6 +47,7 @@ class DiffusionConfig:
     up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D")  # per level
     norm_num_groups: int = 8  # group norm groups; must divide every width
     attention_head_dim: int = 8  # channels per attention head in the attention blocks
+    output_size: int | None = None  # side of the served images, bilinearly upsampled; None: sample_size
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class NoiseSchedule:
     beta_schedule: str = "linear"  # "linear", "scaled_linear" or "squaredcos_cap_v2"
     beta_start: float = 1e-4  # first beta of a linear schedule
     beta_end: float = 0.02  # last beta of a linear schedule
-    prediction_type: str = "epsilon"  # what the UNet predicts
+    prediction_type: str = "epsilon"  # what the UNet predicts: "epsilon" or "v_prediction"
     clip_sample: float | None = 1.0  # sampling clips the predicted clean image to ± this
 
 
@@ -157,22 +159,36 @@ def keep_in_scheduler_state(scheduler: Any, keep: torch.Tensor, batch: int) -> N
 
 
 def clip_through_x0(
-    scheduler: Any, x_t: torch.Tensor, eps: torch.Tensor, t: Any, limit: float
+    scheduler: Any,
+    x_t: torch.Tensor,
+    out: torch.Tensor,
+    t: Any,
+    limit: float,
+    prediction_type: str = "epsilon",
 ) -> torch.Tensor:
-    """The noise prediction whose implied clean image is clipped to [-limit, limit].
+    """The model output whose implied clean image is clipped to [-limit, limit].
 
-    x_t is the variance-preserving model input. DDPM's reference sampler clips its x0
-    prediction at every step; doing it on the model output gives every scheduler (DPM-Solver,
-    Euler) the same guard against the large x0 errors of the noisiest steps.
+    x_t is the variance-preserving model input; ``out`` is the noise (epsilon) or the
+    velocity v = sqrt(abar) eps - sqrt(1 - abar) x0, as ``prediction_type`` says, and the
+    answer is of the same kind. DDPM's reference sampler clips its x0 prediction at every
+    step; doing it on the model output gives every scheduler (DPM-Solver, Euler) the same
+    guard against the large x0 errors of the noisiest steps.
     """
     if isinstance(scheduler, EulerDiscreteScheduler):  # its timesteps may fall between integers
         sigma = scheduler.sigmas[scheduler.step_index].to(x_t.device, torch.float32)
         abar = 1 / (1 + sigma**2)
     else:
         abar = scheduler.alphas_cumprod[int(t)].to(x_t.device, torch.float32)
-    x, e = x_t.float(), eps.float()
-    x0 = ((x - (1 - abar).sqrt() * e) / abar.sqrt()).clamp(-limit, limit)
-    return ((x - abar.sqrt() * x0) / (1 - abar).sqrt()).to(eps.dtype)
+    a, s = abar.sqrt(), (1 - abar).sqrt()
+    x, o = x_t.float(), out.float()
+    if prediction_type == "v_prediction":
+        x0 = (a * x - s * o).clamp(-limit, limit)
+        eps = (x - a * x0) / s
+        return (a * eps - s * x0).to(out.dtype)
+    if prediction_type != "epsilon":
+        raise ValueError(f"unknown prediction type {prediction_type!r}; known: epsilon, v_prediction")
+    x0 = ((x - s * o) / a).clamp(-limit, limit)
+    return ((x - a * x0) / s).to(out.dtype)
 
 
 # step, total, predicted clean images (B, C, H, W) → per-image mask of the ones to go on with
@@ -220,7 +236,9 @@ def sample_loop(
             eps_cond, eps_null = eps.chunk(2)
             eps = eps_null + guidance_scale * (eps_cond - eps_null)
         if clip_sample is not None:
-            eps = clip_through_x0(scheduler, x_t, eps, t, clip_sample)
+            eps = clip_through_x0(
+                scheduler, x_t, eps, t, clip_sample, scheduler.config.prediction_type
+            )
         # 3. scheduler step, each image drawing from its own generator
         output = scheduler.step(eps, t, latents, generator=generators)
         latents = output.prev_sample
@@ -239,6 +257,16 @@ def sample_loop(
             if latents.shape[0] == 0:
                 break
     return latents, kept
+
+
+def to_output_size(samples: torch.Tensor, config: DiffusionConfig) -> torch.Tensor:
+    """Samples (N, C, h, w) in [-1, 1] as images in [0, 1] at the served side, upsampled
+    bilinearly as the training data was."""
+    images = ((samples.float() + 1) / 2).clamp(0, 1)
+    side = config.output_size or config.sample_size
+    if images.shape[-1] != side:
+        images = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
+    return images.clamp(0, 1)
 
 
 def preview_artifact(step: int, x0: torch.Tensor, max_side: int = 256) -> Artifact:
