@@ -27,6 +27,7 @@ Image_ = Annotated[
                min_length=1)
 ]
 MAX_N = 256  # schema bound; each model's limits are tighter
+MAX_LORAS = 4  # adapters one request may combine
 
 
 class _Input(BaseModel):
@@ -57,6 +58,11 @@ class SampleInput(_Input):
     steps: int | None = Field(None, ge=2, le=MAX_N, description="points on the interpolation path")
 
 
+class LoraChoice(_Input):
+    name: str = Field(min_length=1, max_length=200, description="an adapter the catalog declares")
+    scale: float = Field(1.0, ge=-4, le=4, description="0: the base model; 1: the adapter as trained")
+
+
 class GenerateInput(_Input):
     n: int = Field(1, ge=1, le=MAX_N)
     seed: Seed | None = None
@@ -69,6 +75,17 @@ class GenerateInput(_Input):
     height: int | None = Field(None, ge=8, le=100_000)
     width: int | None = Field(None, ge=8, le=100_000)
     preview_every: int = Field(0, ge=0, le=100_000, description="emit a preview every N steps")
+    image: Image_ | None = Field(None, description="image-to-image: the image to start from")
+    mask: Image_ | None = Field(
+        None, description="inpainting: same size as image; white pixels are repainted"
+    )
+    strength: float | None = Field(
+        None, gt=0, le=1, description="how far the image is noised (1: all the way); "
+        "default 0.75 for image-to-image, 1.0 for inpainting"
+    )
+    loras: list[LoraChoice] | None = Field(
+        None, max_length=MAX_LORAS, description="adapters the catalog declares, with their scales"
+    )
 
 
 class _Job(BaseModel):
@@ -110,7 +127,7 @@ JobRequest = Annotated[
     Union[ClassifyJob, SegmentJob, ReconstructJob, SampleJob, GenerateJob],  # noqa: UP007
     Field(discriminator="kind"),
 ]
-IMAGE_FIELDS = ("image",)
+IMAGE_FIELDS = ("image", "mask")
 
 
 @dataclass(frozen=True)
@@ -134,9 +151,13 @@ def check(kind: str, data: dict[str, Any], entry: ModelEntry, max_pixels: int) -
     if kind not in entry.kinds:
         raise InvalidInput(f"model {entry.name} does not serve {kind!r}; it serves {entry.kinds}")
     limits = entry.limits
-    for name in IMAGE_FIELDS:
-        if data.get(name) is not None:
-            decode_image(data[name], max_pixels, name)
+    decoded = {
+        name: decode_image(data[name], max_pixels, name)
+        for name in IMAGE_FIELDS
+        if data.get(name) is not None
+    }
+    if kind == "generate":
+        _check_edits(data, decoded, entry)
     for i, value in enumerate(data.get("interpolate_between") or []):
         decode_image(value, max_pixels, f"interpolate_between[{i}]")
     if "top_k" in data and data["top_k"] > limits.max_top_k:
@@ -160,6 +181,37 @@ def check(kind: str, data: dict[str, Any], entry: ModelEntry, max_pixels: int) -
     if "seed" in data and data["seed"] is None:
         data = {**data, "seed": secrets.randbelow(2**31)}
     return data
+
+
+def _check_edits(data: dict[str, Any], decoded: dict[str, Any], entry: ModelEntry) -> None:
+    """Image, mask and adapters of a ``generate`` input against what the model can do."""
+    if "mask" in decoded and "image" not in decoded:
+        raise InvalidInput("a mask needs the image it applies to: send image as well")
+    if "mask" in decoded and decoded["mask"].size != decoded["image"].size:
+        (mw, mh), (iw, ih) = decoded["mask"].size, decoded["image"].size
+        raise InvalidInput(
+            f"the mask is {mw}x{mh} and the image {iw}x{ih}: they must be the same size"
+        )
+    if data.get("strength") is not None and "image" not in decoded:
+        raise InvalidInput("strength applies to image-to-image and inpainting: send an image")
+    for field, feature in (("image", "image-to-image"), ("mask", "inpainting")):
+        if field in decoded:
+            reason = entry.cannot(feature)
+            if reason:
+                raise InvalidInput(f"model {entry.name} cannot do {feature}: {reason}")
+    chosen = [c["name"] for c in data.get("loras") or []]
+    if chosen:
+        reason = entry.cannot("lora")
+        if reason:
+            raise InvalidInput(f"model {entry.name} takes no LoRA adapters: {reason}")
+        unknown = sorted(set(chosen) - set(entry.loras))
+        if unknown:
+            raise InvalidInput(
+                f"unknown LoRA adapters {unknown} for {entry.name}",
+                details={"loras": sorted(entry.loras)},
+            )
+        if len(set(chosen)) != len(chosen):
+            raise InvalidInput(f"a LoRA adapter is named twice: {chosen}")
 
 
 def prepare(kind: str, data: dict[str, Any], entry: ModelEntry, max_pixels: int) -> dict[str, Any]:
