@@ -49,7 +49,7 @@ from models.registry import register_trainer
 from models.training.loop import batches, seed_everything, train_epochs
 
 SIDE = 8  # the digits' own resolution, where the model works
-STEPS = 4000  # optimiser steps (380 passes over the 1347 training digits)
+STEPS = 2500  # optimiser steps (240 passes over the 1347 training digits)
 BATCH = 128  # images per step
 LR = 1e-3  # peak learning rate (linear warm-up, cosine decay)
 EMA_DECAY = 0.999  # weight of the running average per step
