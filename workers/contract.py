@@ -194,11 +194,11 @@ def _check_edits(data: dict[str, Any], decoded: dict[str, Any], entry: ModelEntr
         )
     if data.get("strength") is not None and "image" not in decoded:
         raise InvalidInput("strength applies to image-to-image and inpainting: send an image")
-    for field, feature in (("image", "image-to-image"), ("mask", "inpainting")):
-        if field in decoded:
-            reason = entry.cannot(feature)
-            if reason:
-                raise InvalidInput(f"model {entry.name} cannot do {feature}: {reason}")
+    if "image" in decoded:
+        feature = "inpainting" if "mask" in decoded else "image-to-image"
+        reason = entry.cannot(feature)
+        if reason:
+            raise InvalidInput(f"model {entry.name} cannot do {feature}: {reason}")
     chosen = [c["name"] for c in data.get("loras") or []]
     if chosen:
         reason = entry.cannot("lora")
