@@ -137,9 +137,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def run(
-    out_json: Path | None = None, per_class: int = PER_CLASS, slow_per_class: int = SLOW_PER_CLASS
+    out_json: Path | None = None,
+    per_class: int = PER_CLASS,
+    slow_per_class: int = SLOW_PER_CLASS,
+    edits: bool = True,
+    edits_limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Every row of the benchmark (those whose weights exist); prints the table and writes JSON."""
+    """Every row of the benchmark (those whose weights exist); prints the table and writes JSON
+    (with the image-to-image and inpainting figures of ``digit_edits`` under "edits")."""
     judge_model = load_judge()
     real = real_test_features(judge_model)
     rows: list[dict[str, Any]] = []
@@ -152,11 +157,14 @@ def run(
             "neither ddpm-digits nor dcgan-digits is trained: nothing to benchmark"
         )
     print_table(rows)
+    report: dict[str, Any] = {"scenario": "sampler", "per_class": per_class, "rows": rows}
+    if edits and (WEIGHTS / "ddpm-digits.safetensors").exists():
+        from models.benchmarks import digit_edits
+
+        report["edits"] = digit_edits.rows(digit_edits.load_predictor(), edits_limit)
+        digit_edits.print_table(report["edits"])
     if out_json is not None:
         out_json = Path(out_json)
         out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(
-            json.dumps({"scenario": "sampler", "per_class": per_class, "rows": rows}, indent=2)
-            + "\n"
-        )
+        out_json.write_text(json.dumps(report, indent=2) + "\n")
     return rows
