@@ -130,6 +130,9 @@ def submit(
     kind: str,
     model: Annotated[str, typer.Option("--model", "-m")],
     image: Annotated[Path | None, typer.Option(help="an image file")] = None,
+    mask: Annotated[
+        Path | None, typer.Option(help="inpainting mask file (white = repaint), image's size")
+    ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="key=value (JSON values)")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="follow the job to its end")] = False,
     out: Annotated[Path | None, typer.Option(help="save the artifacts here")] = None,
@@ -142,6 +145,8 @@ def submit(
     body_input: dict[str, Any] = {}
     if image is not None:
         body_input["image"] = base64.b64encode(image.read_bytes()).decode()
+    if mask is not None:
+        body_input["mask"] = base64.b64encode(mask.read_bytes()).decode()
     for item in set_ or []:
         k, sep, v = item.partition("=")
         if not sep:
