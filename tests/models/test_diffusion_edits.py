@@ -167,3 +167,30 @@ def test_edit_requests_batch_apart_and_bad_masks_are_refused(
         predictor.predict([generate(1, mask=bottom_half_mask())])
     with pytest.raises(InvalidRequest, match="runs no step"):
         predictor.predict([generate(1, image=picture(1), strength=0.01)])
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "euler"])
+def test_clipping_a_velocity_bounds_the_implied_clean_image(scheduler: str) -> None:
+    from models.diffusion import clip_through_x0, make_scheduler
+
+    sched = make_scheduler(scheduler, SCHEDULE)
+    sched.set_timesteps(5)
+    t = sched.timesteps[1]
+    if scheduler == "euler":
+        sched._step_index = 1
+    latents = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    x_t = sched.scale_model_input(latents * sched.init_noise_sigma, t)
+    v = 3 * torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    index = 1 if scheduler == "euler" else int(t)
+    abar = (
+        1 / (1 + sched.sigmas[index] ** 2) if scheduler == "euler" else sched.alphas_cumprod[index]
+    )
+
+    def implied_x0(out: torch.Tensor) -> torch.Tensor:
+        return abar.sqrt() * x_t - (1 - abar).sqrt() * out
+
+    assert implied_x0(v).abs().max() > 1.2
+    clipped = clip_through_x0(sched, x_t, v, t, 1.0, "v_prediction")
+    assert implied_x0(clipped).abs().max() <= 1.0 + 1e-4
+    inside = (implied_x0(v).abs() < 1).flatten()
+    assert torch.allclose(clipped.flatten()[inside], v.flatten()[inside], atol=1e-4)
