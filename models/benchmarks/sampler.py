@@ -37,7 +37,7 @@ ROWS = [("ddpm", 1000), ("ddim", 50), ("dpmpp", 20), ("dpmpp", 10), ("euler", 20
 PER_CLASS = 20  # images per digit and row: 200 per row
 SEED = 50_000  # first seed of every row (disjoint from the trainers' evaluation seeds)
 SLOW_STEPS = 500  # rows with at least this many steps draw fewer images...
-SLOW_PER_CLASS = 10  # ...this many per digit (the first seeds of the full row)
+SLOW_PER_CLASS = 20  # ...at most this many per digit (the first seeds of the full row)
 
 
 def _figures(
