@@ -37,14 +37,23 @@ class InputSpec(BaseModel):
     width: int = 64
 
 
-class Limits(BaseModel):
-    """Per-model bounds on job inputs (validated at submission)."""
+# The ceilings of every model's limits; the job schema (workers/contract.py) publishes them
+# as its bounds, so the OpenAPI document never promises more than any model allows.
+MAX_N = 16
+MAX_STEPS = 1000
+MAX_SIDE = 1024
+MAX_PROMPT_CHARS = 1000
+MAX_TOP_K = 100
 
-    max_n: int = 16
-    max_steps: int = 1000
-    max_side: int = 1024  # height/width for pipelines that take them
-    max_prompt_chars: int = 1000
-    max_top_k: int = 100
+
+class Limits(BaseModel):
+    """Per-model bounds on job inputs (validated at submission), each at most its ceiling."""
+
+    max_n: int = Field(MAX_N, ge=1, le=MAX_N)
+    max_steps: int = Field(MAX_STEPS, ge=1, le=MAX_STEPS)
+    max_side: int = Field(MAX_SIDE, ge=8, le=MAX_SIDE)  # height/width for pipelines
+    max_prompt_chars: int = Field(MAX_PROMPT_CHARS, ge=1, le=MAX_PROMPT_CHARS)
+    max_top_k: int = Field(MAX_TOP_K, ge=1, le=MAX_TOP_K)
 
 
 class LoraSpec(BaseModel):

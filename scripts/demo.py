@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
@@ -24,7 +23,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.client import follow, save_artifacts, sse_events  # noqa: E402
+from service.client import ApiError, Client, ConnectionFailed  # noqa: E402
 
 console = Console()
 
@@ -77,15 +76,16 @@ def grid(paths: list[Path], out: Path, ncol: int = 8, scale: int = 2) -> None:
     canvas.save(out)
 
 
-def run_job(c: httpx.Client, body: dict[str, Any], out: Path, prefix: str) -> tuple[dict, float, list[Path]]:
+def run_job(c: Client, body: dict[str, Any], out: Path, prefix: str) -> tuple[dict, float, list[Path]]:
     t0 = time.perf_counter()
-    r = c.post("/v1/jobs", json=body)
-    if r.status_code >= 400:
-        return {"status": f"HTTP {r.status_code}", "error": r.json().get("error")}, 0.0, []
-    job = follow(c, r.json()["id"])
+    try:
+        job = c.submit(body["kind"], body["model"], body["input"])
+    except ApiError as e:
+        return {"status": f"HTTP {e.status}", "error": e.message}, 0.0, []
+    job = c.wait(job.id)
     seconds = time.perf_counter() - t0
-    paths = save_artifacts(c, job, out, prefix) if job["status"] == "succeeded" else []
-    return job, seconds, paths
+    paths = c.download(job, out, prefix) if job.status == "succeeded" else []
+    return job.model_dump(), seconds, paths
 
 
 def summary(job: dict[str, Any]) -> str:
@@ -114,9 +114,9 @@ def half_masked(model: dict[str, Any], out: Path, prefix: str) -> dict[str, Any]
     return {"image": b64(image), "mask": b64(mask)}
 
 
-def demo(c: httpx.Client, out: Path, only: list[str] | None = None) -> Table:
+def demo(c: Client, out: Path, only: list[str] | None = None) -> Table:
     table = Table("model", "kind", "status", "seconds", "result")
-    models = c.get("/v1/models").json()["models"]
+    models = [m.model_dump() for m in c.models()]
     for m in (m for m in models if not only or m["name"] in only):
         name = m["name"]
         for kind in m["kinds"]:
@@ -155,9 +155,10 @@ def demo(c: httpx.Client, out: Path, only: list[str] | None = None) -> Table:
                     if i == 0 and job["status"] == "succeeded":
                         frames = out / f"{prefix}previews"
                         frames.mkdir(exist_ok=True)
-                        for _, event, data in sse_events(c, job["id"]):
-                            if event == "preview":
-                                (frames / data["name"]).write_bytes(c.get(data["url"]).content)
+                        for event in c.events(job["id"]):
+                            if event.type == "preview":
+                                name = event.data["name"]
+                                (frames / name).write_bytes(c.artifact(job["id"], name))
                 images = [p for p in all_paths if "/" not in p.name and "image-" in p.name]
                 if images:
                     grid(images, out / f"{prefix}grid-per-class.png", ncol=8)
@@ -166,12 +167,12 @@ def demo(c: httpx.Client, out: Path, only: list[str] | None = None) -> Table:
                 if m["family"] == "ddpm" and len(labels) > 3:  # finish a half-drawn digit as a 3
                     inp = {"n": 8, "seed": 300, "steps": 20, "scheduler": "dpmpp",
                            "class_label": labels[3], **half_masked(m, out, prefix)}
-                    job, s, paths = run_job(c, {"kind": kind, "model": name, "input": inp}, out,
-                                            f"{prefix}inpaint-")
+                    job, s, paths = run_job(c, {"kind": kind, "model": m["name"], "input": inp},
+                                            out, f"{prefix}inpaint-")
                     if paths:
                         grid([out / f"{prefix}inpaint-input.png", *paths],
                              out / f"{prefix}inpaint-grid.png", ncol=9)
-                    table.add_row(name, f"{kind} (inpaint as {labels[3]})", job["status"],
+                    table.add_row(m["name"], f"{kind} (inpaint as {labels[3]})", job["status"],
                                   f"{s:.2f}", summary(job))
     return table
 
@@ -202,13 +203,13 @@ def main() -> None:
         proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
                                 cwd=ROOT, env=env)
     try:
-        with httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=600)) as c:
+        with Client(url, timeout=600) as c:
             deadline = time.monotonic() + 120
             while True:
                 try:
-                    if c.get("/readyz").status_code == 200:
+                    if c.ready()["ready"]:
                         break
-                except httpx.HTTPError:
+                except ConnectionFailed:
                     pass
                 if time.monotonic() > deadline:
                     raise SystemExit("the service did not become ready")

@@ -1,8 +1,11 @@
-"""The ``convoy`` command line: serve, worker, submit, models, train, bench, convert."""
+"""The ``convoy`` command line: serve, worker, train, convert, bench here; the client
+commands (submit, models, jobs ...) in ``service/cli_client.py``. Every failure a user can
+cause (an unreachable server, an error answer, a missing file) ends in one line on stderr
+and exit status 1, never a traceback."""
 
 from __future__ import annotations
 
-import base64
+import importlib.util
 import json
 import logging
 import os
@@ -10,22 +13,42 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from service.bench import register as _register_bench
+from service.cli_client import UsageError
+from service.cli_client import register as _register_client
+from service.client import ConvoyClientError
 
 app = typer.Typer(help="convoy: a job service for convolutional models.", no_args_is_help=True,
                   add_completion=False)
 bench_app = typer.Typer(help="Benchmarks, each printing ratios measured side by side.")
 app.add_typer(bench_app, name="bench")
 _register_bench(bench_app)
+_register_client(app)
 console = Console()
-URL = typer.Option("http://127.0.0.1:8000", envvar="CONVOY_URL", help="the service's address")
-KEY = typer.Option(None, envvar="CONVOY_API_KEY", help="API key, if the server has keys")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("convoy")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    show_version: Annotated[bool, typer.Option(
+        "--version", help="print the version and exit", is_eager=True)] = False,
+) -> None:
+    if show_version:
+        typer.echo(f"convoy {_version()}")
+        raise typer.Exit()
 
 
 def _logging(level: str = "INFO") -> None:
@@ -59,6 +82,10 @@ def serve(
         if settings.embedded else "distributed (Redis)"
     console.print(f"convoy on http://{host}:{port} — {mode}")
     worker = None
+    if not no_worker and importlib.util.find_spec("torch") is None:
+        console.print("No worker: this install has no torch (pip install 'convoy[worker]'); "
+                      "serving the API alone.", markup=False)
+        no_worker = True
     if not no_worker:
         worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"],
                                   preexec_fn=_die_with_parent)
@@ -111,80 +138,6 @@ def _die_with_parent() -> None:
         pass
 
 
-def _client(url: str, key: str | None) -> Any:
-    import httpx
-
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(30, read=120))
-
-
-def _parse_value(raw: str) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
-@app.command()
-def submit(
-    kind: str,
-    model: Annotated[str, typer.Option("--model", "-m")],
-    image: Annotated[Path | None, typer.Option(help="an image file")] = None,
-    mask: Annotated[
-        Path | None, typer.Option(help="inpainting mask file (white = repaint), image's size")
-    ] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="key=value (JSON values)")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="follow the job to its end")] = False,
-    out: Annotated[Path | None, typer.Option(help="save the artifacts here")] = None,
-    url: str = URL,
-    key: str | None = KEY,
-) -> None:
-    """Submit a job; with --wait follow its events with a progress bar and save artifacts."""
-    from service.client import follow, save_artifacts
-
-    body_input: dict[str, Any] = {}
-    if image is not None:
-        body_input["image"] = base64.b64encode(image.read_bytes()).decode()
-    if mask is not None:
-        body_input["mask"] = base64.b64encode(mask.read_bytes()).decode()
-    for item in set_ or []:
-        k, sep, v = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--set takes key=value, got {item!r}")
-        body_input[k] = _parse_value(v)
-    with _client(url, key) as client:
-        r = client.post("/v1/jobs", json={"kind": kind, "model": model, "input": body_input})
-        if r.status_code >= 400:
-            console.print(f"[red]{r.status_code}[/red] {r.text}")
-            raise typer.Exit(1)
-        job = r.json()
-        console.print(f"job {job['id']} {job['status']}")
-        if wait or out:
-            job = follow(client, job["id"])
-            console.print_json(json.dumps({k: job[k] for k in ("status", "output", "error")}))
-        if out and job["status"] == "succeeded":
-            for path in save_artifacts(client, job, out):
-                console.print(f"saved {path}")
-        if job["status"] in ("failed", "canceled"):
-            raise typer.Exit(1)
-
-
-@app.command("models")
-def models_cmd(url: str = URL, key: str | None = KEY) -> None:
-    """List the service's models."""
-    with _client(url, key) as client:
-        r = client.get("/v1/models")
-        r.raise_for_status()
-    table = Table("name", "kinds", "family", "input", "metrics")
-    for m in r.json()["models"]:
-        metrics = ", ".join(f"{k}={v:.4g}" for k, v in m["metrics"].items()
-                            if isinstance(v, int | float) and not isinstance(v, bool))
-        inp = m["input"]
-        table.add_row(m["name"], ",".join(m["kinds"]), m["family"],
-                      f"{inp['channels']}x{inp['height']}x{inp['width']}", metrics)
-    console.print(table)
-
-
 @app.command()
 def train(
     name: Annotated[str, typer.Argument(help="a built-in model, or 'all'")],
@@ -213,7 +166,11 @@ def convert(src: Path, dst: Path) -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except (ConvoyClientError, UsageError) as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -15,19 +15,35 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.catalog import MAX_N, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, MAX_TOP_K
 from workers.errors import InvalidInput
 from workers.images import decode_image
 
 if TYPE_CHECKING:
     from models.catalog import ModelEntry
 
-Seed = Annotated[int, Field(ge=0, lt=2**63, description="makes the job reproducible")]
+SEED_DESCRIPTION = ("makes the job reproducible: the same model, input and seed give the same "
+                    "output on the same device type; drawn at random (and shown in the record) "
+                    "when absent")
+
+
+def _seed() -> Any:
+    return Field(None, ge=0, lt=2**63, description=SEED_DESCRIPTION, examples=[42])
+
+
+# An 8x8 white stroke on black, in the PNG format: what the OpenAPI examples send.
+EXAMPLE_IMAGE = ("iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAFklEQVR42mNgQAb/GRgYmGAcYhhwAAA7dgEK"
+                 "7tLQGgAAAABJRU5ErkJggg==")
 Image_ = Annotated[
-    str, Field(description="base64 image (PNG, JPEG, WebP, BMP), optionally a data URL",
-               min_length=1)
+    str, Field(description="base64 image (PNG, JPEG, WebP, BMP), optionally as a data: URL; "
+               "resized to the model's input size", min_length=1, examples=[EXAMPLE_IMAGE],
+               json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/*"})
 ]
-MAX_N = 256  # schema bound; each model's limits are tighter
+MAX_INTERPOLATION = 64  # points on a VAE interpolation path
 MAX_LORAS = 4  # adapters one request may combine
+ClassLabel = Annotated[str | None, Field(
+    description="class-conditional models: one of the model's labels (GET /v1/models), "
+    "always a string (\"7\", not 7)", examples=["7"])]
 
 
 class _Input(BaseModel):
@@ -35,90 +51,140 @@ class _Input(BaseModel):
 
 
 class ClassifyInput(_Input):
+    """``classify``: the top labels of one image."""
+
     image: Image_
-    top_k: int = Field(5, ge=1, le=1000, description="how many labels to return")
+    top_k: int = Field(5, ge=1, le=MAX_TOP_K, description="how many labels to return, best "
+                       "first (at most the model's limits.max_top_k)", examples=[3])
 
 
 class SegmentInput(_Input):
+    """``segment``: a class index per pixel, as a mask and an overlay."""
+
     image: Image_
 
 
 class ReconstructInput(_Input):
+    """``reconstruct``: an image through a VAE, with its latent and error."""
+
     image: Image_
 
 
 class SampleInput(_Input):
-    n: int = Field(1, ge=1, le=MAX_N)
-    seed: Seed | None = None
-    class_label: str | None = Field(None, description="for class-conditional models")
-    truncation: float = Field(1.0, gt=0, le=10, description="scales the latent")
+    """``sample``: images from a GAN or a VAE's prior, or a VAE path between two images."""
+
+    n: int = Field(1, ge=1, le=MAX_N, description="images to draw (at most the model's "
+                   "limits.max_n)", examples=[4])
+    seed: int | None = _seed()
+    class_label: ClassLabel = None
+    truncation: float = Field(1.0, gt=0, le=10, description="scales the latent; below 1 "
+                              "trades variety for typical images", examples=[0.8])
     interpolate_between: list[Image_] | None = Field(
-        None, min_length=2, max_length=2, description="VAE: decode the path between two images"
-    )
-    steps: int | None = Field(None, ge=2, le=MAX_N, description="points on the interpolation path")
+        None, min_length=2, max_length=2, description="VAE only: two images; the output is "
+        "the decoded path between their latents", examples=[[EXAMPLE_IMAGE, EXAMPLE_IMAGE]])
+    steps: int | None = Field(None, ge=2, le=MAX_INTERPOLATION, description="points on the "
+                              "interpolation path (with interpolate_between)", examples=[8])
 
 
 class LoraChoice(_Input):
-    name: str = Field(min_length=1, max_length=200, description="an adapter the catalog declares")
-    scale: float = Field(1.0, ge=-4, le=4, description="0: the base model; 1: the adapter as trained")
+    """One LoRA adapter of the model, at a scale."""
+
+    name: str = Field(min_length=1, max_length=200, description="an adapter the catalog "
+                      "declares for the model", examples=["ink"])
+    scale: float = Field(1.0, ge=-4, le=4, description="0: the base model; 1: the adapter "
+                         "as trained", examples=[0.8])
 
 
 class GenerateInput(_Input):
-    n: int = Field(1, ge=1, le=MAX_N)
-    seed: Seed | None = None
-    class_label: str | None = None
-    prompt: str | None = Field(None, max_length=100_000)
-    negative_prompt: str | None = Field(None, max_length=100_000)
-    steps: int = Field(20, ge=1, le=100_000)
-    scheduler: Literal["ddpm", "ddim", "dpmpp", "euler"] = "dpmpp"
-    guidance_scale: float | None = Field(None, ge=0, le=100)
-    height: int | None = Field(None, ge=8, le=100_000)
-    width: int | None = Field(None, ge=8, le=100_000)
-    preview_every: int = Field(0, ge=0, le=100_000, description="emit a preview every N steps")
-    image: Image_ | None = Field(None, description="image-to-image: the image to start from")
-    mask: Image_ | None = Field(
-        None, description="inpainting: same size as image; white pixels are repainted"
-    )
-    strength: float | None = Field(
-        None, gt=0, le=1, description="how far the image is noised (1: all the way); "
-        "default 0.75 for image-to-image, 1.0 for inpainting"
-    )
-    loras: list[LoraChoice] | None = Field(
-        None, max_length=MAX_LORAS, description="adapters the catalog declares, with their scales"
-    )
+    """``generate``: images from a diffusion model (class-conditional or a text pipeline)."""
+
+    n: int = Field(1, ge=1, le=MAX_N, description="images to generate (at most the model's "
+                   "limits.max_n)", examples=[4])
+    seed: int | None = _seed()
+    class_label: ClassLabel = None
+    prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="text "
+                               "pipelines: what to draw", examples=["a red circle"])
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS,
+                                        description="text pipelines: what to avoid",
+                                        examples=["blurry"])
+    steps: int = Field(20, ge=1, le=MAX_STEPS, description="denoising steps (at most the "
+                       "model's limits.max_steps)", examples=[20])
+    scheduler: Literal["ddpm", "ddim", "dpmpp", "euler"] = Field(
+        "dpmpp", description="the sampler: DDPM, DDIM, DPM-Solver++ or Euler",
+        examples=["dpmpp"])
+    guidance_scale: float | None = Field(None, ge=0, le=100, description="classifier-free "
+                                         "guidance; the model's default when absent",
+                                         examples=[2.0])
+    height: int | None = Field(None, ge=8, le=MAX_SIDE, description="pipelines that take a "
+                               "size: output height in pixels (at most limits.max_side)",
+                               examples=[512])
+    width: int | None = Field(None, ge=8, le=MAX_SIDE, description="pipelines that take a "
+                              "size: output width in pixels (at most limits.max_side)",
+                              examples=[512])
+    preview_every: int = Field(0, ge=0, le=MAX_STEPS, description="emit a preview event "
+                               "every N steps (0: none)", examples=[5])
+    image: Image_ | None = Field(None, description="image-to-image: the image to start from "
+                                 "(noised to strength, then denoised to the request)")
+    mask: Image_ | None = Field(None, description="inpainting, with image: the same size as "
+                                "image; white pixels are repainted, black ones kept")
+    strength: float | None = Field(None, gt=0, le=1, description="with image: how far it is "
+                                   "noised (1: all the way); default 0.75 for image-to-image, "
+                                   "1.0 for inpainting", examples=[0.6])
+    loras: list[LoraChoice] | None = Field(None, max_length=MAX_LORAS, description="diffusers "
+                                           "models: LoRA adapters the catalog declares, each "
+                                           "with a scale")
 
 
 class _Job(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1, max_length=200)
+    model: str = Field(min_length=1, max_length=200, description="a catalog name "
+                       "(GET /v1/models)", examples=["lenet5-digits"])
     id: str | None = Field(None, pattern=r"^[A-Za-z0-9._~-]{1,128}$",
-                           description="client-chosen id: makes submission idempotent")
-    webhook: str | None = Field(None, max_length=2000)
-    timeout_s: float | None = Field(None, gt=0, description="deadline of the job")
+                           description="client-chosen id: makes submission idempotent (the "
+                           "same id and body return the existing job; another body, 409)",
+                           examples=["my-job-0001"])
+    webhook: str | None = Field(None, max_length=2000, description="reserved: stored with "
+                                "the job; the server calls no URL",
+                                examples=["https://example.com/hook"])
+    timeout_s: float | None = Field(None, gt=0, description="the job's deadline in seconds "
+                                    "from its start (default CONVOY_JOB_TIMEOUT_S; over "
+                                    "CONVOY_MAX_JOB_TIMEOUT_S is refused with 422); a job "
+                                    "past it fails with code timeout", examples=[60])
+
+
+def _example(kind: str, model: str, data: dict[str, Any]) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": [
+        {"kind": kind, "model": model, "input": data}]})
 
 
 class ClassifyJob(_Job):
+    model_config = _example("classify", "lenet5-digits", {"image": EXAMPLE_IMAGE, "top_k": 3})
     kind: Literal["classify"]
     input: ClassifyInput
 
 
 class SegmentJob(_Job):
+    model_config = _example("segment", "unet-shapes", {"image": EXAMPLE_IMAGE})
     kind: Literal["segment"]
     input: SegmentInput
 
 
 class ReconstructJob(_Job):
+    model_config = _example("reconstruct", "vae-digits", {"image": EXAMPLE_IMAGE})
     kind: Literal["reconstruct"]
     input: ReconstructInput
 
 
 class SampleJob(_Job):
+    model_config = _example("sample", "dcgan-digits", {"n": 4, "seed": 42, "class_label": "3"})
     kind: Literal["sample"]
     input: SampleInput
 
 
 class GenerateJob(_Job):
+    model_config = _example("generate", "ddpm-digits", {
+        "class_label": "7", "n": 2, "seed": 42, "steps": 10, "scheduler": "dpmpp"})
     kind: Literal["generate"]
     input: GenerateInput
 
@@ -128,6 +194,10 @@ JobRequest = Annotated[
     Field(discriminator="kind"),
 ]
 IMAGE_FIELDS = ("image", "mask")
+INPUTS: dict[str, type[_Input]] = {
+    "classify": ClassifyInput, "segment": SegmentInput, "reconstruct": ReconstructInput,
+    "sample": SampleInput, "generate": GenerateInput,
+}
 
 
 @dataclass(frozen=True)

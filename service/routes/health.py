@@ -6,25 +6,29 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from service.deps import StateDep
 from service.metrics import render
+from service.schemas import Health
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", operation_id="health", response_model=Health)
 def healthz() -> dict[str, str]:
+    """200 while the process runs (liveness)."""
     return {"status": "ok"}
 
 
 class Readiness(BaseModel):
-    ready: bool
-    checks: dict[str, Any]
+    ready: bool = Field(description="store and broker answer, and a worker was seen")
+    checks: dict[str, Any] = Field(description="store, broker: 'ok' or 'down: why'; "
+                                   "workers: how many are live",
+                                   examples=[{"store": "ok", "broker": "ok", "workers": 1}])
 
 
-@router.get("/readyz", response_model=Readiness, responses={503: {
+@router.get("/readyz", operation_id="ready", response_model=Readiness, responses={503: {
     "model": Readiness, "description": "not ready: the store or broker does not answer, or no "
     "worker was seen", "headers": {"Retry-After": {"schema": {"type": "integer"},
                                                    "required": True}}}})
@@ -54,6 +58,8 @@ def readyz(state: StateDep) -> JSONResponse:
                         headers=headers)
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, operation_id="metrics",
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
 def metrics(state: StateDep) -> Response:
+    """Prometheus text: jobs by kind, model and status, queue wait, run time, batches, workers."""
     return Response(render(state.store), media_type="text/plain; version=0.0.4")

@@ -15,6 +15,7 @@ from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from service.deps import Caller, CallerDep, State, StateDep
 from service.errors import V1_ERRORS, error_responses
 from service.metrics import JOBS_SUBMITTED
+from service.schemas import EVENTS_DESCRIPTION, JobList, JobRecord
 from service.submitter import BrokerDown
 from workers.contract import JobRequest, check, request_hash
 from workers.errors import Conflict, InvalidInput, NotFound, RateLimited, Unavailable
@@ -45,17 +46,23 @@ def _prefer_wait(prefer: str | None, limit: float) -> float:
 INLINE_CHECK_BYTES = 64 * 1024  # smaller bodies are checked on the event loop: no thread hop
 
 
-@router.post("", status_code=202, responses={200: {"description": "finished (Prefer: wait) or "
-                                                    "an idempotent resubmission"},
-                                               **error_responses(409, 415, 429)})
+@router.post("", status_code=202, operation_id="submitJob", response_model=JobRecord,
+             response_description="accepted: the job record (queued, or running)",
+             responses={200: {"model": JobRecord, "description": "finished within Prefer: "
+                              "wait, or an idempotent resubmission of a client-chosen id"},
+                        **error_responses(409, 415, 429)})
 async def submit(
     request: Request,
     state: StateDep,
     caller: CallerDep,
     body: Annotated[JobRequest, Body()],
-    prefer: Annotated[str | None, Header(description="wait=N: hold the reply up to N s")] = None,
+    prefer: Annotated[str | None, Header(
+        description="wait=N: hold the reply up to N seconds (at most CONVOY_MAX_WAIT_S, 60 by "
+        "default); 200 with the finished record if the job ends by then, else 202",
+        examples=["wait=10"])] = None,
 ) -> JSONResponse:
-    """Submit a job. The input schema depends on ``kind`` (see the request body's variants)."""
+    """Submit a job. The input schema depends on ``kind`` (see the request body's variants);
+    the model's own limits (``GET /v1/models``) may be tighter than the schema's bounds."""
     retry = state.limiter.take(caller.key) if state.keys else 0.0
     if retry > 0:
         raise RateLimited("too many requests for this API key", retry_after=retry)
@@ -122,14 +129,15 @@ def _resubmitted(existing: dict[str, Any], caller: Caller, fingerprint: str) -> 
     return existing
 
 
-@router.get("")
+@router.get("", operation_id="listJobs", response_model=JobList)
 def list_jobs(
     state: StateDep,
     caller: CallerDep,
     status: Annotated[str | None, Query(description=f"one of {', '.join(STATUSES)}")] = None,
-    kind: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(pattern=r"^\d{1,18}$")] = None,
+    kind: Annotated[str | None, Query(description="only jobs of this kind")] = None,
+    limit: Annotated[int, Query(ge=1, le=200, description="jobs per page")] = 50,
+    cursor: Annotated[str | None, Query(pattern=r"^\d{1,18}$", description="next_cursor of "
+                                        "the previous page")] = None,
 ) -> dict[str, Any]:
     """The caller's jobs, newest first."""
     if status is not None and status not in STATUSES:
@@ -138,12 +146,13 @@ def list_jobs(
     return {"jobs": [public_record(j) for j in jobs], "next_cursor": next_cursor}
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", operation_id="getJob", response_model=JobRecord)
 def get_job(job_id: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    """The job record (404 for an unknown id and for another owner's job)."""
     return public_record(owned_job(state, caller, job_id))
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", operation_id="cancelJob", response_model=JobRecord)
 def cancel_job(job_id: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
     """Cancel a queued or running job; a finished job is returned unchanged."""
     job = owned_job(state, caller, job_id)
@@ -156,12 +165,14 @@ def cancel_job(job_id: str, state: StateDep, caller: CallerDep) -> dict[str, Any
 
 
 @router.get("/{job_id}/events", response_class=EventSourceResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
+            operation_id="streamJobEvents", response_description=EVENTS_DESCRIPTION,
+            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}})
 async def job_events(
     job_id: str,
     state: StateDep,
     caller: CallerDep,
-    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[str | None, Header(description="resume after this event id",
+                                                examples=["3"])] = None,
 ) -> EventSourceResponse:
     """Server-sent events; reconnect with ``Last-Event-ID`` to resume after that event."""
     await anyio.to_thread.run_sync(owned_job, state, caller, job_id)
@@ -188,8 +199,11 @@ async def _stream(state: State, job_id: str, after: int) -> AsyncIterator[Server
 
 
 @router.get("/{job_id}/artifacts/{name}", response_class=Response,
-            responses={200: {"content": {"image/png": {}}}})
+            operation_id="getArtifact", response_description="the artifact's bytes",
+            responses={200: {"content": {"image/png": {"schema": {"type": "string",
+                                                                  "format": "binary"}}}}})
 def get_artifact(job_id: str, name: str, state: StateDep, caller: CallerDep) -> Response:
+    """The bytes of one of the job's artifacts (as named in its output or events)."""
     owned_job(state, caller, job_id)
     found = state.store.get_artifact(job_id, name)
     if found is None:

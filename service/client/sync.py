@@ -1,0 +1,191 @@
+"""``Client``: the HTTP API from Python, blocking (``AsyncClient`` is the same on asyncio).
+
+    from service.client import Client
+    with Client("http://127.0.0.1:8000") as c:
+        job = c.run("classify", "lenet5-digits", {"image": b64}, timeout=60)
+        print(job.output.predictions[0].label)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+
+from service.client import _base as base
+from service.client.errors import ConnectionFailed, WaitTimeout
+from service.schemas import JobList, JobRecord, ModelInfo, WorkerInfo
+
+
+class Client:
+    """A session with one server. Errors are ``ApiError`` subclasses (``NotFound``,
+    ``InvalidInput``, ...) or ``ConnectionFailed``; 429 and 503 answers are retried after
+    their ``Retry-After``, ``retries`` times."""
+
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
+                 timeout: float = 30.0, retries: int = 3,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.base_url, headers = base.settings(base_url, api_key)
+        self.retries = retries
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, transport=transport,
+                                  timeout=httpx.Timeout(timeout, read=timeout + base.MAX_PREFER_WAIT))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(method, path, **kw)
+            except httpx.TransportError as e:
+                raise ConnectionFailed(self.base_url, str(e) or type(e).__name__) from None
+            sleep = base.should_retry(response, attempt, self.retries)
+            if sleep is None:
+                return response
+            attempt += 1
+            time.sleep(sleep)
+
+    def _json(self, method: str, path: str, **kw: Any) -> Any:
+        return base.checked(self._request(method, path, **kw))
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def submit(self, kind: str, model: str, input: dict[str, Any], *, id: str | None = None,
+               timeout_s: float | None = None, wait: float | None = None) -> JobRecord:
+        """Submit a job; with ``wait`` the server holds the answer up to that many seconds
+        (``Prefer: wait``, at most 60) and returns the finished record if the job ends."""
+        body = base.job_body(kind, model, input, id, timeout_s)
+        return JobRecord.model_validate(
+            self._json("POST", "/v1/jobs", json=body, headers=base.prefer(wait)))
+
+    def get(self, job_id: str) -> JobRecord:
+        return JobRecord.model_validate(self._json("GET", f"/v1/jobs/{job_id}"))
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a queued or running job; a finished job comes back unchanged."""
+        return JobRecord.model_validate(self._json("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    def list(self, *, status: str | None = None, kind: str | None = None, limit: int = 50,
+             cursor: str | None = None) -> JobList:
+        """One page of the caller's jobs, newest first; ``next_cursor`` fetches the next."""
+        params = {k: v for k, v in (("status", status), ("kind", kind), ("limit", limit),
+                                    ("cursor", cursor)) if v is not None}
+        return JobList.model_validate(self._json("GET", "/v1/jobs", params=params))
+
+    def iter_jobs(self, *, status: str | None = None, kind: str | None = None,
+                  page_size: int = 50) -> Iterator[JobRecord]:
+        """Every job of the caller, newest first, page after page."""
+        cursor: str | None = None
+        while True:
+            page = self.list(status=status, kind=kind, limit=page_size, cursor=cursor)
+            yield from page.jobs
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def wait(self, job_id: str, timeout: float | None = None,
+             on_progress: Callable[[JobRecord], None] | None = None) -> JobRecord:
+        """Poll until the job is final (0.1 s, growing to 2 s between reads); raise
+        ``WaitTimeout`` after ``timeout`` seconds."""
+        start, interval = time.monotonic(), 0.1
+        while True:
+            job = self.get(job_id)
+            if job.status in base.TERMINAL:
+                return job
+            if on_progress is not None:
+                on_progress(job)
+            if timeout is not None and time.monotonic() - start >= timeout:
+                raise WaitTimeout(job_id, job.status, timeout)
+            time.sleep(interval)
+            interval = min(interval * 1.5, 2.0)
+
+    def run(self, kind: str, model: str, input: dict[str, Any], *,
+            timeout: float | None = None, **submit: Any) -> JobRecord:
+        """Submit and wait: ``Prefer: wait`` first, then polling for the rest of ``timeout``."""
+        start = time.monotonic()
+        job = self.submit(kind, model, input, wait=min(timeout or 60.0, 60.0), **submit)
+        if job.status in base.TERMINAL:
+            return job
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+        return self.wait(job.id, left)
+
+    def events(self, job_id: str, last_event_id: int | None = None, *,
+               reconnects: int = 5) -> Iterator[base.Event]:
+        """The job's events until its final status. A dropped stream is resumed with
+        ``Last-Event-ID`` (``reconnects`` times in a row), so no event is seen twice."""
+        after, tries = last_event_id, 0
+        while True:
+            headers = {"Last-Event-ID": str(after)} if after else {}
+            lost: Exception | None = None
+            try:
+                with self._http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                                       timeout=httpx.Timeout(30.0, read=60.0)) as r:
+                    if r.status_code >= 400:
+                        r.read()
+                        base.checked(r)
+                    parser = base.SseParser()
+                    for line in r.iter_lines():
+                        for event in parser.feed(line):
+                            after, tries = event.id, 0
+                            yield event
+                            if event.final:
+                                return
+            except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout) as e:
+                lost = e
+            except httpx.TransportError as e:
+                raise ConnectionFailed(self.base_url, str(e) or type(e).__name__) from None
+            tries += 1
+            if tries > reconnects:
+                if lost is None:
+                    return  # the server ended the stream (the job expired meanwhile)
+                raise ConnectionFailed(self.base_url, f"event stream lost: {lost}")
+            time.sleep(min(0.2 * tries, 2.0))
+
+    # -- artifacts ------------------------------------------------------------------------------
+    def artifact(self, job_id: str, name: str) -> bytes:
+        response = self._request("GET", f"/v1/jobs/{job_id}/artifacts/{name}")
+        if response.status_code >= 400:
+            base.checked(response)
+        return response.content
+
+    def download(self, job: JobRecord, out: Path, prefix: str = "") -> list[Path]:
+        """Write every artifact of the job's output under ``out``; return the paths."""
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for art in base.artifacts(job):
+            path = out / f"{prefix}{art.name}"
+            path.write_bytes(self.artifact(job.id, art.name))
+            paths.append(path)
+        return paths
+
+    # -- models, workers, health ----------------------------------------------------------------
+    def models(self) -> list[ModelInfo]:
+        return [ModelInfo.model_validate(m) for m in self._json("GET", "/v1/models")["models"]]
+
+    def model(self, name: str) -> ModelInfo:
+        return ModelInfo.model_validate(self._json("GET", f"/v1/models/{name}"))
+
+    def workers(self) -> list[WorkerInfo]:
+        return [WorkerInfo.model_validate(w)
+                for w in self._json("GET", "/v1/workers")["workers"]]
+
+    def health(self) -> bool:
+        """The process answers (``/healthz``)."""
+        return self._request("GET", "/healthz").status_code == 200
+
+    def ready(self) -> dict[str, Any]:
+        """``/readyz``: ``{"ready": bool, "checks": {...}}`` (a 503 is an answer, not an error)."""
+        try:
+            result: dict[str, Any] = self._http.get("/readyz").json()
+        except httpx.TransportError as e:
+            raise ConnectionFailed(self.base_url, str(e) or type(e).__name__) from None
+        return result
