@@ -70,3 +70,17 @@ def test_adapters_must_be_declared_once_each(tmp_path: Path) -> None:
         submit(entry, loras=[{"name": "a"}, {"name": "a", "scale": 2}])
     with pytest.raises(ValueError, match="safetensors"):
         LoraSpec(path=tmp_path / "a.bin")
+
+
+def test_listed_inputs_offer_only_the_edits_a_model_can_do(tmp_path: Path) -> None:
+    from workers.model_inputs import kind_schema
+
+    ddpm = ModelEntry(name="d", family="ddpm", kinds=["generate"], labels=["0", "1"])
+    dit = pipeline_entry(tmp_path, "DiTPipeline")
+    spec = LoraSpec(path=tmp_path / "a.safetensors")
+    sd = pipeline_entry(tmp_path, "StableDiffusionPipeline", loras={"ink": spec})
+    of_ddpm, of_dit = (set(kind_schema("generate", e)["properties"]) for e in (ddpm, dit))
+    assert {"image", "mask", "strength"} <= of_ddpm and "loras" not in of_ddpm
+    assert not {"image", "mask", "strength", "loras"} & of_dit
+    lora = kind_schema("generate", sd)["properties"]["loras"]
+    assert lora["items"]["properties"]["name"]["enum"] == ["ink"]
