@@ -157,8 +157,8 @@ def demo(c: Client, out: Path, only: list[str] | None = None) -> Table:
                         frames.mkdir(exist_ok=True)
                         for event in c.events(job["id"]):
                             if event.type == "preview":
-                                name = event.data["name"]
-                                (frames / name).write_bytes(c.artifact(job["id"], name))
+                                frame = event.data["name"]
+                                (frames / frame).write_bytes(c.artifact(job["id"], frame))
                 images = [p for p in all_paths if "/" not in p.name and "image-" in p.name]
                 if images:
                     grid(images, out / f"{prefix}grid-per-class.png", ncol=8)
