@@ -133,7 +133,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{r['roughness_median_vs_real']:.2f}",
             f"{r['images_per_s']:.1f}",
         )
-    Console(width=max(110, Console().width)).print(table)
+    Console(width=max(160, Console().width)).print(table)
 
 
 def run(
