@@ -48,6 +48,20 @@ def owned_upload(blobs: BlobStore, upload_id: str, owner: str) -> dict[str, Any]
             "height": int(info.meta.get("height", 0)), "created_at": info.meta.get("created_at")}
 
 
+def upload_sizes(data: dict[str, Any], fields: tuple[str, ...], owner: str,
+                 blobs: BlobStore) -> dict[str, tuple[int, int]]:
+    """(width, height) of each image field that names one of the owner's uploads."""
+    sizes = {}
+    for name, index, value in _image_slots(data, fields):
+        if index is None and isinstance(value, dict) and "upload" in value:
+            try:
+                upload = owned_upload(blobs, value["upload"], owner)
+            except NotFound as e:
+                raise InvalidInput(f"{name}: {e.message}") from None
+            sizes[name] = (upload["width"], upload["height"])
+    return sizes
+
+
 def stash_inputs(data: dict[str, Any], fields: tuple[str, ...], job_id: str, owner: str,
                  blobs: BlobStore, inline_bytes: int, max_pixels: int | None = None
                  ) -> dict[str, Any]:

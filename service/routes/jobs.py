@@ -35,7 +35,7 @@ from workers.errors import (
     RateLimited,
     Unavailable,
 )
-from workers.inputs import stash_inputs
+from workers.inputs import stash_inputs, upload_sizes
 from workers.runtime import finish_and_announce
 from workers.settings import new_id
 from workers.store import TERMINAL, StoreUnavailable, public_record
@@ -202,7 +202,9 @@ def _prepare(state: State, caller: Caller, body: JobRequest
     settings = state.settings
     entry = state.catalog.get(body.model)
     max_pixels = pixel_limit(entry, settings.max_image_pixels, settings.input_scale)
-    data = check(body.kind, body.input.model_dump(), entry, max_pixels)
+    data = body.input.model_dump()
+    data = check(body.kind, data, entry, max_pixels, upload_sizes(
+        data, IMAGE_FIELDS, caller.owner, state.blobs))
     if body.timeout_s is not None and body.timeout_s > settings.max_job_timeout_s:
         raise InvalidInput(f"timeout_s is over the limit of {settings.max_job_timeout_s}")
     fingerprint = request_hash(body.model_dump(mode="json", exclude={"id"}))
