@@ -140,9 +140,11 @@ class GenerateInput(_Input):
     preview_every: int = Field(0, ge=0, le=MAX_STEPS, description="emit a preview event "
                                "every N steps (0: none)", examples=[5])
     image: Image_ | None = Field(None, description="image-to-image: the image to start from "
-                                 "(noised to strength, then denoised to the request)")
+                                 "(noised to strength, then denoised to the request)",
+                                 examples=[EXAMPLE_IMAGE])
     mask: Image_ | None = Field(None, description="inpainting, with image: the same size as "
-                                "image; white pixels are repainted, black ones kept")
+                                "image; white pixels are repainted, black ones kept",
+                                examples=[EXAMPLE_IMAGE])
     strength: float | None = Field(None, gt=0, le=1, description="with image: how far it is "
                                    "noised (1: all the way); default 0.75 for image-to-image, "
                                    "1.0 for inpainting", examples=[0.6])
