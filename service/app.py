@@ -18,11 +18,12 @@ from service.deps import State
 from service.limits import BodyLimit, RateLimiter
 from service.metrics import REGISTRY, WorkerCollector
 from service.openapi import install as install_openapi
-from service.routes import health, jobs, models
+from service.routes import health, jobs, models, webhooks
 from service.submitter import Submitter
 from service.waiters import Waiters
 from workers.celery_app import make_celery
 from workers.errors import ConvoyError, RateLimited, Unavailable
+from workers.outbox import open_outbox
 from workers.settings import Settings, get_settings
 from workers.store import StoreUnavailable, open_store
 
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         waiters=Waiters(store),
         submitter=Submitter.for_celery(store, celery, settings.max_queued_per_owner,
                                        settings.max_queue_depth),
+        outbox=open_outbox(store),
     )
     state.celery.conf.task_publish_retry_policy = {
         "max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
@@ -122,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(webhooks.router)
     install_openapi(app)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -14,6 +14,7 @@ from service.limits import RateLimiter
 from service.submitter import Submitter
 from service.waiters import Waiters
 from workers.errors import Unauthorized
+from workers.outbox import Outbox
 from workers.settings import Settings
 from workers.store import JobStore
 
@@ -30,6 +31,7 @@ class State:
     limiter: RateLimiter
     waiters: Waiters
     submitter: Submitter
+    outbox: Outbox
 
 
 # The dependencies are async (they never block) so that FastAPI runs them on the event loop

@@ -130,6 +130,10 @@ class JobRecord(BaseModel):
                                   "artifacts appear as links")
     error: JobError | None = Field(None, description="failed or canceled jobs")
     attempts: int = Field(0, description="runs started (a dead worker's job runs again)")
+    webhook: str | None = Field(None, description="the URL that receives the job's events")
+    webhook_events: list[str] | None = Field(None, description="the events it receives: "
+                                             "start, progress, output, completed",
+                                             examples=[["completed"]])
     links: Links
 
 
@@ -218,9 +222,35 @@ class LogEvent(BaseModel):
     message: str
 
 
+class WebhookEvent(BaseModel):
+    """``webhook``: one attempt at a webhook delivery (it may come after the final status)."""
+
+    model_config = _OPEN
+    id: str = Field(description="the delivery's webhook-id, the same on every attempt",
+                    examples=["msg_3f9c..._5"])
+    event: Literal["start", "progress", "output", "completed"]
+    attempt: int = Field(description="1, 2, ... per delivery")
+    state: Literal["delivered", "pending", "failed"] = Field(
+        description="delivered (a 2xx answer), pending (retried in retry_in_s) or failed "
+        "(refused address, or retries exhausted)")
+    status_code: int | None = Field(None, description="the receiver's HTTP status")
+    error: str | None = Field(None, description="why the attempt failed")
+    retry_in_s: float | None = Field(None, description="pending: seconds to the next attempt")
+
+
+class WebhookSecret(BaseModel):
+    """The caller's webhook signing secret."""
+
+    secret: str = Field(description="Standard Webhooks secret ('whsec_' + base64)",
+                        examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])
+    scheme: str = Field(examples=["standard-webhooks"])
+    headers: list[str] = Field(examples=[["webhook-id", "webhook-timestamp",
+                                          "webhook-signature"]])
+
+
 EVENT_PAYLOADS: dict[str, type[BaseModel]] = {
     "status": StatusEvent, "progress": ProgressEvent, "preview": Artifact, "log": LogEvent,
-    "output": ImagesOutput, "error": JobError}
+    "output": ImagesOutput, "error": JobError, "webhook": WebhookEvent}
 EVENTS_DESCRIPTION = """Server-sent events (text/event-stream). Each event has `id:` (1, 2, ...
 per job), `event:` and `data:` (JSON):
 
@@ -231,6 +261,8 @@ per job), `event:` and `data:` (JSON):
 - `output`: the kind's output (`ClassifyOutput`, `SegmentOutput`, `ReconstructOutput`,
   `ImagesOutput`), sent before the final status of a succeeded job
 - `error`: `JobError`, sent before the final status of a failed job
+- `webhook`: `WebhookEvent`, an attempt at a webhook delivery; those of the `completed`
+  delivery come after the final status (reconnect with `Last-Event-ID` to read them)
 
 The stream ends after the event that carries the final status (succeeded, failed,
 canceled). Reconnect with `Last-Event-ID: N` to receive the events after N only; a stream of

@@ -59,6 +59,15 @@ class Settings(BaseSettings):
     stranded_after_s: float = 60.0  # a job queued this long while its queue holds no message is sent again
     switch_interval_s: float = 0.005  # GIL hand-over interval of API and worker processes (Python's default)
 
+    # Webhooks
+    webhook_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)  # networks a webhook may reach though not public ("127.0.0.1/32,10.0.0.0/8")
+    webhook_retry_for_s: float = 3600.0  # a delivery is retried this long after its first attempt
+    webhook_backoff_s: float = 1.0  # first retry delay; doubles per attempt (with jitter) up to webhook_backoff_max_s
+    webhook_backoff_max_s: float = 300.0
+    webhook_connect_timeout_s: float = 5.0
+    webhook_read_timeout_s: float = 10.0
+    webhook_poll_s: float = 0.5  # how often a worker looks for new webhook events and due deliveries
+
     @field_validator("catalog", mode="before")
     @classmethod
     def _split_paths(cls, value: object) -> object:
@@ -66,7 +75,7 @@ class Settings(BaseSettings):
             return [Path(p) for p in value.replace(",", ":").split(":") if p.strip()]
         return value
 
-    @field_validator("preload", "plugins", mode="before")
+    @field_validator("preload", "plugins", "webhook_allow", mode="before")
     @classmethod
     def _split_names(cls, value: object) -> object:
         if isinstance(value, str):

@@ -68,6 +68,7 @@ def run_worker(settings: Settings, queues: list[str] | None = None,
     from workers.runtime import WorkerRuntime
     from workers.store import open_store
     from workers.tasks import register
+    from workers.webhooks import WebhookSender
 
     device = resolve_device(settings.device)
     if device.type == "cpu":
@@ -98,6 +99,8 @@ def run_worker(settings: Settings, queues: list[str] | None = None,
         queues = sorted({e.queue for e in catalog})
     runtime.beat()
     runtime.start_supervision()
+    webhooks = WebhookSender(settings, store)
+    webhooks.start()
     log.info("worker %s on %s, queues %s", runtime.id, device, queues)
     worker = app.Worker(
         pool="threads",
@@ -113,6 +116,7 @@ def run_worker(settings: Settings, queues: list[str] | None = None,
     try:
         worker.start()
     finally:
+        webhooks.stop()
         runtime.stop()
 
 

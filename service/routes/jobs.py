@@ -15,6 +15,7 @@ from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from service.deps import Caller, CallerDep, State, StateDep
 from service.errors import V1_ERRORS, error_responses
 from service.metrics import JOBS_SUBMITTED
+from service.routes.webhooks import check_webhook
 from service.schemas import EVENTS_DESCRIPTION, JobList, JobRecord
 from service.submitter import BrokerDown
 from workers.contract import JobRequest, check, request_hash
@@ -78,6 +79,8 @@ async def submit(
             job, existing = await anyio.to_thread.run_sync(_prepare, state, caller, body, job_id)
         if job is None:
             return JSONResponse(public_record(existing), status_code=200)
+        if job.get("webhook"):
+            await anyio.to_thread.run_sync(state.outbox.watch, job_id)  # before the job exists
         try:
             record, created = await state.submitter.submit(job)
         except QueueFull as e:
@@ -110,6 +113,7 @@ def _prepare(state: State, caller: Caller, body: JobRequest, job_id: str
     data = check(body.kind, body.input.model_dump(), entry, settings.max_image_pixels)
     if body.timeout_s is not None and body.timeout_s > settings.max_job_timeout_s:
         raise InvalidInput(f"timeout_s is over the limit of {settings.max_job_timeout_s}")
+    webhook_events = check_webhook(settings, body.webhook, body.webhook_events)
     fingerprint = request_hash(body.model_dump(mode="json", exclude={"id"}))
     if body.id is not None:
         existing = state.store.get(body.id)
@@ -120,6 +124,7 @@ def _prepare(state: State, caller: Caller, body: JobRequest, job_id: str
         "model": entry.name, "queue": entry.queue, "input": data,
         "request_hash": fingerprint, "webhook": body.webhook, "timeout_s": body.timeout_s,
         "created_at": now_iso(), "status": "queued", "attempts": 0,
+        **webhook_events,
     }, None
 
 
