@@ -45,10 +45,13 @@ class Receiver:
                     receiver.requests.append(got)
                     status, delay = receiver.status, receiver.delay_s
                 time.sleep(delay)
-                self.send_response(status)
-                self.send_header("content-length", str(len(receiver.reply)))
-                self.end_headers()
-                self.wfile.write(receiver.reply)
+                try:
+                    self.send_response(status)
+                    self.send_header("content-length", str(len(receiver.reply)))
+                    self.end_headers()
+                    self.wfile.write(receiver.reply)
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # the sender gave up (a timeout) or died: not answered
                 if 200 <= status < 300:
                     with receiver._lock:
                         receiver.answered.append(got)
