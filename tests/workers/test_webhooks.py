@@ -4,6 +4,7 @@ is down, answers 500 or is slow, and a sender that dies mid-delivery."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -131,7 +132,7 @@ def test_a_500_is_retried_with_backoff_until_it_succeeds(store: JobStore,
     receiver.status = 200
     pump(sender, lambda: len(receiver.answered) >= 1)
     times = [r.at for r in receiver.requests]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(g >= 0.08 for g in gaps)  # backoff: at least half the first delay
     assert len(set(receiver.ids())) == 1
     states = [e.data["state"] for e in store.events("j4") if e.type == "webhook"]
@@ -194,7 +195,7 @@ def test_refused_addresses_fail_without_a_connection(store: JobStore) -> None:
     submit(store, "j8", "http://hooks.internal.test/x")
     run_job(store, "j8")
     pump(sender, lambda: any(e.type == "webhook" for e in store.events("j8")))
-    note = [e.data for e in store.events("j8") if e.type == "webhook"][0]
+    note = next(e.data for e in store.events("j8") if e.type == "webhook")
     assert note["state"] == "failed" and "private" in note["error"] and attempts == []
 
 
