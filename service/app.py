@@ -15,10 +15,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.catalog import Catalog, ModelNotFound
 from service.deps import State
+from service.lifecycle import Lifecycle
 from service.limits import BodyLimit, RateLimiter
 from service.metrics import REGISTRY, WorkerCollector
 from service.openapi import install as install_openapi
-from service.routes import health, jobs, models, webhooks
+from service.routes import health, jobs, models, usage, webhooks
 from service.submitter import Submitter
 from service.waiters import Waiters
 from workers.celery_app import make_celery
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         submitter=Submitter.for_celery(store, celery, settings.max_queued_per_owner,
                                        settings.max_queue_depth),
         outbox=open_outbox(store),
+        lifecycle=Lifecycle.open(settings, store),
     )
     state.celery.conf.task_publish_retry_policy = {
         "max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
@@ -125,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(webhooks.router)
+    app.include_router(usage.router)
     install_openapi(app)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -10,6 +10,7 @@ from celery import Celery
 from fastapi import Depends, Request
 
 from models.catalog import Catalog
+from service.lifecycle import Lifecycle
 from service.limits import RateLimiter
 from service.submitter import Submitter
 from service.waiters import Waiters
@@ -32,6 +33,7 @@ class State:
     waiters: Waiters
     submitter: Submitter
     outbox: Outbox
+    lifecycle: Lifecycle
 
 
 # The dependencies are async (they never block) so that FastAPI runs them on the event loop

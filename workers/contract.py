@@ -131,6 +131,9 @@ class _Job(BaseModel):
     webhook_events: list[Literal["start", "progress", "output", "completed"]] | None = Field(
         None, min_length=1, max_length=4, description="which events the webhook receives "
         "(default: completed)", examples=[["start", "completed"]])
+    priority: int = Field(0, ge=0, le=9, description="higher runs first on the model's queue "
+                          "(first come first served within one); at most the key's "
+                          "max_priority (CONVOY_MAX_PRIORITY, 0 by default)", examples=[0])
     timeout_s: float | None = Field(None, gt=0, description="the job's deadline in seconds "
                                     "from its start (default CONVOY_JOB_TIMEOUT_S; over "
                                     "CONVOY_MAX_JOB_TIMEOUT_S is refused with 422); a job "
@@ -250,5 +253,5 @@ def prepare(kind: str, data: dict[str, Any], entry: ModelEntry, max_pixels: int)
 def request_hash(body: dict[str, Any]) -> str:
     """What makes two submissions with the same client id the same submission."""
     canon = {k: body.get(k) for k in ("kind", "model", "input", "webhook", "timeout_s")}
-    canon.update({k: body[k] for k in ("webhook_events",) if body.get(k) is not None})
+    canon.update({k: body[k] for k in ("webhook_events", "priority") if body.get(k)})
     return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()

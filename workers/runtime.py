@@ -22,6 +22,8 @@ from workers.batcher import Batcher, Item, OutOfMemory, Stopped
 from workers.celery_app import dispatch, waiting_messages
 from workers.contract import prepare
 from workers.errors import ConvoyError
+from workers.metering import open_meter, shares
+from workers.queue_order import open_order
 from workers.settings import Settings, new_id
 from workers.stats import WorkerStats
 from workers.store import JobStore, StoreUnavailable
@@ -103,7 +105,11 @@ class WorkerRuntime:
         self.stats = WorkerStats()
         self.batcher = Batcher(enabled=settings.batching, on_batch=self.stats.batch,
                                canceled=self._canceled_among, poll_s=CANCEL_POLL_S,
-                               progress=self._progress)
+                               progress=self._progress, on_measured=self._measured)
+        self.queues: list[str] = []  # the queues this worker takes (in its heartbeat)
+        self.order = open_order(store, settings.starvation_s)
+        self.meter = open_meter(store, settings.quota_period_s)
+        self._device_s: dict[str, float] = {}  # job id → device-seconds not yet recorded
         self.jobs_done = 0
         self.started = time.time()
         self._stop = threading.Event()
@@ -125,6 +131,8 @@ class WorkerRuntime:
         are recorded in one store step as soon as it ends. A job that is not queued any more
         (a redelivered message) is skipped. Returns what happened to each (for logs and
         tests)."""
+        if self.order is not None:  # the best queued jobs, not necessarily the message's
+            job_ids = self.order.pick(job_ids, self.store)
         runs = [_Run(j) for j in job_ids]
         for run in runs:
             self.batcher.expect()
@@ -161,6 +169,7 @@ class WorkerRuntime:
 
     def _record(self, runs: list[_Run]) -> None:
         if runs:
+            self._charge(runs)
             self.durable.finish_many([(r.id, self.id, r.status, r.output, r.error)
                                       for r in runs])
 
@@ -213,6 +222,27 @@ class WorkerRuntime:
         self.stats.job(job["kind"], job["model"], run.status or "failed", queue_wait_s=wait,
                        run_s=None if run.claimed_at is None
                        else time.monotonic() - run.claimed_at)
+
+    def _measured(self, items: list[Item], seconds: float) -> None:
+        """A batch's forward pass took ``seconds``: each member's share, by images asked for."""
+        self.stats.measured(items[0].entry.name, seconds, len(items))
+        weights = [len(it.request.input.get("seeds") or ()) or 1 for it in items]
+        with self._active_lock:
+            for it, share in zip(items, shares(weights, seconds), strict=True):
+                self._device_s[it.job_id] = self._device_s.get(it.job_id, 0.0) + share
+
+    def _charge(self, runs: list[_Run]) -> None:
+        """Write the device-seconds of jobs about to be recorded (before their outcome, so
+        that a finished record shows them)."""
+        with self._active_lock:
+            spent = {r.id: self._device_s.pop(r.id, 0.0) for r in runs}
+        charges = [(r.id, r.job["owner"], r.job["model"], spent[r.id]) for r in runs
+                   if r.job is not None and spent[r.id] > 0]
+        if self.meter is not None and charges:
+            try:
+                self.meter.charge(charges)
+            except StoreUnavailable as e:
+                log.warning("device-seconds of %d jobs not recorded (%s)", len(charges), e)
 
     def _progress(self, job_ids: list[str], step: int, total: int) -> None:
         try:
@@ -270,6 +300,7 @@ class WorkerRuntime:
             "batches": self.batcher.stats.batches,
             "started_at": self.started,
             "stats": self.stats.snapshot(),
+            "queues": self.queues,
         }
 
     def beat(self) -> None:

@@ -94,6 +94,7 @@ async def submit(
             return JSONResponse(public_record(
                 _resubmitted(record, caller, job["request_hash"])), status_code=200)
         JOBS_SUBMITTED.labels(kind=body.kind, model=job["model"]).inc()
+        await anyio.to_thread.run_sync(state.lifecycle.enqueued, record)
         if wait > 0:
             done = await state.waiters.wait(record, waiter, wait)
             if done is not None and done["status"] in TERMINAL:
@@ -124,7 +125,7 @@ def _prepare(state: State, caller: Caller, body: JobRequest, job_id: str
         "model": entry.name, "queue": entry.queue, "input": data,
         "request_hash": fingerprint, "webhook": body.webhook, "timeout_s": body.timeout_s,
         "created_at": now_iso(), "status": "queued", "attempts": 0,
-        **webhook_events,
+        **webhook_events, **state.lifecycle.admit(caller.owner, body.priority),
     }, None
 
 
@@ -148,13 +149,15 @@ def list_jobs(
     if status is not None and status not in STATUSES:
         raise InvalidInput(f"status must be one of {list(STATUSES)}")
     jobs, next_cursor = state.store.list(caller.owner, status, kind, limit, cursor)
-    return {"jobs": [public_record(j) for j in jobs], "next_cursor": next_cursor}
+    records = state.lifecycle.decorate([public_record(j) for j in jobs], jobs)
+    return {"jobs": records, "next_cursor": next_cursor}
 
 
 @router.get("/{job_id}", operation_id="getJob", response_model=JobRecord)
 def get_job(job_id: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
     """The job record (404 for an unknown id and for another owner's job)."""
-    return public_record(owned_job(state, caller, job_id))
+    job = owned_job(state, caller, job_id)
+    return state.lifecycle.decorate([public_record(job)], [job])[0]
 
 
 @router.post("/{job_id}/cancel", operation_id="cancelJob", response_model=JobRecord)
