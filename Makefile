@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-8)
 
-.PHONY: serve test demo weights lint bench clean install
+.PHONY: serve test demo weights lint bench clean install browser screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,20 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/convoy serve --host 127.0.0.1 --port 8000
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# The studio's browser tests drive Debian's chromium through playwright (never a downloaded
+# browser). Installed here when missing and we may (root or password-less sudo).
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+	    sudo apt-get update -qq && sudo apt-get install -y -qq chromium; \
+	  else echo "chromium is missing: the browser tests skip (apt-get install chromium)"; fi; }
+
+screenshots: $(STAMP) browser
+	$(BIN)/python scripts/screenshots.py --out docs/studio
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py --out demo-out

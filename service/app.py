@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.catalog import Catalog, ModelNotFound
+from service import studio
 from service.deps import State
 from service.lifecycle import Lifecycle
 from service.limits import BodyLimit, RateLimiter
@@ -29,7 +29,6 @@ from workers.settings import Settings, get_settings
 from workers.store import StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
-PAGE = Path(__file__).with_name("static") / "index.html"
 _HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "not_found", 409: "conflict",
                413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_input",
                429: "rate_limited", 503: "unavailable"}
@@ -119,6 +118,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="A job service for convolutional models. See the Kinds section of the "
         "request body of POST /v1/jobs for each kind's input.",
         lifespan=lifespan,
+        docs_url=None,  # served offline by service.studio
+        redoc_url=None,
     )
     app.state.convoy = state
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -129,10 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(usage.router)
     install_openapi(app)
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text())
+    studio.install(app)
 
     return app
 

@@ -49,6 +49,8 @@ class ClassArea(BaseModel):
     index: int = Field(description="the class index; the mask's pixel value", examples=[1])
     pixels: int = Field(description="pixels of this class in the mask", examples=[812])
     fraction: float = Field(description="share of the mask's pixels", examples=[0.198])
+    colour: str | None = Field(None, description="the overlay's colour for this class, "
+                               "#rrggbb", examples=["#e6194b"])
 
 
 class ClassifyOutput(BaseModel):
@@ -191,6 +193,10 @@ class ModelInfo(BaseModel):
     queue: str = Field(description="the broker queue its jobs go to")
     max_batch: int = Field(description="jobs one forward pass may carry")
     limits: ModelLimits
+    inputs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="each kind it serves -> the JSON schema of that "
+        "kind's input as this model takes it: bounded by its limits, its labels as the only "
+        "classes, without the fields it refuses (what a form can be built from)")
 
 
 class ModelList(BaseModel):
@@ -214,6 +220,7 @@ class WorkerInfo(BaseModel):
 
 class WorkerList(BaseModel):
     workers: list[WorkerInfo]
+    queued: int | None = Field(None, description="jobs queued in all, every model and owner")
 
 
 class Health(BaseModel):

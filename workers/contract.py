@@ -36,7 +36,8 @@ EXAMPLE_IMAGE = ("iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAFklEQVR42mNgQA
                  "7tLQGgAAAABJRU5ErkJggg==")
 Image_ = Annotated[
     str, Field(description="base64 image (PNG, JPEG, WebP, BMP), optionally as a data: URL; "
-               "resized to the model's input size", min_length=1, examples=[EXAMPLE_IMAGE])
+               "resized to the model's input size", min_length=1, examples=[EXAMPLE_IMAGE],
+               json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/*"})
 ]
 MAX_INTERPOLATION = 64  # points on a VAE interpolation path
 ClassLabel = Annotated[str | None, Field(
@@ -181,6 +182,10 @@ JobRequest = Annotated[
     Field(discriminator="kind"),
 ]
 IMAGE_FIELDS = ("image",)
+INPUTS: dict[str, type[_Input]] = {
+    "classify": ClassifyInput, "segment": SegmentInput, "reconstruct": ReconstructInput,
+    "sample": SampleInput, "generate": GenerateInput,
+}
 
 
 @dataclass(frozen=True)

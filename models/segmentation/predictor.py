@@ -35,12 +35,14 @@ def overlay(image: Image.Image, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) 
 
 
 def class_areas(mask: np.ndarray, labels: list[str], num_classes: int) -> list[dict[str, Any]]:
-    """Pixel count and fraction of every class, background included, by index."""
+    """Pixel count, fraction and overlay colour (``#rrggbb``) of every class, background
+    included, by index."""
     counts = np.bincount(mask.ravel(), minlength=num_classes)
     total = int(mask.size)
     return [
         {"label": labels[i] if i < len(labels) else str(i), "index": i,
-         "pixels": int(counts[i]), "fraction": float(counts[i]) / total}
+         "pixels": int(counts[i]), "fraction": float(counts[i]) / total,
+         "colour": "#{:02x}{:02x}{:02x}".format(*colour_of(i))}
         for i in range(num_classes)
     ]
 

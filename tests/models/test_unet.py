@@ -201,3 +201,15 @@ def test_a_batch_shares_one_forward_pass_and_matches_single_runs(tmp_path: Path)
     for image, out in zip(images, together, strict=True):
         (alone,) = p.predict([Request("segment", {"image": image})])
         assert alone["mask"].data == out["mask"].data
+
+
+def test_class_areas_name_the_overlay_colour_of_each_class() -> None:
+    from models.segmentation.predictor import class_areas, overlay
+
+    mask = np.array([[0, 1], [2, 2]], dtype=np.uint8)
+    areas = class_areas(mask, ["background", "circle", "square"], 3)
+    tinted = np.asarray(overlay(Image.new("RGB", (2, 2), (0, 0, 0)), mask, alpha=1.0))
+    for area in areas[1:]:
+        y, x = np.argwhere(mask == area["index"])[0]
+        assert area["colour"] == "#{:02x}{:02x}{:02x}".format(*tinted[y, x])
+    assert [a["pixels"] for a in areas] == [1, 1, 2]

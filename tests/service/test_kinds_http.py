@@ -51,6 +51,7 @@ def test_segment_returns_a_mask_of_the_input_size(service: Service) -> None:
                                                         "triangle", "star"]
             assert sum(k["pixels"] for k in classes) == size[0] * size[1]
             assert abs(sum(k["fraction"] for k in classes) - 1.0) < 1e-6
+            assert all(k["colour"].startswith("#") for k in classes)  # the legend's colours
 
 
 def test_reconstruct_converts_channels_and_sizes(service: Service) -> None:
