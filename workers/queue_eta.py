@@ -3,8 +3,10 @@ start and finish.
 
 The estimate uses what the live workers report in their heartbeats: the queues each takes
 and, per model, the moving average of a batch's time (``run_s``) and of one job's share of
-it (``job_s``). The work ahead of a job is the sum of the ``job_s`` of the jobs ahead (by
-their models) plus what is left of the batches running now; the queue's workers share it.
+it (``job_s``), scaled by the worker's time around the forward pass. The work ahead of a job
+is the sum of the ``job_s`` of the jobs ahead (by their models) plus what is left of the
+batches running now (from their progress where they report steps); the queue's workers
+share it.
 The job then finishes one ``run_s`` of its model after its start.
 
 ``QueueReporter`` (one per deployment at a time, by a lease) appends a ``queue`` event to a
@@ -79,10 +81,10 @@ class QueueEstimator:
         self._cache: dict[str, QueueState] = {}
         self._lock = threading.Lock()
 
-    def state(self, queue: str) -> QueueState:
+    def state(self, queue: str, fresh: bool = False) -> QueueState:
         with self._lock:
             cached = self._cache.get(queue)
-        if cached is not None and time.time() - cached.at < self.ttl_s:
+        if not fresh and cached is not None and time.time() - cached.at < self.ttl_s:
             return cached
         fresh = self._read(queue)
         with self._lock:
@@ -97,8 +99,11 @@ class QueueEstimator:
         run_s: dict[str, list[float]] = {}
         for w in workers:
             for model, m in (w.get("stats") or {}).get("models", {}).items():
-                job_s.setdefault(model, []).append(float(m["job_s"]))
-                run_s.setdefault(model, []).append(float(m["run_s"]))
+                # a job's share of the forward pass, scaled up by the worker's own time around
+                # it (claim, outputs, record), which is part of every job's turn
+                scale = max(1.0, float(m.get("wall_s", m["run_s"])) / max(1e-6, m["run_s"]))
+                job_s.setdefault(model, []).append(float(m["job_s"]) * scale)
+                run_s.setdefault(model, []).append(float(m["run_s"]) * scale)
         mean_job = {k: sum(v) / len(v) for k, v in job_s.items()}
         mean_run = {k: sum(v) / len(v) for k, v in run_s.items()}
         ids = {w["id"] for w in workers}
@@ -111,7 +116,12 @@ class QueueEstimator:
                 continue
             started = job.get("started_at")
             elapsed = now - datetime.fromisoformat(started).timestamp() if started else 0.0
-            left = max(0.0, mean_run.get(job["model"], 0.0) - elapsed)
+            progress = job.get("progress") or {}
+            step, total = int(progress.get("step") or 0), int(progress.get("total") or 0)
+            if 0 < step <= total:  # an iterative job tells how far it is
+                left = elapsed * (total - step) / step
+            else:
+                left = max(0.0, mean_run.get(job["model"], 0.0) - elapsed)
             busy[worker] = max(busy.get(worker, 0.0), left)
         models = {}
         for e in entries:
@@ -123,13 +133,19 @@ class QueueEstimator:
 
     def annotate(self, records: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> None:
         """Add the ``queue`` field to the public records of queued jobs (in place)."""
+        refreshed: set[str] = set()
         for record, job in zip(records, jobs, strict=True):
-            if job.get("status") == "queued":
-                try:
-                    record["queue"] = self.state(job.get("queue") or "convoy").info(
-                        job["id"], job["model"])
-                except StoreUnavailable:
-                    record["queue"] = None
+            if job.get("status") != "queued":
+                continue
+            queue = job.get("queue") or "convoy"
+            try:
+                state = self.state(queue)
+                if job["id"] not in state.position and queue not in refreshed:
+                    refreshed.add(queue)  # newer than the cached order: read it again
+                    state = self.state(queue, fresh=True)
+                record["queue"] = state.info(job["id"], job["model"])
+            except StoreUnavailable:
+                record["queue"] = None
 
 
 class QueueReporter:

@@ -55,6 +55,9 @@ class WorkerStats:
                 self.histograms["queue_wait_seconds"].observe(max(0.0, queue_wait_s))
             if run_s is not None:
                 self.histograms["run_seconds"].observe(run_s)
+                m = self.models.get(model)
+                if m is not None:  # a job's whole stay on the worker, claim to record
+                    m["wall_s"] = m.get("wall_s", run_s) + EWMA * (run_s - m.get("wall_s", run_s))
 
     def measured(self, model: str, seconds: float, size: int) -> None:
         """A batch of ``model`` took ``seconds`` for ``size`` jobs: moving averages of a
