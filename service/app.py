@@ -16,6 +16,7 @@ from models.catalog import Catalog, ModelNotFound
 from service import studio
 from service.deps import State
 from service.lifecycle import Lifecycle
+from service.lifecycle_metrics import LifecycleCollector
 from service.limits import BodyLimit, RateLimiter
 from service.metrics import REGISTRY, WorkerCollector
 from service.openapi import install as install_openapi
@@ -142,3 +143,4 @@ def _register_collector(state: State) -> None:
     if _collector is None:
         _collector = WorkerCollector(lambda: _current["state"].store if _current else None)
         REGISTRY.register(_collector)
+        REGISTRY.register(LifecycleCollector(lambda: _current.get("state")))

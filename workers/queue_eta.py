@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from workers.cluster_stats import open_cluster_stats
 from workers.queue_order import QueueOrder
 from workers.store.base import JobStore, StoreUnavailable
 
@@ -46,6 +47,7 @@ class QueueState:
     run_s: dict[str, float]  # model → seconds of a batch
     workers: int  # live workers taking this queue
     busy_s: float  # seconds of running batches still to go, over all the queue's workers
+    created: dict[str, float] = field(default_factory=dict)  # job id → submitted (epoch)
     position: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -129,7 +131,8 @@ class QueueEstimator:
             if job is not None:
                 models[e.job_id] = job["model"]
         return QueueState(now, [e.job_id for e in entries], models, mean_job, mean_run,
-                          len(workers), sum(busy.values()))
+                          len(workers), sum(busy.values()),
+                          created={e.job_id: e.created for e in entries})
 
     def annotate(self, records: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> None:
         """Add the ``queue`` field to the public records of queued jobs (in place)."""
@@ -182,6 +185,9 @@ class QueueReporter:
         self._rounds += 1
         if self._rounds % TIDY_EVERY == 0:
             self.order.tidy()
+            cluster = open_cluster_stats(self.store)
+            if cluster is not None:
+                cluster.fold({w["id"] for w in self.store.workers()})
         return appended
 
     def run(self, stop: threading.Event) -> None:

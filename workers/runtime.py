@@ -20,6 +20,7 @@ from models.catalog import Catalog, ModelNotFound
 from models.predictor import Artifact, InvalidRequest, Request
 from workers.batcher import Batcher, Item, OutOfMemory, Stopped
 from workers.celery_app import dispatch, waiting_messages
+from workers.cluster_stats import open_cluster_stats
 from workers.contract import prepare
 from workers.errors import ConvoyError
 from workers.metering import open_meter, shares
@@ -45,6 +46,7 @@ def finish_and_announce(
     return store.finish_and_announce(job_id, worker, status, output=output, error=error)
 
 
+SAVE_TOTALS_EVERY = 5  # heartbeats between saves of this worker's counters to the store
 CANCEL_POLL_S = 0.005  # how often a running job's cancel flag is read: about every step
 
 
@@ -110,6 +112,8 @@ class WorkerRuntime:
         self.order = open_order(store, settings.starvation_s)
         self.meter = open_meter(store, settings.quota_period_s)
         self._device_s: dict[str, float] = {}  # job id → device-seconds not yet recorded
+        self.cluster = open_cluster_stats(store)
+        self._beats = 0
         self.jobs_done = 0
         self.started = time.time()
         self._stop = threading.Event()
@@ -305,6 +309,9 @@ class WorkerRuntime:
 
     def beat(self) -> None:
         self.store.heartbeat(self.id, self.info(), ttl_s=self.settings.worker_dead_after_s)
+        self._beats += 1
+        if self.cluster is not None and self._beats % SAVE_TOTALS_EVERY == 1:
+            self.cluster.save(self.id, self.stats.snapshot())  # counters that outlive us
 
     def reap(self) -> int:
         """Hand back the jobs of workers whose heartbeat stopped, and this worker's own jobs
@@ -393,6 +400,11 @@ class WorkerRuntime:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.cluster is not None:
+            try:
+                self.cluster.save(self.id, self.stats.snapshot())
+            except StoreUnavailable:
+                log.warning("final counters of worker %s not saved", self.id)
         try:
             self.store.remove_worker(self.id)
         except Exception:

@@ -44,6 +44,7 @@ class WorkerStats:
             "batch_size": Histogram(SIZES, "Requests per batched forward pass or sampling loop"),
         }
         self.models: dict[str, dict[str, float]] = {}  # model → run_s, job_s, batches
+        self.by_model: dict[str, Histogram] = {}  # "name|kind|model" → histogram
 
     def job(self, kind: str, model: str, status: str, queue_wait_s: float | None = None,
             run_s: float | None = None) -> None:
@@ -53,11 +54,19 @@ class WorkerStats:
             self.jobs[key] = self.jobs.get(key, 0) + 1
             if queue_wait_s is not None:
                 self.histograms["queue_wait_seconds"].observe(max(0.0, queue_wait_s))
+                self._labelled("queue_wait_seconds", kind, model).observe(max(0.0, queue_wait_s))
             if run_s is not None:
                 self.histograms["run_seconds"].observe(run_s)
+                self._labelled("run_seconds", kind, model).observe(run_s)
                 m = self.models.get(model)
                 if m is not None:  # a job's whole stay on the worker, claim to record
                     m["wall_s"] = m.get("wall_s", run_s) + EWMA * (run_s - m.get("wall_s", run_s))
+
+    def _labelled(self, name: str, kind: str, model: str) -> Histogram:
+        key = f"{name}|{kind}|{model}"
+        if key not in self.by_model:
+            self.by_model[key] = Histogram(SECONDS, "")
+        return self.by_model[key]
 
     def measured(self, model: str, seconds: float, size: int) -> None:
         """A batch of ``model`` took ``seconds`` for ``size`` jobs: moving averages of a
@@ -76,4 +85,5 @@ class WorkerStats:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {"jobs": dict(self.jobs), "models": {k: dict(v) for k, v in self.models.items()},
+                    "by_model": {k: h.snapshot() for k, h in self.by_model.items()},
                     "histograms": {name: h.snapshot() for name, h in self.histograms.items()}}

@@ -11,6 +11,7 @@ actual one, relative to the wait); run with ``-s`` to see it.
 from __future__ import annotations
 
 import json
+import signal
 import statistics
 import time
 from collections.abc import Iterator
@@ -126,3 +127,34 @@ def test_device_seconds_and_a_spent_quota(single: Service) -> None:
         assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
     with single.client(KEYS["alice"]) as c:  # another key is not limited by bob's quota
         assert c.post("/v1/jobs", json=sleepy(1)).status_code == 202
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of a family's samples whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and (line[len(name)] in "{ "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_add_up_and_outlive_the_worker(single: Service) -> None:
+    """Runs last in its module: it stops the worker."""
+    with single.client(KEYS["alice"]) as c:
+        parked = [c.post("/v1/jobs", json={"kind": "generate", "model": "parked",
+                                           "input": {"steps": 2}}).json()["id"] for _ in range(3)]
+        time.sleep(6.0)  # the worker saves its counters every few heartbeats
+        text = c.get("/metrics").text
+        assert metric(text, "convoy_queue_depth", queue="parked", model="parked") == 3
+        assert metric(text, "convoy_queue_oldest_age_seconds", queue="parked") > 0
+        assert metric(text, "convoy_device_seconds_total", owner="bob", model="sleepy") > 0.3
+        done = metric(text, "convoy_worker_jobs_total", status="succeeded")
+        assert done >= 50
+        assert metric(text, "convoy_job_run_seconds_count", kind="generate", model="sleepy") >= 50
+        single.kill_workers(signal.SIGTERM)
+        time.sleep(1.0)
+        after = c.get("/metrics").text
+        assert metric(after, "convoy_worker_jobs_total", status="succeeded") >= done
+        for job_id in parked:
+            c.post(f"/v1/jobs/{job_id}/cancel")
