@@ -15,16 +15,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from models.catalog import Catalog, ModelNotFound
 from service import studio
 from service.deps import State
+from service.errors import bounded_errors
 from service.lifecycle import Lifecycle
 from service.lifecycle_metrics import LifecycleCollector
-from service.limits import BodyLimit, RateLimiter
+from service.limits import BodyLimit, OpenPerKey, RateLimiter
 from service.metrics import REGISTRY, WorkerCollector
 from service.openapi import install as install_openapi
 from service.routes import health, jobs, models, usage, webhooks
+from service.streams import EventHub
 from service.submitter import Submitter
 from service.waiters import Waiters
 from workers.celery_app import make_celery
 from workers.errors import ConvoyError, RateLimited, Unavailable
+from workers.images import DECODE_BUDGET
 from workers.outbox import open_outbox
 from workers.settings import Settings, get_settings
 from workers.store import StoreUnavailable, open_store
@@ -61,13 +64,11 @@ def _install_handlers(app: FastAPI) -> None:
                       headers={"Retry-After": "2"})
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
-                   for e in exc.errors()]
-        first = details[0] if details else {"loc": [], "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"] if p != "body")
-        return _error(422, "invalid_input", f"{where}: {first['msg']}" if where else
-                      str(first["msg"]), details)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        max_errors = request.app.state.convoy.settings.max_error_details
+        message, details = bounded_errors(errors, len(errors), max_errors, prefix=())
+        return _error(422, "invalid_input", message, details)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -88,15 +89,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Prefer: wait and event streams hold a worker thread each while they wait.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = 512
+        # Event streams and waits hold no thread (service/streams.py); the threads run the
+        # sync routes, store calls and image decodes (bounded by the decode budget).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 128
+        DECODE_BUDGET.configure(settings.decode_budget_pixels, settings.decode_wait_s)
+        state.hub.start()
         state.waiters.start()
         yield
         state.waiters.stop()
+        state.hub.stop()
         state.store.close()
 
     store = open_store(settings)
     celery = make_celery(settings)
+    hub = EventHub(store)
     state = State(
         settings=settings,
         store=store,
@@ -104,11 +110,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         celery=celery,
         keys=settings.keys(),
         limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
-        waiters=Waiters(store),
+        waiters=Waiters(store, hub),
         submitter=Submitter.for_celery(store, celery, settings.max_queued_per_owner,
                                        settings.max_queue_depth),
         outbox=open_outbox(store),
         lifecycle=Lifecycle.open(settings, store),
+        hub=hub,
+        open_per_key=OpenPerKey(settings.max_streams_per_key),
     )
     state.celery.conf.task_publish_retry_policy = {
         "max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}

@@ -66,6 +66,7 @@ def serve(
     import uvicorn
 
     from service.app import create_app
+    from service.http import timed_protocol
     from workers.settings import Settings, UnsafeSettings
 
     _logging()
@@ -92,7 +93,8 @@ def serve(
     sys.setswitchinterval(settings.switch_interval_s)  # as the worker does
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
-                    timeout_graceful_shutdown=5)
+                    timeout_graceful_shutdown=5,
+                    http=timed_protocol(settings.header_timeout_s, settings.body_timeout_s))
     finally:
         if worker is not None:
             worker.send_signal(signal.SIGTERM)

@@ -11,7 +11,8 @@ from fastapi import Depends, Request
 
 from models.catalog import Catalog
 from service.lifecycle import Lifecycle
-from service.limits import RateLimiter
+from service.limits import OpenPerKey, RateLimiter
+from service.streams import EventHub
 from service.submitter import Submitter
 from service.waiters import Waiters
 from workers.errors import Unauthorized
@@ -34,6 +35,8 @@ class State:
     submitter: Submitter
     outbox: Outbox
     lifecycle: Lifecycle
+    hub: EventHub  # the one reader of event logs behind streams and waits
+    open_per_key: OpenPerKey  # event streams and waits open per API key
 
 
 # The dependencies are async (they never block) so that FastAPI runs them on the event loop

@@ -1,13 +1,18 @@
-"""Request limits: the body size (enforced while reading) and a per-key token bucket."""
+"""Request limits: the body size (enforced while reading), a per-key token bucket, and the
+event streams and waits a key may hold open at once."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from workers.errors import RateLimited
 
 
 class BodyLimit:
@@ -99,3 +104,49 @@ class RateLimiter:
 
     def snapshot(self) -> dict[str, Any]:
         return {"keys": len(self._buckets)}
+
+
+class OpenPerKey:
+    """Event streams and ``Prefer: wait`` submissions open at once, per API key, up to
+    ``limit``: past it, 429. Neither holds a thread or a store connection while it waits,
+    but each holds a socket and a little memory, and one key must not take them all."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key: str) -> Callable[[], None]:
+        """Count one more for ``key`` (RateLimited past the limit); returns the release,
+        which may be called more than once."""
+        with self._lock:
+            if self._open.get(key, 0) >= self.limit:
+                raise RateLimited(f"this key already has {self.limit} event streams and "
+                                  "waits open", retry_after=5.0)
+            self._open[key] = self._open.get(key, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._lock:
+                if released:
+                    return
+                released = True
+                left = self._open.get(key, 1) - 1
+                if left > 0:
+                    self._open[key] = left
+                else:
+                    self._open.pop(key, None)
+
+        return release
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        release = self.acquire(key)
+        try:
+            yield
+        finally:
+            release()
+
+    def count(self, key: str) -> int:
+        return self._open.get(key, 0)

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
+from service.errors import add_request_models
 from service.schemas import (
     EVENT_PAYLOADS,
     ClassifyOutput,
@@ -39,6 +40,7 @@ def install(app: FastAPI) -> None:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, routes=app.routes,
                               description=app.description, tags=app.openapi_tags)
+            add_request_models(doc)  # the submit route reads its body itself
             components = doc.setdefault("components", {}).setdefault("schemas", {})
             defs, by_type = _event_schemas()
             for name, schema in defs.items():

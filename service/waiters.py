@@ -3,8 +3,9 @@
 Where the store announces finishes (Redis: one subscription per API process), a listener
 thread hands each finish to the requests waiting for that job on the event loop; they
 also read the record again every ``recheck_s``, so a finish missed while the
-subscription was down only delays them. Elsewhere a worker thread per waiting request
-follows the job's events (``JobStore.wait_terminal``).
+subscription was down only delays them. Elsewhere each waiting request follows the job's
+events through the process's shared reader (``service.streams.EventHub``) and reads the
+record when its final status comes (or every few seconds).
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from typing import Any
 
 import anyio
 
+from service.streams import EventHub
 from workers.store import TERMINAL, JobStore
 
 
 class Waiters:
     recheck_s = 1.0
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, hub: EventHub) -> None:
         self.store = store
+        self.hub = hub
         self.push = store.announces_finishes
         self._waiting: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -66,8 +69,7 @@ class Waiters:
                    timeout_s: float) -> dict[str, Any] | None:
         """The job's record once it is terminal, or its latest one when the time is up."""
         if future is None:
-            return await anyio.to_thread.run_sync(self.store.wait_terminal, job["id"],
-                                                  timeout_s, 1)  # 1: the queued event
+            return await self._follow(job, timeout_s)
         deadline = time.monotonic() + timeout_s
         latest: dict[str, Any] | None = job
         while (left := deadline - time.monotonic()) > 0:
@@ -78,6 +80,23 @@ class Waiters:
             if latest is None or latest["status"] in TERMINAL:
                 return latest
         return latest
+
+    async def _follow(self, job: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout_s
+        follower = self.hub.follow(job["id"], 1)  # 1: the queued event
+        latest: dict[str, Any] | None = job
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                events = await follower.next(min(left, 5.0))
+                if events is not None and not any(e.type == "status" and e.data.get("status") in TERMINAL
+                                      for e in events):
+                    continue
+                latest = await anyio.to_thread.run_sync(self.store.get, job["id"])
+                if latest is None or latest["status"] in TERMINAL:
+                    return latest
+            return latest
+        finally:
+            self.hub.unfollow(follower)
 
     # -- the listener thread's side ----------------------------------------------------------
     def _finished(self, finished: list[tuple[str, dict[str, Any]]]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from celery import Celery
 
-from workers.settings import Settings
+from workers.settings import Settings, private_dir
 
 TASK = "convoy.run_job"
 
@@ -28,10 +28,9 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
             "socket_timeout": 5,
             "socket_connect_timeout": 2,
         }
-    folder = (settings.data_dir / "broker").resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "processed").mkdir(exist_ok=True)
-    (folder / "control").mkdir(exist_ok=True)
+    folder = private_dir(private_dir(settings.data_dir).resolve() / "broker")
+    (folder / "processed").mkdir(mode=0o700, exist_ok=True)
+    (folder / "control").mkdir(mode=0o700, exist_ok=True)
     return "filesystem://localhost/", {
         "data_folder_in": str(folder),
         "data_folder_out": str(folder),

@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from models.catalog import MAX_N, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, MAX_TOP_K
 from workers.errors import InvalidInput
@@ -181,6 +181,7 @@ JobRequest = Annotated[
     Union[ClassifyJob, SegmentJob, ReconstructJob, SampleJob, GenerateJob],  # noqa: UP007
     Field(discriminator="kind"),
 ]
+JOB_REQUEST: TypeAdapter[JobRequest] = TypeAdapter(JobRequest)
 IMAGE_FIELDS = ("image",)
 INPUTS: dict[str, type[_Input]] = {
     "classify": ClassifyInput, "segment": SegmentInput, "reconstruct": ReconstructInput,
@@ -202,6 +203,16 @@ def _label_index(entry: ModelEntry, label: str | None) -> int | None:
         f"unknown class_label {label!r} for {entry.name}",
         details={"labels": entry.labels},
     )
+
+
+def pixel_limit(entry: ModelEntry, max_pixels: int, scale: int) -> int:
+    """The most pixels an input image of ``entry`` may have: ``scale`` times the model's
+    input side each way (a 64x64 model takes up to 1024x1024 at 16), within ``max_pixels``.
+    Larger images are refused (422), not resized: the model would shrink them anyway, and
+    the client can do it before sending them. ``scale`` 0 leaves only ``max_pixels``."""
+    if scale <= 0:
+        return max_pixels
+    return min(max_pixels, entry.input.height * scale * entry.input.width * scale)
 
 
 def check(kind: str, data: dict[str, Any], entry: ModelEntry, max_pixels: int) -> dict[str, Any]:

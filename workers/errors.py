@@ -19,6 +19,12 @@ class InvalidInput(ConvoyError):
     code, status = "invalid_input", 422
 
 
+class BadRequest(ConvoyError):
+    """A malformed header (the body's faults are InvalidInput)."""
+
+    code, status = "bad_request", 400
+
+
 class Unauthorized(ConvoyError):
     code, status = "unauthorized", 401
 

@@ -21,7 +21,7 @@ from models.predictor import Artifact, InvalidRequest, Request
 from workers.batcher import Batcher, Item, OutOfMemory, Stopped
 from workers.celery_app import dispatch, waiting_messages
 from workers.cluster_stats import open_cluster_stats
-from workers.contract import prepare
+from workers.contract import pixel_limit, prepare
 from workers.errors import ConvoyError
 from workers.metering import open_meter, shares
 from workers.queue_order import open_order
@@ -276,7 +276,8 @@ class WorkerRuntime:
         the whole batch at once)."""
         job_id = job["id"]
         entry = self.catalog.get(job["model"])
-        data = prepare(job["kind"], job["input"], entry, self.settings.max_image_pixels)
+        data = prepare(job["kind"], job["input"], entry, pixel_limit(
+            entry, self.settings.max_image_pixels, self.settings.input_scale))
         predictor = self.cache.get(entry)
 
         def wanted() -> str | None:  # cancel flags are read by the batcher, once per batch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -46,6 +47,13 @@ class Settings(BaseSettings):
     rate_limit_burst: int = 200
     max_queued_per_owner: int = 1000
     max_queue_depth: int = 10000
+    max_streams_per_key: int = 64  # open event streams plus Prefer: wait submissions per key
+    decode_budget_pixels: int = 4096 * 4096  # pixels being decoded at once in a process
+    decode_wait_s: float = 2.0  # a decode over the budget waits this long, then 503
+    input_scale: int = 16  # a model takes images up to this many times its input side
+    max_error_details: int = 20  # validation errors listed in a 422
+    header_timeout_s: float = 10.0  # a request's line and headers must arrive within this
+    body_timeout_s: float = 60.0  # its body must arrive within this once the headers are in
 
     # Jobs
     retention_s: int = 24 * 3600  # records, events and artifacts expire after this
@@ -122,7 +130,11 @@ class Settings(BaseSettings):
             owner, sep, key = line.partition(":")
             if not sep or not owner.strip() or not key.strip():
                 raise UnsafeSettings(f"API key entries must read owner:key, got {line[:20]!r}")
-            keys[key.strip()] = owner.strip()
+            key, owner = key.strip(), owner.strip()
+            if keys.get(key, owner) != owner:
+                raise UnsafeSettings(f"an API key is listed for two owners: {keys[key]!r} and "
+                                     f"{owner!r}")
+            keys[key] = owner
         return keys
 
     def check_bind(self, host: str) -> None:
@@ -144,9 +156,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def private_dir(path: Path) -> Path:
+    """``path`` created if missing and readable by this user alone (0700): the data dir
+    holds every owner's inputs and outputs."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """``path`` created if missing with mode 0600 (an existing one tightened to it)."""
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+    return path
+
+
 def new_id() -> str:
-    """A random, unguessable id (160 bits)."""
-    return secrets.token_urlsafe(20)
+    """A random, unguessable id (about 160 bits) that never starts with ``-`` or ``_``,
+    so that command lines take it as an argument, not an option."""
+    token = secrets.token_urlsafe(20)
+    return token if token[0].isalnum() else secrets.choice("abcdefghjkmnpqrstuvwxyz") + token[1:]
 
 
 @lru_cache

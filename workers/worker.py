@@ -65,6 +65,7 @@ def run_worker(settings: Settings, queues: list[str] | None = None,
     from models.catalog import Catalog
     from workers.cache import ModelCache, parse_budget
     from workers.celery_app import make_celery
+    from workers.images import DECODE_BUDGET
     from workers.queue_eta import QueueReporter
     from workers.runtime import WorkerRuntime
     from workers.store import open_store
@@ -84,6 +85,7 @@ def run_worker(settings: Settings, queues: list[str] | None = None,
 
     warnings.filterwarnings("ignore", category=SecurityWarning)  # containers run as root
     settings.load_plugins()
+    DECODE_BUDGET.configure(settings.decode_budget_pixels, None)  # job threads wait their turn
     store = open_store(settings)
     if settings.redis_url:
         from workers.startup import check_redis

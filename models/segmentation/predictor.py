@@ -34,6 +34,13 @@ def overlay(image: Image.Image, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) 
     return Image.fromarray(np.clip(blend + 0.5, 0, 255).astype(np.uint8))
 
 
+def bounded_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """``size`` (width, height) scaled down, aspect kept, so neither side is over ``max_side``."""
+    width, height = size
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def class_areas(mask: np.ndarray, labels: list[str], num_classes: int) -> list[dict[str, Any]]:
     """Pixel count, fraction and overlay colour (``#rrggbb``) of every class, background
     included, by index."""
@@ -73,10 +80,14 @@ class SegmentationPredictor(Predictor):
         masks = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()  # (B, h, w)
         results: list[dict[str, Any] | None] = []
         for image, small in zip(images, masks, strict=True):
-            # 2. mask back to the input's size, nearest-neighbour so indices stay classes
+            # 2. mask back to the input's size, nearest-neighbour so indices stay classes; a
+            #    large input gets its mask and overlay at most limits.max_side on a side
+            size = bounded_size(image.size, self.entry.limits.max_side)
+            if size != image.size:
+                image = image.resize(size, Image.Resampling.BILINEAR)
             mask_image = Image.fromarray(small)
-            if mask_image.size != image.size:
-                mask_image = mask_image.resize(image.size, Image.Resampling.NEAREST)
+            if mask_image.size != size:
+                mask_image = mask_image.resize(size, Image.Resampling.NEAREST)
             mask = np.asarray(mask_image)
             # 3. overlay on the input as sent, and per-class areas
             results.append({

@@ -3,28 +3,42 @@
 from __future__ import annotations
 
 import json
+import logging
+import random
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import nullcontext
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
+from starlette.requests import ClientDisconnect
 
 from service.deps import Caller, CallerDep, State, StateDep
-from service.errors import V1_ERRORS, error_responses
+from service.errors import V1_ERRORS, bounded_errors, error_responses, request_body_openapi
 from service.metrics import JOBS_SUBMITTED
 from service.routes.webhooks import check_webhook
 from service.schemas import EVENTS_DESCRIPTION, JobList, JobRecord
 from service.submitter import BrokerDown
-from workers.contract import JobRequest, check, request_hash
-from workers.errors import Conflict, InvalidInput, NotFound, RateLimited, Unavailable
+from workers.contract import IMAGE_FIELDS, JOB_REQUEST, JobRequest, check, pixel_limit, request_hash
+from workers.errors import (
+    BadRequest,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    Unavailable,
+)
 from workers.runtime import finish_and_announce
 from workers.settings import new_id
-from workers.store import TERMINAL, public_record
+from workers.store import TERMINAL, StoreUnavailable, public_record
 from workers.store.base import STATUSES, QueueFull, now_iso
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1_ERRORS)
 _WAIT = re.compile(r"wait\s*=\s*(\d+(?:\.\d+)?)")
 
@@ -44,11 +58,18 @@ def _prefer_wait(prefer: str | None, limit: float) -> float:
     return min(float(match.group(1)), limit) if match else 0.0
 
 
-INLINE_CHECK_BYTES = 64 * 1024  # smaller bodies are checked on the event loop: no thread hop
+INLINE_CHECK_BYTES = 8 * 1024  # smaller bodies without images are checked on the event loop
+MAX_FIELDS = 64  # more keys than any kind's schema has: refused before validation
+# Threads that parse, check and decode submissions (a decode may wait for the budget): a
+# burst of them must leave threads for everything else.
+CHECKS = anyio.CapacityLimiter(16)
+MAX_STRUCTURE = 16 * 1024  # bytes outside strings; a submission needs well under 1 KB
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
 @router.post("", status_code=202, operation_id="submitJob", response_model=JobRecord,
              response_description="accepted: the job record (queued, or running)",
+             openapi_extra=request_body_openapi(),
              responses={200: {"model": JobRecord, "description": "finished within Prefer: "
                               "wait, or an idempotent resubmission of a client-chosen id"},
                         **error_responses(409, 415, 429)})
@@ -56,62 +77,125 @@ async def submit(
     request: Request,
     state: StateDep,
     caller: CallerDep,
-    body: Annotated[JobRequest, Body()],
     prefer: Annotated[str | None, Header(
         description="wait=N: hold the reply up to N seconds (at most CONVOY_MAX_WAIT_S, 60 by "
         "default); 200 with the finished record if the job ends by then, else 202",
         examples=["wait=10"])] = None,
 ) -> JSONResponse:
     """Submit a job. The input schema depends on ``kind`` (see the request body's variants);
-    the model's own limits (``GET /v1/models``) may be tighter than the schema's bounds."""
+    the model's own limits (``GET /v1/models``) may be tighter than the schema's bounds.
+
+    The key and its rate limit are checked before the body is read; the body is parsed,
+    validated and its images decoded on a worker thread (a small body without images on
+    the event loop), so that no body holds up other requests."""
     retry = state.limiter.take(caller.key) if state.keys else 0.0
     if retry > 0:
         raise RateLimited("too many requests for this API key", retry_after=retry)
     settings = state.settings
     wait = _prefer_wait(prefer, settings.max_wait_s)
-    job_id = body.id or new_id()
-    waiter = state.waiters.expect(job_id) if wait > 0 else None
     try:
-        length = int(request.headers.get("content-length") or INLINE_CHECK_BYTES + 1)
-        if body.id is None and length <= INLINE_CHECK_BYTES:
-            job, existing = _prepare(state, caller, body, job_id)
-        else:
-            job, existing = await anyio.to_thread.run_sync(_prepare, state, caller, body, job_id)
-        if job is None:
-            return JSONResponse(public_record(existing), status_code=200)
-        if job.get("webhook"):
-            await anyio.to_thread.run_sync(state.outbox.watch, job_id)  # before the job exists
+        raw = await request.body()
+    except ClientDisconnect:  # gone, or cut off by the body read timeout: nobody to answer
+        return JSONResponse({}, status_code=408)
+    if len(raw) <= INLINE_CHECK_BYTES:
+        body = parse_job(raw, settings.max_error_details)
+    else:
+        body = await anyio.to_thread.run_sync(parse_job, raw, settings.max_error_details,
+                                              limiter=CHECKS)
+    if body.id is None and len(raw) <= INLINE_CHECK_BYTES and not _has_images(body):
+        job, existing = _prepare(state, caller, body)
+    else:
+        job, existing = await anyio.to_thread.run_sync(_prepare, state, caller, body,
+                                                       limiter=CHECKS)
+    if job is None:
+        return JSONResponse(public_record(existing), status_code=200)
+    with state.open_per_key.hold(caller.key) if wait > 0 else nullcontext():
+        waiter = state.waiters.expect(job["id"]) if wait > 0 else None
         try:
-            record, created = await state.submitter.submit(job)
-        except QueueFull as e:
-            if e.whose == "owner":
-                raise RateLimited(f"this key already has {settings.max_queued_per_owner} "
-                                  "queued jobs", retry_after=5.0) from e
-            raise Unavailable("the queue is full", retry_after=10.0) from e
-        except BrokerDown as e:
-            raise Unavailable(str(e)) from e
-        if not created:
-            return JSONResponse(public_record(
-                _resubmitted(record, caller, job["request_hash"])), status_code=200)
-        JOBS_SUBMITTED.labels(kind=body.kind, model=job["model"]).inc()
-        await anyio.to_thread.run_sync(state.lifecycle.enqueued, record)
-        if wait > 0:
-            done = await state.waiters.wait(record, waiter, wait)
-            if done is not None and done["status"] in TERMINAL:
-                return JSONResponse(public_record(done), status_code=200)
-            record = done or record
-        return JSONResponse(public_record(record), status_code=202)
-    finally:
-        state.waiters.forget(job_id, waiter)
+            return await _accept(state, caller, body, job, wait, waiter)
+        finally:
+            state.waiters.forget(job["id"], waiter)
 
 
-def _prepare(state: State, caller: Caller, body: JobRequest, job_id: str
+async def _accept(state: State, caller: Caller, body: JobRequest, job: dict[str, Any],
+                  wait: float, waiter: Any) -> JSONResponse:
+    settings = state.settings
+    if job.get("webhook"):
+        await anyio.to_thread.run_sync(state.outbox.watch, job["id"])  # before the job exists
+    try:
+        record, created = await state.submitter.submit(job)
+    except QueueFull as e:
+        if e.whose == "owner":
+            raise RateLimited(f"this key already has {settings.max_queued_per_owner} "
+                              "queued jobs", retry_after=5.0) from e
+        raise Unavailable("the queue is full", retry_after=10.0) from e
+    except BrokerDown as e:
+        raise Unavailable(str(e)) from e
+    if not created:
+        return JSONResponse(public_record(
+            _resubmitted(record, caller, job["request_hash"])), status_code=200)
+    JOBS_SUBMITTED.labels(kind=body.kind, model=job["model"]).inc()
+    await anyio.to_thread.run_sync(state.lifecycle.enqueued, record)
+    if wait > 0:
+        done = await state.waiters.wait(record, waiter, wait)
+        if done is not None and done["status"] in TERMINAL:
+            return JSONResponse(public_record(done), status_code=200)
+        record = done or record
+    return JSONResponse(public_record(record), status_code=202)
+
+
+def _has_images(body: JobRequest) -> bool:
+    data = body.input
+    return any(getattr(data, name, None) is not None for name in (*IMAGE_FIELDS,
+                                                                  "interpolate_between"))
+
+
+def parse_job(raw: bytes, max_errors: int) -> JobRequest:
+    """The submission in ``raw``, or InvalidInput with at most ``max_errors`` errors listed
+    (each value cut short): a body of 500 000 unknown keys gets a small 422, fast."""
+    if raw.count(b":") + raw.count(b",") > 4096 and _mostly_structure(raw):
+        raise InvalidInput(f"the body has over {MAX_STRUCTURE} bytes of keys, numbers and "
+                           "punctuation; a submission needs far fewer")
+    try:
+        data = json.loads(raw) if raw else None
+    except (ValueError, RecursionError) as e:
+        raise InvalidInput(f"the body is not JSON: {str(e)[:200]}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("the body must be a JSON object")
+    for where, obj in (("the body", data), ("input", data.get("input"))):
+        if isinstance(obj, dict) and len(obj) > MAX_FIELDS:
+            raise InvalidInput(f"{where} has {len(obj)} fields; no kind has more than "
+                               f"{MAX_FIELDS}")
+    try:
+        return JOB_REQUEST.validate_python(data)
+    except ValidationError as e:
+        raise InvalidInput(*bounded_errors(e.errors(include_url=False), e.error_count(),
+                                           max_errors)) from None
+
+
+def _mostly_structure(raw: bytes) -> bool:
+    """Whether ``raw`` has over MAX_STRUCTURE bytes outside its JSON strings. Images are
+    strings, so a large honest body has almost nothing outside them; a body of half a
+    million keys is found out after its first few thousand, and the scan returns to
+    Python between strings, so the event loop's thread gets the GIL meanwhile (parsing it
+    would hold the GIL for a second)."""
+    outside, pos = 0, 0
+    for match in _STRING.finditer(raw):
+        outside += match.start() - pos
+        pos = match.end()
+        if outside > MAX_STRUCTURE:
+            return True
+    return outside + len(raw) - pos > MAX_STRUCTURE
+
+
+def _prepare(state: State, caller: Caller, body: JobRequest
              ) -> tuple[dict[str, Any], None] | tuple[None, dict[str, Any]]:
     """Check the input and build the job; (job, None), or (None, the existing record) for
     the idempotent resubmission of a job id."""
     settings = state.settings
     entry = state.catalog.get(body.model)
-    data = check(body.kind, body.input.model_dump(), entry, settings.max_image_pixels)
+    data = check(body.kind, body.input.model_dump(), entry,
+                 pixel_limit(entry, settings.max_image_pixels, settings.input_scale))
     if body.timeout_s is not None and body.timeout_s > settings.max_job_timeout_s:
         raise InvalidInput(f"timeout_s is over the limit of {settings.max_job_timeout_s}")
     webhook_events = check_webhook(settings, body.webhook, body.webhook_events)
@@ -121,7 +205,7 @@ def _prepare(state: State, caller: Caller, body: JobRequest, job_id: str
         if existing is not None:
             return None, _resubmitted(existing, caller, fingerprint)
     return {
-        "id": job_id, "owner": caller.owner, "kind": body.kind,
+        "id": body.id or new_id(), "owner": caller.owner, "kind": body.kind,
         "model": entry.name, "queue": entry.queue, "input": data,
         "request_hash": fingerprint, "webhook": body.webhook, "timeout_s": body.timeout_s,
         "created_at": now_iso(), "status": "queued", "attempts": 0,
@@ -172,38 +256,76 @@ def cancel_job(job_id: str, state: StateDep, caller: CallerDep) -> dict[str, Any
     return public_record(owned_job(state, caller, job_id))
 
 
+_EVENT_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits that fit a 64-bit sequence number
+
+
+def last_event_id(value: str | None) -> int:
+    """The sequence number to resume after: 0 without the header; 400 for anything but a
+    decimal number of at most 18 ASCII digits (``str.isdigit`` also takes '²')."""
+    if value is None or not value.strip():
+        return 0
+    if not _EVENT_ID.fullmatch(value.strip()):
+        raise BadRequest("Last-Event-ID must be the id of an event of this stream (a decimal "
+                         "number)")
+    return int(value.strip())
+
+
 @router.get("/{job_id}/events", response_class=EventSourceResponse,
             operation_id="streamJobEvents", response_description=EVENTS_DESCRIPTION,
-            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                       **error_responses(400, 429)})
 async def job_events(
     job_id: str,
     state: StateDep,
     caller: CallerDep,
-    last_event_id: Annotated[str | None, Header(description="resume after this event id",
-                                                examples=["3"])] = None,
+    last_event_id_: Annotated[str | None, Header(
+        alias="last-event-id", description="resume after this event id", examples=["3"])] = None,
 ) -> EventSourceResponse:
     """Server-sent events; reconnect with ``Last-Event-ID`` to resume after that event."""
-    await anyio.to_thread.run_sync(owned_job, state, caller, job_id)
-    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-    return EventSourceResponse(_stream(state, job_id, after), ping=15)
+    after = last_event_id(last_event_id_)
+    job = await anyio.to_thread.run_sync(owned_job, state, caller, job_id)
+    release = state.open_per_key.acquire(caller.key)
+    ended = job["status"] in TERMINAL
+    return EventSourceResponse(_stream(state, job_id, after, ended, release), ping=15,
+                               background=BackgroundTask(release))
 
 
-async def _stream(state: State, job_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
-    while True:
-        events = await anyio.to_thread.run_sync(state.store.events, job_id, after, 1.0)
-        for event in events:
-            after = event.seq
-            yield ServerSentEvent(data=json.dumps(event.data), event=event.type, id=str(event.seq))
-            if event.type == "status" and event.data.get("status") in TERMINAL:
-                return
-        if not events:
+RECHECK_S = 30.0  # how often an open stream reads its job's record (it may have expired)
+
+
+async def _stream(state: State, job_id: str, after: int, ended: bool,
+                  release: Callable[[], None]) -> AsyncIterator[ServerSentEvent]:
+    """The job's events from the process's shared reader. A job that had ended when the
+    stream opened ends it once the events after ``after`` are sent; otherwise the record
+    is read again only every ``RECHECK_S`` or so (spread out, so that streams opened
+    together do not read together)."""
+    follower = state.hub.follow(job_id, after)
+    try:
+        while True:
+            events = await follower.next(RECHECK_S * (1 + random.random() / 4))
+            for event in events or ():
+                yield ServerSentEvent(data=json.dumps(event.data), event=event.type,
+                                      id=str(event.seq))
+                if event.type == "status" and event.data.get("status") in TERMINAL:
+                    return
+            if events is not None:
+                if ended and follower.caught_up and follower.queue.empty():
+                    return  # the final event came before `after`
+                continue
             job = await anyio.to_thread.run_sync(state.store.get, job_id)
             if job is None:
                 return
-            if job["status"] in TERMINAL:  # the final event was read before `after`
-                tail = await anyio.to_thread.run_sync(state.store.events, job_id, after, 0.0)
+            ended = job["status"] in TERMINAL
+            if ended and follower.caught_up and follower.queue.empty():
+                tail = await anyio.to_thread.run_sync(state.store.events, job_id,
+                                                      follower.after, 0.0)
                 if not tail:
                     return
+    except StoreUnavailable:  # the response has started: end it; the client resumes
+        log.warning("an event stream of job %s ends: the store does not answer", job_id)
+    finally:
+        state.hub.unfollow(follower)
+        release()
 
 
 @router.get("/{job_id}/artifacts/{name}", response_class=Response,

@@ -203,6 +203,17 @@ def test_a_batch_shares_one_forward_pass_and_matches_single_runs(tmp_path: Path)
         assert alone["mask"].data == out["mask"].data
 
 
+def test_a_large_input_gets_its_mask_and_overlay_at_the_bounded_size(tmp_path: Path) -> None:
+    p = make_predictor(tmp_path, 3)
+    p.entry = p.entry.model_copy(update={"limits": p.entry.limits.model_copy(
+        update={"max_side": 64})})
+    image = Image.new("RGB", (400, 200), (200, 30, 30))
+    (out,) = p.predict([Request("segment", {"image": image})])
+    assert decode(out["mask"]).size == (64, 32) and decode(out["overlay"]).size == (64, 32)
+    assert out["mask"].meta["width"] == 64
+    assert sum(c["pixels"] for c in out["classes"]) == 64 * 32
+
+
 def test_class_areas_name_the_overlay_colour_of_each_class() -> None:
     from models.segmentation.predictor import class_areas, overlay
 

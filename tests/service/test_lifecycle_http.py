@@ -133,9 +133,9 @@ def metric(text: str, name: str, **labels: str) -> float:
     """The sum of a family's samples whose labels include ``labels``."""
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name) and (line[len(name)] in "{ "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
+        if (line.startswith(name) and line[len(name)] in "{ "
+                and all(f'{k}="{v}"' in line for k, v in labels.items())):
+            total += float(line.rsplit(" ", 1)[1])
     return total
 
 

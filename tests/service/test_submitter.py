@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from service.streams import EventHub
 from service.submitter import BrokerDown, Submitter
 from service.waiters import Waiters
 from tests.workers.test_store import job
@@ -101,7 +102,7 @@ class AnnouncingStore(SQLiteStore):
 def test_a_finish_wakes_its_waiting_request(tmp_path: Path) -> None:
     store = AnnouncingStore(tmp_path / "s.db")
     record, _ = store.create_and_announce(job("a"))
-    waiters = Waiters(store)
+    waiters = Waiters(store, EventHub(store))
 
     async def main() -> tuple[dict[str, Any] | None, float]:
         waiters.start()
@@ -127,7 +128,7 @@ def test_a_missed_announcement_only_delays_the_answer(tmp_path: Path) -> None:
     store = AnnouncingStore(tmp_path / "s.db")
     record, _ = store.create_and_announce(job("a"))
     store.claim("a", "w1")
-    waiters = Waiters(store)
+    waiters = Waiters(store, EventHub(store))
     waiters.recheck_s = 0.2
 
     async def main() -> dict[str, Any] | None:
@@ -148,7 +149,7 @@ def test_a_missed_announcement_only_delays_the_answer(tmp_path: Path) -> None:
 def test_a_wait_that_runs_out_answers_the_latest_record(tmp_path: Path) -> None:
     store = AnnouncingStore(tmp_path / "s.db")
     record, _ = store.create_and_announce(job("a"))
-    waiters = Waiters(store)
+    waiters = Waiters(store, EventHub(store))
     waiters.recheck_s = 0.1
 
     async def main() -> dict[str, Any] | None:

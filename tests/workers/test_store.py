@@ -71,6 +71,22 @@ def test_events_block_until_one_arrives(store: JobStore) -> None:
     assert [e.type for e in got] == ["log"] and time.monotonic() - t0 < 2.5
 
 
+def test_events_of_many_jobs_in_one_read(store: JobStore) -> None:
+    for jid in ("a", "b", "c"):
+        store.create(job(jid))
+    for i in range(3):
+        store.append_event("a", "progress", {"step": i})
+    store.append_event("b", "log", {"m": "b"})
+    found = store.events_many({"a": 1, "b": 0, "c": 0, "gone": 0})
+    assert {j: [e.seq for e in evs] for j, evs in found.items()} == {"a": [2, 3], "b": [1]}
+    assert store.events_many({"a": 3, "c": 0}) == {}
+    threading.Timer(0.2, lambda: store.append_event("c", "log", {"m": "c"})).start()
+    t0 = time.monotonic()
+    found = store.events_many({"a": 3, "c": 0}, block_s=3.0)
+    assert [e.data for e in found["c"]] == [{"m": "c"}] and list(found) == ["c"]
+    assert time.monotonic() - t0 < 2.5
+
+
 def test_list_is_owner_scoped_newest_first_with_cursor(store: JobStore) -> None:
     for i in range(5):
         store.create(job(f"j{i}"))

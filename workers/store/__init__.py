@@ -25,10 +25,12 @@ def open_store(settings: Settings) -> JobStore:
         from workers.store.redis import RedisStore
 
         return RedisStore(settings.redis_url, retention_s=settings.retention_s)
+    from workers.settings import private_dir, private_file
     from workers.store.sqlite import SQLiteStore
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return SQLiteStore(settings.data_dir / "convoy.db", retention_s=settings.retention_s)
+    # SQLite gives its -wal and -shm files the mode of the database file.
+    db = private_file(private_dir(settings.data_dir) / "convoy.db")
+    return SQLiteStore(db, retention_s=settings.retention_s)
 
 
 __all__ = ["TERMINAL", "Event", "JobStore", "StoreUnavailable", "open_store", "public_record"]

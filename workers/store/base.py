@@ -276,6 +276,18 @@ class JobStore(ABC):
     def events(self, job_id: str, after: int = 0, block_s: float = 0.0) -> list[Event]:
         """Events with seq > after; wait up to ``block_s`` for one if there are none."""
 
+    def events_many(self, after: dict[str, int], block_s: float = 0.0
+                    ) -> dict[str, list[Event]]:
+        """For each job id in ``after``, its events with seq > its value (jobs with none are
+        left out); wait up to ``block_s`` for any. The one read an API process makes for all
+        the event streams it serves."""
+        deadline = time.monotonic() + block_s
+        while True:
+            found = {j: new for j, seq in after.items() if (new := self.events(j, seq))}
+            if found or time.monotonic() >= deadline:
+                return found
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
     # -- artifacts -----------------------------------------------------------------------
     @abstractmethod
     def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str) -> None: ...

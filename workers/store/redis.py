@@ -163,6 +163,7 @@ class RedisStore(JobStore):
         opts: dict[str, Any] = dict(socket_connect_timeout=2.0, retry_on_timeout=False)
         self.r = redis.Redis.from_url(url, socket_timeout=3.0, **opts)
         self._loaded: set[str] = set()
+        self._reader: redis.Redis | None = None  # events_many's own connection
         self._claim = self.r.register_script(_CLAIM)
         self._accept = self.r.register_script(_ACCEPT)
         self._create = self.r.register_script(_CREATE)
@@ -483,6 +484,26 @@ class RedisStore(JobStore):
             for entry_id, f in rows
         ]
 
+    @_guard
+    def events_many(self, after: dict[str, int], block_s: float = 0.0
+                    ) -> dict[str, list[Event]]:
+        """One ``XREAD`` over all the jobs' streams, on a connection of its own (not the
+        pool's: a read that blocks must not take a connection that submissions need).
+        Meant for one caller thread per store, the API's event reader."""
+        if self._reader is None:
+            self._reader = redis.Redis.from_url(
+                self.url, socket_connect_timeout=2.0, socket_timeout=block_s + 5.0,
+                single_connection_client=True)
+        streams = {f"{P}events:{j}": f"{seq}-1" for j, seq in after.items()}
+        found = self._reader.xread(streams, block=max(1, int(block_s * 1000))
+                                   ) if block_s > 0 else self._reader.xread(streams)
+        return {
+            key.decode().removeprefix(f"{P}events:"): [
+                Event(int(entry_id.split(b"-")[0]), f[b"type"].decode(), json.loads(f[b"data"]))
+                for entry_id, f in rows]
+            for key, rows in found or [] if rows
+        }
+
     # -- artifacts ---------------------------------------------------------------------------
     @_guard
     def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str) -> None:
@@ -533,6 +554,8 @@ class RedisStore(JobStore):
 
     def close(self) -> None:
         self.r.close()
+        if self._reader is not None:
+            self._reader.close()
 
     @classmethod
     def _announced(cls, data: bytes) -> tuple[str, dict[str, Any]] | None:

@@ -285,6 +285,26 @@ class SQLiteStore(JobStore):
                 return [Event(int(s), t, json.loads(d)) for s, t, d in rows]
             time.sleep(self.poll_s)
 
+    def events_many(self, after: dict[str, int], block_s: float = 0.0
+                    ) -> dict[str, list[Event]]:
+        """One query for all the jobs (a join on their cursors), polled every 20 ms."""
+        cursors = json.dumps(after)
+        deadline = time.monotonic() + block_s
+        while True:
+            try:
+                rows = self._db().execute(
+                    "SELECT e.job_id, e.seq, e.type, e.data FROM json_each(?) AS c "
+                    "JOIN events AS e ON e.job_id = c.key AND e.seq > c.value "
+                    "ORDER BY e.job_id, e.seq", (cursors,)).fetchall()
+            except sqlite3.OperationalError as e:
+                raise StoreUnavailable(f"sqlite: {e}") from e
+            if rows or time.monotonic() >= deadline:
+                found: dict[str, list[Event]] = {}
+                for job_id, seq, type_, data in rows:
+                    found.setdefault(job_id, []).append(Event(int(seq), type_, json.loads(data)))
+                return found
+            time.sleep(max(self.poll_s, 0.02))
+
     # -- artifacts ---------------------------------------------------------------------------
     def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str) -> None:
         with self._tx() as db:
