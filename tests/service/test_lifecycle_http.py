@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.client import Client
 from tests.fixtures import Service, wait_status
 from tests.helpers import parse_sse
 
@@ -123,6 +124,8 @@ def test_device_seconds_and_a_spent_quota(single: Service) -> None:
         assert usage["device_s"] == pytest.approx(record["device_s"], rel=1e-6)
         assert usage["by_model"] == {"sleepy": pytest.approx(record["device_s"], rel=1e-6)}
         assert usage["quota_device_s"] == 0.2 and usage["remaining_device_s"] == 0
+        with Client(single.url, KEYS["bob"]) as sdk:
+            assert sdk.usage().device_s == usage["device_s"]
         refused = c.post("/v1/jobs", json=sleepy(2))
         assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
     with single.client(KEYS["alice"]) as c:  # another key is not limited by bob's quota

@@ -22,7 +22,8 @@ from tests.helpers import digit_images
 
 pytestmark = pytest.mark.slow
 OPERATIONS = {"submitJob", "listJobs", "getJob", "cancelJob", "streamJobEvents", "getArtifact",
-              "listModels", "getModel", "listWorkers", "health", "ready", "metrics"}
+              "listModels", "getModel", "listWorkers", "health", "ready", "metrics",
+              "getUsage", "getWebhookSecret"}
 # The artifact route answers image/png; the generator reads it as bytes when told so.
 CONFIG = "content_type_overrides:\n  image/png: application/octet-stream\n"
 

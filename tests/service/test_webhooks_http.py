@@ -20,6 +20,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
+from service.client import Client
 from tests.fixtures import Service, wait_status
 from tests.helpers import parse_sse
 from tests.support.receiver import Receiver
@@ -75,6 +76,8 @@ def test_each_event_type_is_delivered_and_verifies(hooked: Service, receiver: Re
                                            "webhook": "http://169.254.169.254/latest"})
         assert refused.status_code == 422 and "metadata" in refused.json()["error"]["message"]
         secret = c.get("/v1/webhook-secret").json()["secret"]
+        with Client(hooked.url) as sdk:
+            assert sdk.webhook_secret() == secret
         r = c.post("/v1/jobs", json={
             "kind": "generate", "model": "sleepy", "input": {"steps": 4}, "webhook": receiver.url,
             "webhook_events": ["start", "progress", "output", "completed"]})
