@@ -63,12 +63,6 @@ def webhook_notes(c: httpx.Client, job_id: str) -> list[dict[str, Any]]:
     return [e["data"] for e in events if e["event"] == "webhook"]
 
 
-def figures(name: str, receiver: Receiver) -> None:
-    ids = receiver.ids()
-    print(f"FIGURES {name}: attempted={sum(ids.values())} delivered_ids="
-          f"{len(receiver.delivered_ids())} duplicates={sum(ids.values()) - len(ids)}")
-
-
 def test_each_event_type_is_delivered_and_verifies(hooked: Service, receiver: Receiver) -> None:
     with hooked.client() as c:
         refused = c.post("/v1/jobs", json={"kind": "generate", "model": "sleepy",
@@ -98,7 +92,7 @@ def test_each_event_type_is_delivered_and_verifies(hooked: Service, receiver: Re
         assert {n["event"] for n in notes if n["state"] == "delivered"} == {
             "start", "progress", "output", "completed"}
     assert all(n == 1 for n in receiver.ids().values())
-    figures(f"events[{getattr(hooked, 'mode', '?')}]", receiver)
+    receiver.figures(f"events[{getattr(hooked, 'mode', '?')}]")
 
 
 def test_delivery_survives_sigkill_of_api_and_worker(hooked: Service,
@@ -128,4 +122,4 @@ def test_delivery_survives_sigkill_of_api_and_worker(hooked: Service,
             time.sleep(0.3)
         assert "delivered" in states
     assert len(receiver.ids()) == 1  # one delivery, whatever the number of attempts
-    figures(f"sigkill[{getattr(hooked, 'mode', '?')}]", receiver)
+    receiver.figures(f"sigkill[{getattr(hooked, 'mode', '?')}]")

@@ -80,6 +80,15 @@ class Receiver:
         with self._lock:
             return Counter(r.headers.get("webhook-id", "") for r in self.answered)
 
+    def figures(self, name: str) -> str:
+        """One FIGURES line: requests received, ids given a 2xx, and repeated ids."""
+        ids, answered = self.ids(), self.delivered_ids()
+        line = (f"FIGURES {name}: attempted={sum(ids.values())} delivered_ids={len(answered)} "
+                f"duplicates={sum(ids.values()) - len(ids)} "
+                f"delivered_twice={sum(n - 1 for n in answered.values())}")
+        print(line)
+        return line
+
     def wait_for(self, pred: Any, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

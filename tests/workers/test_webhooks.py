@@ -89,6 +89,7 @@ def test_each_event_type_is_delivered_signed(store: JobStore, receiver: Receiver
         verifier.verify(receiver.requests[0].body, tampered)
     attempts = [e.data for e in store.events("j1") if e.type == "webhook"]
     assert [a["state"] for a in attempts] == ["delivered"] * 4
+    receiver.figures(f"each-event[{type(store).__name__}]")
 
 
 def test_only_the_asked_events_are_sent_and_the_default_is_completed(
@@ -120,6 +121,7 @@ def test_receiver_down_then_up_is_delivered_once(store: JobStore, receiver: Rece
         time.sleep(0.3)
         sender.run_once()
     assert receiver.ids() == {f"msg_j3_{failed[0]['id'].rsplit('_', 1)[1]}": 1}
+    receiver.figures(f"down-then-up[{type(store).__name__}]")
 
 
 def test_a_500_is_retried_with_backoff_until_it_succeeds(store: JobStore,
@@ -137,6 +139,7 @@ def test_a_500_is_retried_with_backoff_until_it_succeeds(store: JobStore,
     assert len(set(receiver.ids())) == 1
     states = [e.data["state"] for e in store.events("j4") if e.type == "webhook"]
     assert states[-1] == "delivered" and states.count("pending") == len(states) - 1
+    receiver.figures(f"500-then-200[{type(store).__name__}]")
 
 
 def test_retries_stop_after_the_bound(store: JobStore, receiver: Receiver) -> None:
@@ -163,6 +166,7 @@ def test_a_slow_receiver_is_retried_under_the_same_id(store: JobStore,
     pump(sender, lambda: any(e.type == "webhook" and e.data["state"] == "delivered"
                              for e in store.events("j6")))
     assert len(set(receiver.ids())) == 1  # duplicates, if any, carry one webhook-id
+    receiver.figures(f"slow[{type(store).__name__}]")
 
 
 def test_a_sender_that_dies_mid_delivery_leaves_it_to_another(store: JobStore,
@@ -180,6 +184,7 @@ def test_a_sender_that_dies_mid_delivery_leaves_it_to_another(store: JobStore,
     time.sleep(1.1)
     pump(second, lambda: len(receiver.answered) == 1)
     assert receiver.ids() == {claimed[0].id: 1}
+    receiver.figures(f"sender-died[{type(store).__name__}]")
 
 
 def test_refused_addresses_fail_without_a_connection(store: JobStore) -> None:
