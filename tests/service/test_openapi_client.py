@@ -121,7 +121,7 @@ def test_every_route_has_a_readable_operation_id_and_typed_answers(service: Serv
         assert name in schemas, name
     events = doc["paths"]["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]
     assert set(events["content"]["text/event-stream"]["x-event-payloads"]) == {
-        "status", "progress", "preview", "log", "output", "error"}
+        "status", "progress", "preview", "log", "output", "error", "queue", "webhook"}
     for kind in ("Classify", "Segment", "Reconstruct", "Sample", "Generate"):
         assert schemas[f"{kind}Job"]["examples"], kind
         for name, field in schemas[f"{kind}Input"]["properties"].items():
