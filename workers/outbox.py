@@ -146,7 +146,8 @@ class SQLiteOutbox(Outbox):
             db.execute("DELETE FROM webhook_outbox WHERE expires_at < ?", (now,))
             db.execute("COMMIT")
         except sqlite3.OperationalError as e:
-            db.execute("ROLLBACK") if db.in_transaction else None
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise StoreUnavailable(f"sqlite: {e}") from e
         return new
 
@@ -161,7 +162,8 @@ class SQLiteOutbox(Outbox):
                            [(now + lease_s, r[0]) for r in rows])
             db.execute("COMMIT")
         except sqlite3.OperationalError as e:
-            db.execute("ROLLBACK") if db.in_transaction else None
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise StoreUnavailable(f"sqlite: {e}") from e
         return [Delivery(**json.loads(r[1])) for r in rows]
 
