@@ -30,7 +30,7 @@ from workers.errors import ConvoyError, RateLimited, Unavailable
 from workers.images import DECODE_BUDGET
 from workers.outbox import open_outbox
 from workers.settings import Settings, get_settings
-from workers.store import StoreUnavailable, open_store
+from workers.store import StoreFull, StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
 _HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "not_found", 409: "conflict",
@@ -60,6 +60,9 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StoreUnavailable)
     async def store_down(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        if isinstance(exc, StoreFull):
+            return _error(503, "unavailable", "the job store is full; try again later",
+                          headers={"Retry-After": "10"})
         return _error(503, "unavailable", "the job store does not answer; try again shortly",
                       headers={"Retry-After": "2"})
 

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -82,26 +81,27 @@ def serve(
     mode = "embedded (SQLite + local broker under " + str(settings.data_dir) + ")" \
         if settings.embedded else "distributed (Redis)"
     console.print(f"convoy on http://{host}:{port} — {mode}")
+    app = create_app(settings)
     worker = None
     if not no_worker and importlib.util.find_spec("torch") is None:
         console.print("No worker: this install has no torch (pip install 'convoy[worker]'); "
                       "serving the API alone.", markup=False)
         no_worker = True
-    if not no_worker:
-        worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"],
-                                  preexec_fn=_die_with_parent)
+    if not no_worker:  # supervised: a worker that dies is started again
+        from service.supervisor import WorkerChild
+
+        worker = WorkerChild([sys.executable, "-m", "service.cli", "worker"],
+                             max_delay_s=settings.worker_restart_max_s)
+        app.state.worker_child = worker
+        worker.start()
     sys.setswitchinterval(settings.switch_interval_s)  # as the worker does
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
+        uvicorn.run(app, host=host, port=port, log_level="warning",
                     timeout_graceful_shutdown=5,
                     http=timed_protocol(settings.header_timeout_s, settings.body_timeout_s))
     finally:
         if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            worker.stop(signal.SIGTERM)
 
 
 @app.command()
@@ -116,6 +116,8 @@ def worker(
     from workers.worker import list_gpus, run_worker, spawn_per_gpu
 
     _logging(os.environ.get("CONVOY_LOG_LEVEL", "INFO"))
+    if os.environ.get("CONVOY_PARENT_PID"):  # the worker of `convoy serve`
+        _die_with_parent(int(os.environ["CONVOY_PARENT_PID"]))
     if gpus:
         ids = list_gpus(gpus)
         if not ids:
@@ -130,7 +132,7 @@ def worker(
     run_worker(settings, queues.split(",") if queues else None, concurrency)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """In the worker child: get SIGTERM when `convoy serve` dies, however it dies (Linux)."""
     try:
         import ctypes
@@ -138,6 +140,8 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+    if os.getppid() != parent:  # it died before the request took effect
+        raise typer.Exit(0)
 
 
 @app.command()

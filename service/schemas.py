@@ -145,7 +145,10 @@ class JobRecord(BaseModel):
     output: Output | None = Field(None, description="succeeded jobs: the kind's output; "
                                   "artifacts appear as links")
     error: JobError | None = Field(None, description="failed or canceled jobs")
-    attempts: int = Field(0, description="runs started (a dead worker's job runs again)")
+    attempts: int = Field(0, description="runs started on a device (a job its worker "
+                          "was lost with runs again; one it merely held is not counted)")
+    waiting: str | None = Field(None, description="a queued job while no worker lives: why "
+                                "it waits (absent otherwise)")
     priority: int = Field(0, description="higher starts first on the queue (0..9)")
     queue: QueueInfo | None = Field(None, description="queued jobs: position and ETA")
     device_s: float | None = Field(None, description="device-seconds charged: the job's "

@@ -26,6 +26,13 @@ config = {{ step_s = 0.05, started_marker = "{marker}" }}
 max_batch = 4
 max_wait_ms = 20
 
+[models.stamped]
+family = "sleepy"
+kinds = ["generate"]
+description = "test model: sleeps per step, draws images that name its process"
+config = {{ step_s = 0.05, stamp_pid = true }}
+max_batch = 4
+
 [models.parked]
 family = "sleepy"
 kinds = ["generate"]

@@ -118,18 +118,22 @@ class BatchStats:
 
 
 class Batcher:
-    """``canceled(job_ids)`` answers which of a batch's jobs were canceled: it is asked once
-    before each batch and then at most every ``poll_s`` between steps, for the whole batch
-    at once (each member's ``wanted`` answers the rest, such as its deadline).
+    """``canceled(job_ids)`` answers which of a batch's jobs must stop (a set of canceled
+    ones, or a dict: job id → why): it is asked once before each batch and then at most
+    every ``poll_s`` between steps, for the whole batch at once (each member's ``wanted``
+    answers the rest, such as its deadline). ``on_device(job_ids)``, where given, is told
+    of a batch just before it runs, and answers as ``canceled`` does.
     ``progress(job_ids, step, total)``, where given, reports a step for all the batch's
     members in one call instead of each member's ``on_progress``."""
 
     def __init__(self, enabled: bool = True, on_batch: Callable[[int], None] | None = None,
-                 canceled: Callable[[list[str]], set[str]] | None = None,
+                 canceled: Callable[[list[str]], set[str] | dict[str, str]] | None = None,
                  poll_s: float = 0.005,
                  progress: Callable[[list[str], int, int], None] | None = None,
+                 on_device: Callable[[list[str]], dict[str, str]] | None = None,
                  on_measured: Callable[[list[Item], float], None] | None = None) -> None:
         self.enabled = enabled
+        self.on_device = on_device
         self.on_measured = on_measured  # (a batch's items, the seconds its forward pass took)
         self.progress = progress
         self.on_batch = on_batch
@@ -216,12 +220,14 @@ class Batcher:
     def _stopped(self, items: list[Item], fresh: bool) -> list[str | None]:
         """Why each item is not wanted any more (None: it is); the cancel flags are read
         when ``fresh`` or when ``poll_s`` has passed since they last were."""
-        flagged: set[str] = set()
+        flagged: set[str] | dict[str, str] = set()
         now = time.monotonic()
         if self.canceled is not None and (fresh or now - self._polled >= self.poll_s):
             self._polled = now
             flagged = self.canceled([it.job_id for it in items])
-        return ["canceled" if it.job_id in flagged else it.wanted() for it in items]
+        if isinstance(flagged, set):
+            flagged = dict.fromkeys(flagged, "canceled")
+        return [flagged.get(it.job_id) or it.wanted() for it in items]
 
     def _run_safe(self, items: list[Item]) -> None:
         live = []
@@ -230,6 +236,11 @@ class Batcher:
                 self._resolve(it, error=Stopped(reason))
             else:
                 live.append(it)
+        if live and self.on_device is not None:
+            lost = self.on_device([it.job_id for it in live])
+            for it in [it for it in live if it.job_id in lost]:
+                self._resolve(it, error=Stopped(lost[it.job_id]))
+                live.remove(it)
         if not live:
             return
         try:

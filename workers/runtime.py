@@ -28,6 +28,7 @@ from workers.queue_order import open_order
 from workers.settings import Settings, new_id
 from workers.stats import WorkerStats
 from workers.store import JobStore, StoreUnavailable
+from workers.store.base import StaleClaim
 from workers.store.patient import patient
 
 if TYPE_CHECKING:
@@ -60,16 +61,17 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
         return None
 
 
-def link_artifacts(store: JobStore, job_id: str, value: Any) -> Any:
-    """Store every Artifact inside a predictor result and swap it for its link."""
+def link_artifacts(store: JobStore, job_id: str, value: Any, token: int | None = None) -> Any:
+    """Store every Artifact inside a predictor result (under the claim of ``token``) and
+    swap it for its link."""
     if isinstance(value, Artifact):
-        store.put_artifact(job_id, value.name, value.data, value.content_type)
+        store.put_artifact(job_id, value.name, value.data, value.content_type, token=token)
         return {"name": value.name, "url": f"/v1/jobs/{job_id}/artifacts/{value.name}",
                 "content_type": value.content_type, **value.meta}
     if isinstance(value, dict):
-        return {k: link_artifacts(store, job_id, v) for k, v in value.items()}
+        return {k: link_artifacts(store, job_id, v, token) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [link_artifacts(store, job_id, v) for v in value]
+        return [link_artifacts(store, job_id, v, token) for v in value]
     return value
 
 
@@ -94,6 +96,10 @@ class _Run:
     def fail(self, code: str, message: str) -> None:
         self.end(code, "failed", error={"code": code, "message": message[:2000]})
 
+    @property
+    def token(self) -> int | None:
+        return None if self.job is None else self.job.get("token")
+
 
 class WorkerRuntime:
     def __init__(self, settings: Settings, store: JobStore, catalog: Catalog, cache: ModelCache,
@@ -107,7 +113,8 @@ class WorkerRuntime:
         self.stats = WorkerStats()
         self.batcher = Batcher(enabled=settings.batching, on_batch=self.stats.batch,
                                canceled=self._canceled_among, poll_s=CANCEL_POLL_S,
-                               progress=self._progress, on_measured=self._measured)
+                               progress=self._progress, on_device=self._on_device,
+                               on_measured=self._measured)
         self.queues: list[str] = []  # the queues this worker takes (in its heartbeat)
         self.order = open_order(store, settings.starvation_s)
         self.meter = open_meter(store, settings.quota_period_s)
@@ -120,6 +127,7 @@ class WorkerRuntime:
         # Outcomes wait out a store outage; progress and previews are dropped during one.
         self.durable = patient(store, settings.store_patience_s)
         self._active: Counter[str] = Counter()  # jobs a thread of this process is running
+        self._tokens: dict[str, int] = {}  # job id → the token of this process's claim
         self._rescued: dict[str, float] = {}  # job id → when rescue_stranded sent it again
         self._rescue_every = max(1, round(settings.stranded_after_s / 2 / settings.heartbeat_s))
         self._active_lock = threading.Lock()
@@ -136,7 +144,7 @@ class WorkerRuntime:
         (a redelivered message) is skipped. Returns what happened to each (for logs and
         tests)."""
         if self.order is not None:  # the best queued jobs, not necessarily the message's
-            job_ids = self.order.pick(job_ids, self.store)
+            job_ids = list(dict.fromkeys(self.order.pick(job_ids, self.store)))
         runs = [_Run(j) for j in job_ids]
         for run in runs:
             self.batcher.expect()
@@ -148,6 +156,8 @@ class WorkerRuntime:
                     run.outcome = "missing" if why == "missing" else f"skipped ({why})"
                 else:
                     run.job, run.claimed_at = claimed, time.monotonic()
+                    with self._active_lock:
+                        self._tokens[run.id] = claimed.get("token") or 0
                     self._start(run)
             self._record([r for r in runs if r.status is not None])  # over before starting
             waiting = {r.future: r for r in runs if r.future is not None}
@@ -164,6 +174,10 @@ class WorkerRuntime:
         finally:
             for run in runs:
                 self._hold(run.id, -1)
+                if run.job is not None:
+                    with self._active_lock:
+                        if self._tokens.get(run.id) == run.token:
+                            del self._tokens[run.id]
                 if run.future is None:
                     self.batcher.unexpect()
                 if run.job is not None:
@@ -172,10 +186,11 @@ class WorkerRuntime:
         return [r.outcome or "internal" for r in runs]
 
     def _record(self, runs: list[_Run]) -> None:
+        runs = [r for r in runs if r.status is not None]  # a lost claim records nothing
         if runs:
             self._charge(runs)
             self.durable.finish_many([(r.id, self.id, r.status, r.output, r.error)
-                                      for r in runs])
+                                      for r in runs], tokens=[r.token for r in runs])
 
     def _start(self, run: _Run) -> None:
         """Hand a claimed job's request to the batcher, unless it is over before it starts."""
@@ -199,12 +214,16 @@ class WorkerRuntime:
         assert run.future is not None
         try:
             output = run.future.result(timeout=5.0)
-            run.end("succeeded", "succeeded", output=link_artifacts(self.durable, run.id, output))
+            run.end("succeeded", "succeeded",
+                    output=link_artifacts(self.durable, run.id, output, run.token))
         except Exception as e:
             self._failed(run, e)
 
     def _failed(self, run: _Run, e: Exception) -> None:
-        if isinstance(e, Stopped):
+        if isinstance(e, StaleClaim) or (isinstance(e, Stopped) and e.reason == "lost"):
+            log.warning("job %s: handed to another run meanwhile; this run stops", run.id)
+            run.outcome, run.status = "lost", None
+        elif isinstance(e, Stopped):
             if e.reason == "timeout":
                 run.fail("timeout", "the job ran past its deadline")
             else:
@@ -223,7 +242,8 @@ class WorkerRuntime:
         job = run.job
         assert job is not None
         wait = _seconds_between(job.get("created_at"), job.get("started_at"))
-        self.stats.job(job["kind"], job["model"], run.status or "failed", queue_wait_s=wait,
+        self.stats.job(job["kind"], job["model"], run.status or run.outcome or "failed",
+                       queue_wait_s=wait,
                        run_s=None if run.claimed_at is None
                        else time.monotonic() - run.claimed_at)
 
@@ -248,18 +268,35 @@ class WorkerRuntime:
             except StoreUnavailable as e:
                 log.warning("device-seconds of %d jobs not recorded (%s)", len(charges), e)
 
+    def _claims(self, job_ids: list[str]) -> dict[str, int]:
+        with self._active_lock:
+            return {j: self._tokens[j] for j in job_ids if j in self._tokens}
+
     def _progress(self, job_ids: list[str], step: int, total: int) -> None:
+        claims = self._claims(job_ids)
         try:
-            self.store.progress_many(job_ids, step, total)
+            self.store.progress_many(list(claims), step, total, tokens=list(claims.values()))
         except StoreUnavailable as e:
             log.warning("progress %d/%d of %d jobs not recorded (%s)", step, total,
                         len(job_ids), e)
 
-    def _canceled_among(self, job_ids: list[str]) -> set[str]:
+    def _on_device(self, job_ids: list[str]) -> dict[str, str]:
+        """Mark a batch's runs as on the device before it runs (a worker lost from now on
+        is charged an attempt for them); the runs whose claim is over must not start. A
+        store that does not answer is no reason to hold the device: the batch runs unmarked."""
         try:
-            return self.store.canceled_among(job_ids)
+            return dict.fromkeys(self.store.mark_on_device(self._claims(job_ids)), "lost")
+        except StoreUnavailable as e:
+            log.warning("batch of %d not marked on the device (%s)", len(job_ids), e)
+            return {}
+
+    def _canceled_among(self, job_ids: list[str]) -> dict[str, str]:
+        """Why runs of a batch must stop: 'canceled', or 'lost' where the job was handed to
+        another run (this worker was taken for dead while it stalled)."""
+        try:
+            return self.store.stopped_among(self._claims(job_ids))
         except StoreUnavailable:
-            return set()  # a store outage is no reason to stop: the outcome waits for the store
+            return {}  # a store outage is no reason to stop: the outcome waits for the store
 
     def _hold(self, job_id: str, delta: int) -> None:
         with self._active_lock:
@@ -283,10 +320,14 @@ class WorkerRuntime:
         def wanted() -> str | None:  # cancel flags are read by the batcher, once per batch
             return "timeout" if time.time() > deadline else None
 
+        token = job.get("token")
+
         def on_preview(artifact: Artifact) -> None:
             try:
-                link = link_artifacts(self.store, job_id, artifact)
-                self.store.append_event(job_id, "preview", link)
+                link = link_artifacts(self.store, job_id, artifact, token)
+                self.store.append_event(job_id, "preview", link, token=token)
+            except StaleClaim:
+                pass  # handed to another run: the batch drops this job at its next step
             except StoreUnavailable as e:
                 log.warning("job %s: preview %s not recorded (%s)", job_id, artifact.name, e)
 
@@ -330,13 +371,16 @@ class WorkerRuntime:
             job = self.store.get(job_id)
             if job is None:
                 continue
-            if job.get("attempts", 0) >= self.settings.max_attempts:
+            charged = job.get("device") == job.get("token")  # lost while on the device
+            if charged and job.get("attempts", 0) >= self.settings.max_attempts:
                 finish_and_announce(self.store, job_id, worker, "failed", error={
                     "code": "worker_lost",
                     "message": f"the job's worker was lost {job['attempts']} times"})
                 continue
             if self.store.requeue(job_id, worker):
                 why = "could not record its outcome" if worker == self.id else "was lost"
+                if not charged:
+                    why += " before the job reached the device (no attempt counted)"
                 self.store.append_event(job_id, "log", {"message": f"worker {worker} {why};"
                                                         " the job is queued again"})
                 self.store.append_event(job_id, "status", {"status": "queued"})

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     rate_limit_burst: int = 200
     max_queued_per_owner: int = 1000
     max_queue_depth: int = 10000
+    max_stored_bytes_per_owner: int = 2 * 1024**3  # inputs and artifacts an owner keeps within retention; 0: no bound
     max_streams_per_key: int = 64  # open event streams plus Prefer: wait submissions per key
     decode_budget_pixels: int = 4096 * 4096  # pixels being decoded at once in a process
     decode_wait_s: float = 2.0  # a decode over the budget waits this long, then 503
@@ -71,6 +72,7 @@ class Settings(BaseSettings):
     poll_interval_s: float = 0.02  # embedded broker polling
     torch_threads: int = 0  # torch CPU threads per worker; 0: half the cores (the rest run the queue)
     store_patience_s: float = 600.0  # a worker waits this long for a down store to record a job
+    worker_restart_max_s: float = 30.0  # convoy serve restarts a dead worker child after a delay doubling up to this
     stranded_after_s: float = 60.0  # a job queued this long while its queue holds no message is sent again
     switch_interval_s: float = 0.005  # GIL hand-over interval of API and worker processes (Python's default)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -15,6 +15,7 @@ from service.schemas import Health
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)
+NO_WORKER = "no live worker: jobs are accepted and wait in the queue until one starts"
 
 
 @router.get("/healthz", operation_id="health", response_model=Health)
@@ -34,8 +35,10 @@ class Readiness(BaseModel):
     "model": Readiness, "description": "not ready: the store or broker does not answer, or no "
     "worker was seen", "headers": {"Retry-After": {"schema": {"type": "integer"},
                                                    "required": True}}}})
-def readyz(state: StateDep) -> JSONResponse:
-    """200 when the store and broker answer and a worker was seen within its heartbeat.
+def readyz(state: StateDep, request: Request) -> JSONResponse:
+    """200 when the store and broker answer and a worker was seen within its heartbeat;
+    else ``checks.why`` says what is missing when no worker lives (jobs are still accepted
+    and queue).
 
     The route is open, so a failure is named by its kind only: the error's text (which
     holds the store's address) goes to the log."""
@@ -59,6 +62,9 @@ def readyz(state: StateDep) -> JSONResponse:
         workers = []
         checks["workers"] = 0
     ready = checks["store"] == "ok" and checks["broker"] == "ok" and bool(workers)
+    if checks["store"] == "ok" and not workers:
+        child = getattr(request.app.state, "worker_child", None)
+        checks["why"] = NO_WORKER + (f" ({child.note})" if child and child.note else "")
     headers = {} if ready else {"Retry-After": "2"}
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503,
                         headers=headers)

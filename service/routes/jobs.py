@@ -21,6 +21,7 @@ from starlette.requests import ClientDisconnect
 from service.deps import Caller, CallerDep, State, StateDep
 from service.errors import V1_ERRORS, bounded_errors, error_responses, request_body_openapi
 from service.metrics import JOBS_SUBMITTED
+from service.routes.health import NO_WORKER
 from service.routes.webhooks import check_webhook
 from service.schemas import EVENTS_DESCRIPTION, JobList, JobRecord
 from service.submitter import BrokerDown
@@ -30,13 +31,14 @@ from workers.errors import (
     Conflict,
     InvalidInput,
     NotFound,
+    PayloadTooLarge,
     RateLimited,
     Unavailable,
 )
 from workers.runtime import finish_and_announce
 from workers.settings import new_id
 from workers.store import TERMINAL, StoreUnavailable, public_record
-from workers.store.base import STATUSES, QueueFull, now_iso
+from workers.store.base import STATUSES, QueueFull, now_iso, usage_buckets
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1_ERRORS)
@@ -128,6 +130,13 @@ async def _accept(state: State, caller: Caller, body: JobRequest, job: dict[str,
         if e.whose == "owner":
             raise RateLimited(f"this key already has {settings.max_queued_per_owner} "
                               "queued jobs", retry_after=5.0) from e
+        if e.whose == "size":
+            raise PayloadTooLarge("the input alone is over this key's bound of "
+                                  f"{settings.max_stored_bytes_per_owner} stored bytes") from e
+        if e.whose == "bytes":
+            raise RateLimited(f"this key stores {settings.max_stored_bytes_per_owner} bytes "
+                              "of inputs and results already; they expire with their jobs",
+                              retry_after=_usage_retry(settings.retention_s)) from e
         raise Unavailable("the queue is full", retry_after=10.0) from e
     except BrokerDown as e:
         raise Unavailable(str(e)) from e
@@ -219,6 +228,11 @@ def _resubmitted(existing: dict[str, Any], caller: Caller, fingerprint: str) -> 
     return existing
 
 
+def _usage_retry(retention_s: int) -> float:
+    """Seconds until the oldest bucket of stored bytes is forgotten (at most)."""
+    return float(usage_buckets(retention_s)[1])
+
+
 @router.get("", operation_id="listJobs", response_model=JobList)
 def list_jobs(
     state: StateDep,
@@ -239,9 +253,13 @@ def list_jobs(
 
 @router.get("/{job_id}", operation_id="getJob", response_model=JobRecord)
 def get_job(job_id: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
-    """The job record (404 for an unknown id and for another owner's job)."""
+    """The job record (404 for an unknown id and for another owner's job); a queued job
+    while no worker lives says so in ``waiting``."""
     job = owned_job(state, caller, job_id)
-    return state.lifecycle.decorate([public_record(job)], [job])[0]
+    record = state.lifecycle.decorate([public_record(job)], [job])[0]
+    if record["status"] == "queued" and not state.store.workers():
+        record["waiting"] = NO_WORKER
+    return record
 
 
 @router.post("/{job_id}/cancel", operation_id="cancelJob", response_model=JobRecord)

@@ -30,6 +30,8 @@ class SleepyPredictor(Predictor):
 
     def load(self) -> None:
         self.step_s = float(self.entry.config.get("step_s", 0.05))
+        # images that tell which process drew them (to see whose artifacts were kept)
+        self.stamp = os.getpid() if self.entry.config.get("stamp_pid") else 0
         marker = self.entry.config.get("started_marker")
         self.marker = str(marker) if marker else None
 
@@ -48,7 +50,7 @@ class SleepyPredictor(Predictor):
             if on_step is None:
                 continue
             previews: Sequence[Artifact | None] = [
-                png_artifact(f"preview-{step}.png", _image(step))
+                png_artifact(f"preview-{step}.png", _image(step + self.stamp))
                 if batch[i].input.get("preview_every") and step % batch[i].input["preview_every"] == 0
                 else None
                 for i in live
@@ -60,7 +62,7 @@ class SleepyPredictor(Predictor):
         results: list[dict[str, Any] | None] = [None] * len(batch)
         for i in live:
             seeds = batch[i].input["seeds"]
-            results[i] = {"images": [png_artifact(f"image-{j}.png", _image(s), seed=s)
+            results[i] = {"images": [png_artifact(f"image-{j}.png", _image(s + self.stamp), seed=s)
                                      for j, s in enumerate(seeds)]}
         return results
 

@@ -45,6 +45,7 @@ def test_claim_finish_requeue_transitions(store: JobStore) -> None:
     assert store.count_queued() == 0
     assert store.running_jobs() == [("a", "w1")]
     assert store.requeue("a", "w2") is False  # not the holder
+    assert store.mark_on_device({"a": claimed["token"]}) == set()  # it ran on the device
     assert store.requeue("a", "w1") is True
     again = store.claim("a", "w2")
     assert again is not None and again["attempts"] == 2
@@ -133,3 +134,77 @@ def test_redis_records_expire_after_retention(redis_url: str) -> None:
     time.sleep(1.3)
     assert store.get("old") is None and store.get_artifact("old", "a.png") is None
     assert store.events("old") == []
+
+
+def test_a_requeued_run_is_charged_only_if_it_reached_the_device(store: JobStore) -> None:
+    store.create(job("held"))
+    first = store.claim("held", "w1")
+    assert first is not None and first["attempts"] == 1
+    assert store.requeue("held", "w1") is True  # its worker died while it waited
+    back = store.get("held")
+    assert back is not None and back["status"] == "queued" and back["attempts"] == 0
+    second = store.claim("held", "w2")
+    assert second is not None and second["attempts"] == 1
+    assert second["token"] > first["token"]  # a new claim, whatever was charged
+    assert store.mark_on_device({"held": second["token"]}) == set()
+    assert store.requeue("held", "w2") is True  # died on the device: charged
+    charged = store.get("held")
+    assert charged is not None and charged["attempts"] == 1
+    assert charged["device"] == second["token"]
+
+
+def test_writes_of_a_run_whose_claim_is_over_are_refused(store: JobStore) -> None:
+    from workers.store.base import StaleClaim
+
+    store.create(job("a"))
+    stale = store.claim("a", "w1")
+    assert stale is not None
+    assert store.requeue("a", "w1") is True  # w1 was taken for dead
+    fresh = store.claim("a", "w1")  # the same worker name, a new claim
+    assert fresh is not None and fresh["token"] != stale["token"]
+    old, new = stale["token"], fresh["token"]
+    assert store.stopped_among({"a": old}) == {"a": "lost"}
+    assert store.stopped_among({"a": new}) == {}
+    assert store.mark_on_device({"a": old}) == {"a"}
+    with pytest.raises(StaleClaim):
+        store.append_event("a", "preview", {"name": "p.png"}, token=old)
+    with pytest.raises(StaleClaim):
+        store.put_artifact("a", "image-0.png", b"stale", "image/png", token=old)
+    store.progress_many(["a"], 5, 10, tokens=[old])  # skipped, not raised
+    assert store.finish_many([("a", "w1", "succeeded", {"x": "stale"}, None)],
+                             tokens=[old]) == [False]
+    assert store.events("a") == []  # nothing of the stale run's got through
+    store.put_artifact("a", "image-0.png", b"fresh", "image/png", token=new)
+    store.progress_many(["a"], 1, 10, tokens=[new])
+    assert store.finish_many([("a", "w1", "succeeded", {"x": "fresh"}, None)],
+                             tokens=[new]) == [True]
+    done = store.get("a")
+    assert done is not None and done["output"] == {"x": "fresh"}
+    assert done["progress"] == {"step": 1, "total": 10}
+    assert store.get_artifact("a", "image-0.png") == (b"fresh", "image/png")
+    # the run is over: its own token is stale now too
+    with pytest.raises(StaleClaim):
+        store.append_event("a", "progress", {"step": 2}, token=new)
+    assert store.stopped_among({"a": new}) == {"a": "lost"}
+    assert [e.type for e in store.events("a")] == ["progress", "output", "status"]
+
+
+def test_an_owners_stored_bytes_are_bounded(store: JobStore) -> None:
+    from workers.store.base import QueueFull
+
+    store.max_owner_bytes = 5000
+    big = {**job("a"), "input": {"image": "x" * 3000}}
+    store.accept(big, 100, 100)
+    used = store.stored_bytes("alice")
+    assert 3000 < used < 3100
+    store.put_artifact("a", "image-0.png", b"\x89PNG" + b"\x00" * 1500, "image/png")
+    assert store.stored_bytes("alice") == used + 1504
+    with pytest.raises(QueueFull) as over:  # 3000 more would pass the bound
+        store.accept({**big, "id": "b"}, 100, 100)
+    assert over.value.whose == "bytes"
+    with pytest.raises(QueueFull) as alone:
+        store.accept({**job("c"), "input": {"image": "x" * 6000}}, 100, 100)
+    assert alone.value.whose == "size"
+    assert store.get("b") is None and store.get("c") is None
+    store.accept({**big, "id": "d", "owner": "bob"}, 100, 100)  # another owner's bound
+    assert store.stored_bytes("bob") == used

@@ -12,6 +12,7 @@ from workers.store.base import (
     TERMINAL,
     Event,
     JobStore,
+    StoreFull,
     StoreUnavailable,
     public_record,
 )
@@ -24,13 +25,16 @@ def open_store(settings: Settings) -> JobStore:
     if settings.redis_url:
         from workers.store.redis import RedisStore
 
-        return RedisStore(settings.redis_url, retention_s=settings.retention_s)
+        return RedisStore(settings.redis_url, retention_s=settings.retention_s,
+                          max_owner_bytes=settings.max_stored_bytes_per_owner)
     from workers.settings import private_dir, private_file
     from workers.store.sqlite import SQLiteStore
 
     # SQLite gives its -wal and -shm files the mode of the database file.
     db = private_file(private_dir(settings.data_dir) / "convoy.db")
-    return SQLiteStore(db, retention_s=settings.retention_s)
+    return SQLiteStore(db, retention_s=settings.retention_s,
+                       max_owner_bytes=settings.max_stored_bytes_per_owner)
 
 
-__all__ = ["TERMINAL", "Event", "JobStore", "StoreUnavailable", "open_store", "public_record"]
+__all__ = ["TERMINAL", "Event", "JobStore", "StoreFull", "StoreUnavailable", "open_store",
+           "public_record"]

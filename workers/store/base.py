@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -14,17 +15,30 @@ TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 
 # Fields of a job that change while it lives; everything else is fixed at submission.
+# ``token`` counts the claims (it fences the writes of a run: see ``StaleClaim``);
+# ``device`` is the token of the last claim whose run reached the device.
 MUTABLE = ("status", "worker", "attempts", "started_at", "finished_at", "progress", "output",
-           "error", "cancel_requested")
+           "error", "cancel_requested", "token", "device")
 
 
 class StoreUnavailable(RuntimeError):
     """The store's backend does not answer (Redis down, database locked for too long)."""
 
 
+class StoreFull(StoreUnavailable):
+    """The store refuses writes for want of memory (Redis at ``maxmemory`` under
+    ``noeviction``): like an outage, it passes once space is freed."""
+
+
+class StaleClaim(Exception):
+    """A write of a run whose claim is over: the job was handed to another run (its worker
+    was taken for dead), or it ended. The run must stop and write nothing more."""
+
+
 class QueueFull(Exception):
-    """A submission over a queue limit: ``whose`` is 'owner' (the owner's queued jobs) or
-    'all' (everyone's)."""
+    """A submission over a limit: ``whose`` is 'owner' (the owner's queued jobs), 'all'
+    (everyone's), 'bytes' (the bytes the owner stores, see ``JobStore.max_owner_bytes``)
+    or 'size' (the job's input alone is over that bound)."""
 
     def __init__(self, whose: str) -> None:
         super().__init__(whose)
@@ -39,6 +53,21 @@ class Event:
 
 
 QUEUED: tuple[str, dict[str, Any]] = ("status", {"status": "queued"})
+USAGE_BUCKETS = 24  # an owner's stored bytes are counted in this many buckets of retention
+
+
+def usage_buckets(retention_s: int, now: float | None = None) -> tuple[list[int], int]:
+    """(the buckets that may still hold an owner's stored bytes, newest first; a bucket's
+    width in seconds). Bytes are counted in the bucket of the time they were stored and
+    forgotten with it, about when what they count expires."""
+    width = max(60, retention_s // USAGE_BUCKETS)
+    current = int((time.time() if now is None else now) // width)
+    return [current - i for i in range(retention_s // width + 2)], width
+
+
+def input_size(job: dict[str, Any]) -> int:
+    """The bytes a job's submission stores (its input, as JSON)."""
+    return len(json.dumps(job.get("input", {})).encode())
 
 
 def running_event(attempt: int) -> tuple[str, dict[str, Any]]:
@@ -105,6 +134,8 @@ class JobStore(ABC):
     """
 
     retention_s: int
+    # Bytes (inputs, previews, outputs) an owner may keep stored at once; 0: no bound.
+    max_owner_bytes: int = 0
     # Whether ``accept`` can push a broker message in the same step as it records the job.
     pushes_messages: bool = False
     # Whether ``listen_finished`` announces finished jobs (else waiters follow events).
@@ -135,6 +166,12 @@ class JobStore(ABC):
             raise QueueFull("owner")
         if everyone >= max_all:
             raise QueueFull("all")
+        if self.max_owner_bytes:
+            size = input_size(job)
+            if size > self.max_owner_bytes:
+                raise QueueFull("size")
+            if self.stored_bytes(job["owner"]) + size > self.max_owner_bytes:
+                raise QueueFull("bytes")
         return self.create_and_announce(job)
 
     def accept_many(self, jobs: list[dict[str, Any]], max_mine: int, max_all: int,
@@ -157,6 +194,11 @@ class JobStore(ABC):
     def get(self, job_id: str) -> dict[str, Any] | None: ...
 
     @abstractmethod
+    def stored_bytes(self, owner: str) -> int:
+        """The bytes of inputs and artifacts the owner stored within the retention (about:
+        counted by time buckets, see ``usage_buckets``)."""
+
+    @abstractmethod
     def list(
         self, owner: str, status: str | None, kind: str | None, limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
@@ -172,7 +214,11 @@ class JobStore(ABC):
     # -- transitions ---------------------------------------------------------------------
     @abstractmethod
     def claim(self, job_id: str, worker: str) -> dict[str, Any] | None:
-        """queued → running for ``worker`` (attempts + 1). None if not queued."""
+        """queued → running for ``worker`` (attempts + 1, token + 1). None if not queued.
+
+        The claimed job's ``token`` fences its run: the writes given it (``token=``) are
+        refused with ``StaleClaim`` (or skipped, for the batch calls) once the job is no
+        longer running under that token."""
 
     def claim_and_announce(self, job_id: str, worker: str) -> dict[str, Any] | None:
         """``claim``, then append the status event of the start (``running_event``)."""
@@ -196,24 +242,56 @@ class JobStore(ABC):
         return [self.try_claim(j, worker) for j in job_ids]
 
     @abstractmethod
-    def set_progress(self, job_id: str, step: int, total: int) -> None: ...
+    def set_progress(self, job_id: str, step: int, total: int, token: int | None = None
+                     ) -> None: ...
 
-    def progress_many(self, job_ids: list[str], step: int, total: int) -> None:
-        """``set_progress`` and a ``progress`` event for each job (a batch's step)."""
-        for job_id in job_ids:
-            self.set_progress(job_id, step, total)
+    def progress_many(self, job_ids: list[str], step: int, total: int,
+                      tokens: list[int] | None = None) -> None:
+        """``set_progress`` and a ``progress`` event for each job (a batch's step); a job
+        whose claim is not ``tokens``' any more is skipped."""
+        for i, job_id in enumerate(job_ids):
+            token = tokens[i] if tokens is not None else None
             try:
-                self.append_event(job_id, "progress", {"step": step, "total": total})
-            except KeyError:
-                pass  # expired meanwhile
+                self.set_progress(job_id, step, total, token=token)
+                self.append_event(job_id, "progress", {"step": step, "total": total},
+                                  token=token)
+            except (KeyError, StaleClaim):
+                pass  # expired meanwhile, or handed to another run
+
+    def mark_on_device(self, claims: dict[str, int]) -> set[str]:
+        """Record that the runs of ``claims`` (job id → token) reach the device now: a
+        worker lost from here on is charged an attempt for them (``requeue``). Returns the
+        ids whose claim is over (those runs must not start)."""
+        stale = set()
+        for job_id, token in claims.items():
+            if not self._mark_one(job_id, token):
+                stale.add(job_id)
+        return stale
+
+    @abstractmethod
+    def _mark_one(self, job_id: str, token: int) -> bool: ...
+
+    def stopped_among(self, claims: dict[str, int]) -> dict[str, str]:
+        """Why each run of ``claims`` (job id → token) must stop, for those that must:
+        'lost' (its claim is over) or 'canceled'. A batch asks once per step."""
+        out = {}
+        for job_id, token in claims.items():
+            job = self.get(job_id)
+            if job is None or job["status"] != "running" or job.get("token") != token:
+                out[job_id] = "lost"
+            elif job.get("cancel_requested"):
+                out[job_id] = "canceled"
+        return out
 
     @abstractmethod
     def finish(
         self, job_id: str, worker: str | None, status: str,
         output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+        token: int | None = None,
     ) -> dict[str, Any] | None:
         """Record a terminal status. With a worker: only while that worker holds the job
-        (running); without: only while the job is not terminal. Returns the new job or None."""
+        (running) under ``token``, where given; without: only while the job is not
+        terminal. Returns the new job or None."""
 
     @staticmethod
     def final_events(status: str, output: dict[str, Any] | None,
@@ -230,24 +308,29 @@ class JobStore(ABC):
     def finish_and_announce(
         self, job_id: str, worker: str | None, status: str,
         output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+        token: int | None = None,
     ) -> dict[str, Any] | None:
         """``finish``, then append ``final_events`` (only if the finish took effect)."""
-        job = self.finish(job_id, worker, status, output=output, error=error)
+        job = self.finish(job_id, worker, status, output=output, error=error, token=token)
         if job is not None:
             for type_, data in self.final_events(status, output, error):
                 self.append_event(job_id, type_, data)
         return job
 
     def finish_many(self, outcomes: list[tuple[str, str | None, str, dict[str, Any] | None,
-                                               dict[str, Any] | None]]) -> list[bool]:
-        """``finish_and_announce`` each (job id, worker, status, output, error); whether
-        each took effect."""
-        return [self.finish_and_announce(j, w, s, output=o, error=e) is not None
-                for j, w, s, o, e in outcomes]
+                                               dict[str, Any] | None]],
+                    tokens: list[int | None] | None = None) -> list[bool]:
+        """``finish_and_announce`` each (job id, worker, status, output, error), under the
+        claim of ``tokens`` where given; whether each took effect."""
+        toks = tokens or [None] * len(outcomes)
+        return [self.finish_and_announce(j, w, s, output=o, error=e, token=t) is not None
+                for (j, w, s, o, e), t in zip(outcomes, toks, strict=True)]
 
     @abstractmethod
     def requeue(self, job_id: str, worker: str) -> bool:
-        """running (held by ``worker``) → queued. False if the job moved on meanwhile."""
+        """running (held by ``worker``) → queued. False if the job moved on meanwhile.
+        A run that never reached the device (``mark_on_device``) is not charged: the
+        claim's attempt is given back."""
 
     @abstractmethod
     def request_cancel(self, job_id: str) -> None: ...
@@ -269,8 +352,10 @@ class JobStore(ABC):
 
     # -- events --------------------------------------------------------------------------
     @abstractmethod
-    def append_event(self, job_id: str, type: str, data: dict[str, Any]) -> int:
-        """Append to the job's event log; return the event's sequence number."""
+    def append_event(self, job_id: str, type: str, data: dict[str, Any],
+                     token: int | None = None) -> int:
+        """Append to the job's event log; return the event's sequence number. With a
+        ``token``: only while the job runs under that claim (else ``StaleClaim``)."""
 
     @abstractmethod
     def events(self, job_id: str, after: int = 0, block_s: float = 0.0) -> list[Event]:
@@ -290,7 +375,10 @@ class JobStore(ABC):
 
     # -- artifacts -----------------------------------------------------------------------
     @abstractmethod
-    def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str) -> None: ...
+    def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str,
+                     token: int | None = None) -> None:
+        """Store an artifact; with a ``token``, only while the job runs under that claim
+        (else ``StaleClaim``)."""
 
     @abstractmethod
     def get_artifact(self, job_id: str, name: str) -> tuple[bytes, str] | None: ...

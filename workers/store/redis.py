@@ -22,13 +22,18 @@ from workers.store.base import (
     Event,
     JobStore,
     QueueFull,
+    StaleClaim,
+    StoreFull,
     StoreUnavailable,
     age_s,
+    input_size,
     now_iso,
+    usage_buckets,
 )
 
 T = TypeVar("T")
 P = "convoy:"
+USAGE = f"{P}bytes:"  # + owner + ':' + bucket: the bytes the owner stored in that time
 FINISHED = f"{P}finished"  # channel: each finish publishes [id, field, value, ...]
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,7 @@ if s ~= 'queued' then return s end
 """ + _OWNER + """
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2])
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HINCRBY', KEYS[1], 'token', 1)
 redis.call('SREM', KEYS[2], ARGV[3]); redis.call('SREM', ARGV[4] .. owner, ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[3])
 if ARGV[6] == '1' then
@@ -58,12 +64,16 @@ end
 return redis.call('HGETALL', KEYS[1])
 """
 # KEYS: job, queued, running, events, finished channel. ARGV: worker ('' for any), status,
-# output, error, finished_at, id, owner-set prefix, events ttl, '1' to return the job, then
-# (type, data) of each event to append. → the job (or 1), or 0 if it was not ours to finish
+# output, error, finished_at, id, owner-set prefix, events ttl, '1' to return the job, the
+# claim's token ('' for any), then (type, data) of each event to append. → the job (or 1),
+# or 0 if it was not ours to finish
 _FINISH = """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s or s == 'succeeded' or s == 'failed' or s == 'canceled' then return 0 end
 if ARGV[1] ~= '' and (s ~= 'running' or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1]) then
+  return 0
+end
+if ARGV[10] ~= '' and (s ~= 'running' or redis.call('HGET', KEYS[1], 'token') ~= ARGV[10]) then
   return 0
 end
 """ + _OWNER + """
@@ -71,7 +81,7 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2], 'output', ARGV[3], 'error', ARGV[
            'finished_at', ARGV[5])
 redis.call('SREM', KEYS[2], ARGV[6]); redis.call('SREM', ARGV[7] .. owner, ARGV[6])
 redis.call('SREM', KEYS[3], ARGV[6])
-for i = 10, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   redis.call('XADD', KEYS[4], n .. '-1', 'type', ARGV[i], 'data', ARGV[i + 1])
   redis.call('EXPIRE', KEYS[4], ARGV[8])
@@ -85,8 +95,9 @@ redis.call('PUBLISH', KEYS[5], cjson.encode(changed))
 if ARGV[9] == '1' then return all end
 return 1
 """
-# KEYS: job, counter, owner's jobs, queued, owner's queued, events. ARGV: fixed, ttl, id,
-# owner, the first event's (type, data) or nothing. → 1 if created, else the existing job
+# KEYS: job, counter, owner's jobs, queued, owner's queued, events, the owner's stored-bytes
+# buckets (the current first). ARGV: fixed, ttl, id, owner, the first event's (type, data)
+# or ('', ''), the input's bytes, a bucket's ttl. → 1 if created, else the existing job
 _CREATE_BODY = """
 local n = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0, 'seq', 0, 'n', n, 'cancel', 0,
@@ -94,13 +105,22 @@ redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0, 'seq', 0, 'n', n,
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[3], n, ARGV[3])
 redis.call('SADD', KEYS[4], ARGV[3]); redis.call('SADD', KEYS[5], ARGV[3])
+redis.call('INCRBY', KEYS[7], ARGV[7]); redis.call('EXPIRE', KEYS[7], ARGV[8])
 """
-# KEYS: as _CREATE. ARGV: fixed, ttl, id, owner, the queued event's (type, data), owner's
-# limit, everyone's limit. → 1 if created, 'owner' or 'all' at a limit, else the existing job
+# KEYS: as _CREATE. ARGV: as _CREATE, then the owner's limit, everyone's limit, the bound
+# of the owner's stored bytes (0: none). → 1 if created, 'owner', 'all', 'size' or 'bytes'
+# at a limit, else the existing job
 _ACCEPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGETALL', KEYS[1]) end
-if redis.call('SCARD', KEYS[5]) >= tonumber(ARGV[7]) then return 'owner' end
-if redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[8]) then return 'all' end
+if redis.call('SCARD', KEYS[5]) >= tonumber(ARGV[9]) then return 'owner' end
+if redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[10]) then return 'all' end
+local bound = tonumber(ARGV[11])
+if bound > 0 then
+  if tonumber(ARGV[7]) > bound then return 'size' end
+  local used = tonumber(ARGV[7])
+  for i = 7, #KEYS do used = used + tonumber(redis.call('GET', KEYS[i]) or '0') end
+  if used > bound then return 'bytes' end
+end
 redis.call('HSET', KEYS[1], 'fixed', ARGV[1])
 """ + _CREATE_BODY + """
 redis.call('HSET', KEYS[1], 'seq', 1)
@@ -113,7 +133,7 @@ if redis.call('HSETNX', KEYS[1], 'fixed', ARGV[1]) == 0 then
   return redis.call('HGETALL', KEYS[1])
 end
 """ + _CREATE_BODY + """
-if ARGV[5] then
+if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'seq', 1)
   redis.call('XADD', KEYS[6], '1-1', 'type', ARGV[5], 'data', ARGV[6])
   redis.call('EXPIRE', KEYS[6], ARGV[2])
@@ -123,20 +143,52 @@ return 1
 _REQUEUE = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'device') ~= redis.call('HGET', KEYS[1], 'token') then
+  redis.call('HINCRBY', KEYS[1], 'attempts', -1)  -- held, never on the device: uncharged
+end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'worker', '', 'progress', 'null')
 redis.call('SREM', KEYS[4], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[2]); redis.call('SADD', KEYS[3], ARGV[2])
 return 1
 """
-# KEYS: job, events. ARGV: type, data, events ttl, and a progress field to set, or nothing.
-# → the event's sequence number, or 0 if the job is gone
+# The writes of a run under its claim's token (ARGV[n], '' for an unfenced write): -1 unless
+# the job runs under that claim.
+def _fenced(n: int) -> str:
+    return f"""
+if ARGV[{n}] and ARGV[{n}] ~= '' and (redis.call('HGET', KEYS[1], 'status') ~= 'running'
+    or redis.call('HGET', KEYS[1], 'token') ~= ARGV[{n}]) then return -1 end
+"""
+
+
+# KEYS: job, events. ARGV: type, data, events ttl, a progress field to set ('' or nothing
+# for none), the claim's token ('' or nothing). → the event's sequence number, 0 if the
+# job is gone, -1 if the claim is over
 _APPEND = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if ARGV[4] then redis.call('HSET', KEYS[1], 'progress', ARGV[4]) end
+""" + _fenced(5) + """
+if ARGV[4] and ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'progress', ARGV[4]) end
 local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[2], n .. '-1', 'type', ARGV[1], 'data', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return n
+"""
+
+# KEYS: job. ARGV: token. → 1 if marked, -1 if the claim is over
+_MARK = _fenced(1) + """
+redis.call('HSET', KEYS[1], 'device', ARGV[1])
+return 1
+"""
+# KEYS: job, artifacts. ARGV: token (''), ttl, the stored-bytes bucket's prefix, number and
+# ttl, the data's bytes, then field, value pairs. → 1, or -1 (stale)
+_PUT_ARTIFACT = _fenced(1) + """
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner then
+  local bucket = ARGV[3] .. owner .. ':' .. ARGV[4]
+  redis.call('INCRBY', bucket, ARGV[6]); redis.call('EXPIRE', bucket, ARGV[5])
+end
+return 1
 """
 
 
@@ -147,6 +199,8 @@ def _guard(fn: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
+        except redis.exceptions.OutOfMemoryError as e:
+            raise StoreFull(f"redis is full: {e}") from e
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as e:
             raise StoreUnavailable(f"redis: {e}") from e
 
@@ -157,8 +211,9 @@ class RedisStore(JobStore):
     pushes_messages = True  # the broker is the same Redis (see workers.celery_app)
     announces_finishes = True
 
-    def __init__(self, url: str, retention_s: int = 86400) -> None:
+    def __init__(self, url: str, retention_s: int = 86400, max_owner_bytes: int = 0) -> None:
         self.retention_s = retention_s
+        self.max_owner_bytes = max_owner_bytes
         self.url = url
         opts: dict[str, Any] = dict(socket_connect_timeout=2.0, retry_on_timeout=False)
         self.r = redis.Redis.from_url(url, socket_timeout=3.0, **opts)
@@ -170,10 +225,22 @@ class RedisStore(JobStore):
         self._finish = self.r.register_script(_FINISH)
         self._requeue = self.r.register_script(_REQUEUE)
         self._append = self.r.register_script(_APPEND)
+        self._mark = self.r.register_script(_MARK)
+        self._put_artifact = self.r.register_script(_PUT_ARTIFACT)
 
     @staticmethod
     def _k(job_id: str) -> str:
         return f"{P}job:{job_id}"
+
+    def _usage(self, owner: str) -> tuple[list[str], int]:
+        """(the owner's stored-bytes bucket keys, the current first; a bucket's ttl)."""
+        buckets, width = usage_buckets(self.retention_s)
+        return [f"{USAGE}{owner}:{b}" for b in buckets], self.retention_s + 2 * width
+
+    @_guard
+    def stored_bytes(self, owner: str) -> int:
+        keys, _ = self._usage(owner)
+        return sum(int(v) for v in self.r.mget(keys) if v is not None)
 
     def _status_keys(self, job_id: str, owner: str) -> list[str]:
         return [self._k(job_id), f"{P}queued", f"{P}queued:{owner}", f"{P}running"]
@@ -204,6 +271,8 @@ class RedisStore(JobStore):
                 out[key] = json.loads(raw) if raw else None
             elif key == "attempts":
                 out[key] = int(raw or 0)
+            elif key in ("token", "device"):
+                out[key] = int(raw) if raw else None
             elif key == "cancel_requested":
                 out[key] = h.get("cancel", "0") == "1"
             else:
@@ -221,11 +290,12 @@ class RedisStore(JobStore):
     def _create_job(self, job: dict[str, Any], announce: bool) -> tuple[dict[str, Any], bool]:
         jid, owner = job["id"], job["owner"]
         fixed = json.dumps({k: v for k, v in job.items() if k not in MUTABLE})
-        first = [QUEUED[0], json.dumps(QUEUED[1])] if announce else []
+        first = [QUEUED[0], json.dumps(QUEUED[1])] if announce else ["", ""]
+        usage, usage_ttl = self._usage(owner)
         reply = self._create(
             keys=[self._k(jid), f"{P}counter", f"{P}owner:{owner}", f"{P}queued",
-                  f"{P}queued:{owner}", f"{P}events:{jid}"],
-            args=[fixed, self.retention_s, jid, owner, *first])
+                  f"{P}queued:{owner}", f"{P}events:{jid}", usage[0]],
+            args=[fixed, self.retention_s, jid, owner, *first, input_size(job), usage_ttl])
         if reply != 1:
             existing = self._decode_flat(reply)
             assert existing is not None
@@ -267,10 +337,12 @@ class RedisStore(JobStore):
         for job in jobs:
             jid, owner = job["id"], job["owner"]
             fixed = json.dumps({k: v for k, v in job.items() if k not in MUTABLE})
+            usage, usage_ttl = self._usage(owner)
             calls.append(([self._k(jid), f"{P}counter", f"{P}owner:{owner}", f"{P}queued",
-                           f"{P}queued:{owner}", f"{P}events:{jid}"],
+                           f"{P}queued:{owner}", f"{P}events:{jid}", *usage],
                           [fixed, self.retention_s, jid, owner, QUEUED[0],
-                           json.dumps(QUEUED[1]), max_mine, max_all]))
+                           json.dumps(QUEUED[1]), input_size(job), usage_ttl, max_mine,
+                           max_all, self.max_owner_bytes]))
         replies = self._run_many(self._accept, calls, transaction=True, tail=messages)
         out: list[tuple[dict[str, Any], bool] | QueueFull] = []
         for job, reply in zip(jobs, replies, strict=True):
@@ -362,44 +434,83 @@ class RedisStore(JobStore):
                 for r in replies]
 
     @_guard
-    def set_progress(self, job_id: str, step: int, total: int) -> None:
-        self.r.hset(self._k(job_id), "progress", json.dumps({"step": step, "total": total}))
+    def set_progress(self, job_id: str, step: int, total: int, token: int | None = None
+                     ) -> None:
+        if token is None:
+            self.r.hset(self._k(job_id), "progress", json.dumps({"step": step, "total": total}))
+        else:
+            self.progress_many([job_id], step, total, [token], event=False)
 
     @_guard
-    def progress_many(self, job_ids: list[str], step: int, total: int) -> None:
+    def progress_many(self, job_ids: list[str], step: int, total: int,
+                      tokens: list[int] | None = None, event: bool = True) -> None:
         if not job_ids:
             return
         data = json.dumps({"step": step, "total": total})
+        toks = [str(t) for t in tokens] if tokens is not None else [""] * len(job_ids)
         self._run_many(self._append, [([self._k(j), f"{P}events:{j}"],
-                                       ["progress", data, self.retention_s, data])
-                                      for j in job_ids])
+                                       ["progress", data, self.retention_s, data, t])
+                                      for j, t in zip(job_ids, toks, strict=True)])
+
+    @_guard
+    def mark_on_device(self, claims: dict[str, int]) -> set[str]:
+        ids = list(claims)
+        if not ids:
+            return set()
+        replies = self._run_many(self._mark, [([self._k(j)], [claims[j]]) for j in ids])
+        return {j for j, r in zip(ids, replies, strict=True) if r != 1}
+
+    def _mark_one(self, job_id: str, token: int) -> bool:
+        return not self.mark_on_device({job_id: token})
+
+    @_guard
+    def stopped_among(self, claims: dict[str, int]) -> dict[str, str]:
+        ids = list(claims)
+        if not ids:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for j in ids:
+            pipe.hmget(self._k(j), ["status", "token", "cancel"])
+        out = {}
+        for j, (status, token, cancel) in zip(ids, pipe.execute(), strict=True):
+            if status != b"running" or token != str(claims[j]).encode():
+                out[j] = "lost"
+            elif cancel == b"1":
+                out[j] = "canceled"
+        return out
 
     @_guard
     def finish(
         self, job_id: str, worker: str | None, status: str,
         output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+        token: int | None = None,
     ) -> dict[str, Any] | None:
-        return self.finish_and_announce(job_id, worker, status, output, error, announce=False)
+        return self.finish_and_announce(job_id, worker, status, output, error, token,
+                                        announce=False)
 
     def finish_and_announce(
         self, job_id: str, worker: str | None, status: str,
         output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
-        announce: bool = True,
+        token: int | None = None, announce: bool = True,
     ) -> dict[str, Any] | None:
-        reply = self._finishes([(job_id, worker, status, output, error)], announce, True)[0]
+        reply = self._finishes([(job_id, worker, status, output, error)], announce, True,
+                               [token])[0]
         return self._decode_flat(reply)
 
     def finish_many(self, outcomes: list[tuple[str, str | None, str, dict[str, Any] | None,
-                                               dict[str, Any] | None]]) -> list[bool]:
-        return [r == 1 for r in self._finishes(outcomes, announce=True, records=False)]
+                                               dict[str, Any] | None]],
+                    tokens: list[int | None] | None = None) -> list[bool]:
+        return [r == 1 for r in self._finishes(outcomes, announce=True, records=False,
+                                               tokens=tokens)]
 
     @_guard
     def _finishes(self, outcomes: list[tuple[str, str | None, str, dict[str, Any] | None,
                                              dict[str, Any] | None]], announce: bool,
-                  records: bool) -> list[Any]:
+                  records: bool, tokens: list[int | None] | None = None) -> list[Any]:
         at = now_iso()
         calls = []
-        for job_id, worker, status, output, error in outcomes:
+        toks = tokens or [None] * len(outcomes)
+        for (job_id, worker, status, output, error), token in zip(outcomes, toks, strict=True):
             events: list[Any] = []
             if announce:
                 for type_, data in self.final_events(status, output, error):
@@ -407,7 +518,8 @@ class RedisStore(JobStore):
             calls.append((
                 [self._k(job_id), f"{P}queued", f"{P}running", f"{P}events:{job_id}", FINISHED],
                 [worker or "", status, json.dumps(output), json.dumps(error), at, job_id,
-                 f"{P}queued:", self.retention_s, "1" if records else "", *events]))
+                 f"{P}queued:", self.retention_s, "1" if records else "",
+                 "" if token is None else str(token), *events]))
         return self._run_many(self._finish, calls)
 
     @_guard
@@ -464,11 +576,15 @@ class RedisStore(JobStore):
 
     # -- events ------------------------------------------------------------------------------
     @_guard
-    def append_event(self, job_id: str, type: str, data: dict[str, Any]) -> int:
+    def append_event(self, job_id: str, type: str, data: dict[str, Any],
+                     token: int | None = None) -> int:
         seq = int(self._append(keys=[self._k(job_id), f"{P}events:{job_id}"],
-                               args=[type, json.dumps(data), self.retention_s]))
+                               args=[type, json.dumps(data), self.retention_s, "",
+                                     "" if token is None else token]))
         if seq == 0:
             raise KeyError(job_id)
+        if seq < 0:
+            raise StaleClaim(job_id)
         return seq
 
     @_guard
@@ -506,12 +622,16 @@ class RedisStore(JobStore):
 
     # -- artifacts ---------------------------------------------------------------------------
     @_guard
-    def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str) -> None:
-        key = f"{P}art:{job_id}"
-        pipe = self.r.pipeline()
-        pipe.hset(key, mapping={f"d:{name}": data, f"t:{name}": content_type})
-        pipe.expire(key, self.retention_s)
-        pipe.execute()
+    def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str,
+                     token: int | None = None) -> None:
+        buckets, width = usage_buckets(self.retention_s)
+        reply = self._put_artifact(
+            keys=[self._k(job_id), f"{P}art:{job_id}"],
+            args=["" if token is None else token, self.retention_s, USAGE, buckets[0],
+                  self.retention_s + 2 * width, len(data),
+                  f"d:{name}", data, f"t:{name}", content_type])
+        if reply != 1:
+            raise StaleClaim(job_id)
 
     @_guard
     def get_artifact(self, job_id: str, name: str) -> tuple[bytes, str] | None:

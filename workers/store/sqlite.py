@@ -17,10 +17,13 @@ from workers.store.base import (
     TERMINAL,
     Event,
     JobStore,
+    StaleClaim,
     StoreUnavailable,
     age_s,
+    input_size,
     now_iso,
     running_event,
+    usage_buckets,
 )
 
 SCHEMA = """
@@ -48,13 +51,19 @@ CREATE TABLE IF NOT EXISTS artifacts (
     PRIMARY KEY (job_id, name)
 );
 CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, info TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS usage (
+    owner TEXT NOT NULL, bucket INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    PRIMARY KEY (owner, bucket)
+);
 """
 
 
 class SQLiteStore(JobStore):
-    def __init__(self, path: Path, retention_s: int = 86400, poll_s: float = 0.01) -> None:
+    def __init__(self, path: Path, retention_s: int = 86400, poll_s: float = 0.01,
+                 max_owner_bytes: int = 0) -> None:
         self.path = Path(path)
         self.retention_s = retention_s
+        self.max_owner_bytes = max_owner_bytes
         self.poll_s = poll_s
         self._local = threading.local()
         self._db().executescript(SCHEMA)
@@ -126,9 +135,21 @@ class SQLiteStore(JobStore):
             (job["id"], job["owner"], job["kind"], job["status"], fixed, mutable,
              time.time() + self.retention_s),
         )
+        self._count_bytes(db, job["owner"], input_size(job))
         created = self._job((fixed, mutable))
         assert created is not None
         return created, True
+
+    def _count_bytes(self, db: sqlite3.Connection, owner: str, size: int) -> None:
+        bucket = usage_buckets(self.retention_s)[0][0]
+        db.execute("INSERT INTO usage VALUES (?, ?, ?) ON CONFLICT (owner, bucket)"
+                   " DO UPDATE SET bytes = bytes + excluded.bytes", (owner, bucket, size))
+
+    def stored_bytes(self, owner: str) -> int:
+        oldest = usage_buckets(self.retention_s)[0][-1]
+        row = self._db().execute("SELECT sum(bytes) FROM usage WHERE owner = ? AND bucket >= ?",
+                                 (owner, oldest)).fetchone()
+        return int(row[0] or 0)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         try:
@@ -184,40 +205,100 @@ class SQLiteStore(JobStore):
         if job is None or job["status"] != "queued":
             return None
         job.update(status="running", worker=worker, attempts=(job.get("attempts") or 0) + 1,
-                   started_at=now_iso())
+                   token=(job.get("token") or 0) + 1, started_at=now_iso())
         self._write(db, job)
         return job
 
-    def set_progress(self, job_id: str, step: int, total: int) -> None:
+    @staticmethod
+    def _holds(job: dict[str, Any] | None, token: int | None) -> bool:
+        """Whether a write under ``token`` (None: unfenced) may touch the job."""
+        return job is not None and (token is None or (
+            job["status"] == "running" and job.get("token") == token))
+
+    def _fence(self, db: sqlite3.Connection, job_id: str, token: int | None) -> None:
+        if token is not None and not self._holds(self._row(db, job_id), token):
+            raise StaleClaim(job_id)
+
+    def set_progress(self, job_id: str, step: int, total: int, token: int | None = None
+                     ) -> None:
         with self._tx() as db:
             job = self._row(db, job_id)
             if job is not None and job["status"] == "running":
+                if not self._holds(job, token):
+                    raise StaleClaim(job_id)
                 job["progress"] = {"step": step, "total": total}
                 self._write(db, job)
+
+    def progress_many(self, job_ids: list[str], step: int, total: int,
+                      tokens: list[int] | None = None) -> None:
+        data = {"step": step, "total": total}
+        with self._tx() as db:  # a batch's step in one transaction
+            for i, job_id in enumerate(job_ids):
+                job = self._row(db, job_id)
+                if job is None or job["status"] != "running" or not self._holds(
+                        job, tokens[i] if tokens is not None else None):
+                    continue
+                job["progress"] = data
+                self._write(db, job)
+                self._append(db, job_id, "progress", data)
+
+    def mark_on_device(self, claims: dict[str, int]) -> set[str]:
+        stale = set()
+        with self._tx() as db:  # a batch in one transaction
+            for job_id, token in claims.items():
+                job = self._row(db, job_id)
+                if job is None or not self._holds(job, token):
+                    stale.add(job_id)
+                    continue
+                job["device"] = token
+                self._write(db, job)
+        return stale
+
+    def _mark_one(self, job_id: str, token: int) -> bool:
+        return not self.mark_on_device({job_id: token})
+
+    def stopped_among(self, claims: dict[str, int]) -> dict[str, str]:
+        if not claims:
+            return {}
+        ids = list(claims)
+        rows = self._db().execute(
+            f"SELECT id, status, cancel, json_extract(mutable, '$.token') FROM jobs WHERE id IN"
+            f" ({','.join('?' * len(ids))})", ids).fetchall()
+        found = {r[0]: r[1:] for r in rows}
+        out = {}
+        for job_id, token in claims.items():
+            status, cancel, held = found.get(job_id, (None, 0, None))
+            if status != "running" or held != token:
+                out[job_id] = "lost"
+            elif cancel:
+                out[job_id] = "canceled"
+        return out
 
     def finish(
         self, job_id: str, worker: str | None, status: str,
         output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+        token: int | None = None,
     ) -> dict[str, Any] | None:
         with self._tx() as db:
-            return self._finish(db, job_id, worker, status, output, error)
+            return self._finish(db, job_id, worker, status, output, error, token)
 
     def finish_and_announce(
         self, job_id: str, worker: str | None, status: str,
         output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+        token: int | None = None,
     ) -> dict[str, Any] | None:
         with self._tx() as db:  # the outcome and its events in one transaction
-            job = self._finish(db, job_id, worker, status, output, error)
+            job = self._finish(db, job_id, worker, status, output, error, token)
             if job is not None:
                 for type_, data in self.final_events(status, output, error):
                     self._append(db, job_id, type_, data)
             return job
 
     def _finish(self, db: sqlite3.Connection, job_id: str, worker: str | None, status: str,
-                output: dict[str, Any] | None, error: dict[str, Any] | None
-                ) -> dict[str, Any] | None:
+                output: dict[str, Any] | None, error: dict[str, Any] | None,
+                token: int | None = None) -> dict[str, Any] | None:
         job = self._row(db, job_id)
-        if job is None or job["status"] in TERMINAL:
+        if job is None or job["status"] in TERMINAL or not self._holds(job, token):
             return None
         if worker is not None and (job["status"] != "running" or job.get("worker") != worker):
             return None
@@ -230,6 +311,8 @@ class SQLiteStore(JobStore):
             job = self._row(db, job_id)
             if job is None or job["status"] != "running" or job.get("worker") != worker:
                 return False
+            if job.get("device") != job.get("token"):  # held, never on the device: uncharged
+                job["attempts"] = max(0, (job.get("attempts") or 1) - 1)
             job.update(status="queued", worker=None, progress=None)
             self._write(db, job)
             return True
@@ -257,8 +340,10 @@ class SQLiteStore(JobStore):
         return [(r[0], r[1]) for r in rows]
 
     # -- events ------------------------------------------------------------------------------
-    def append_event(self, job_id: str, type: str, data: dict[str, Any]) -> int:
+    def append_event(self, job_id: str, type: str, data: dict[str, Any],
+                     token: int | None = None) -> int:
         with self._tx() as db:
+            self._fence(db, job_id, token)
             return self._append(db, job_id, type, data)
 
     @staticmethod
@@ -306,10 +391,15 @@ class SQLiteStore(JobStore):
             time.sleep(max(self.poll_s, 0.02))
 
     # -- artifacts ---------------------------------------------------------------------------
-    def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str) -> None:
+    def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str,
+                     token: int | None = None) -> None:
         with self._tx() as db:
+            self._fence(db, job_id, token)
             db.execute("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?)",
                        (job_id, name, content_type, data))
+            row = db.execute("SELECT owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is not None:
+                self._count_bytes(db, row[0], len(data))
 
     def get_artifact(self, job_id: str, name: str) -> tuple[bytes, str] | None:
         row = self._db().execute(
@@ -353,4 +443,6 @@ class SQLiteStore(JobStore):
                 db.executemany(f"DELETE FROM {table} WHERE job_id = ?", [(i,) for i in ids])
             db.execute("DELETE FROM jobs WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM workers WHERE expires_at <= ?", (now - 3600,))
+            db.execute("DELETE FROM usage WHERE bucket < ?",
+                       (usage_buckets(self.retention_s, now)[0][-1],))
         return len(ids)
