@@ -85,10 +85,11 @@ class QueueOrder(ABC):
     def lead(self, name: str, holder: str, ttl_s: float) -> bool:
         """Whether ``holder`` holds (or now takes) the lease ``name`` for ``ttl_s`` more."""
 
-    def pick(self, job_ids: list[str], store: JobStore) -> list[str]:
-        """The jobs to run for a message that named ``job_ids``. A queued job missing from
-        the index (its message came first, or it was queued again) is indexed here: its
-        message may then run a better job, and a later token runs it."""
+    def pick(self, job_ids: list[str], store: JobStore | None = None) -> list[str]:
+        """The jobs to run for a message that named ``job_ids``. A job missing from the index
+        (submitted past the API, or its entry dropped before it was created) is run by its
+        own message; one taken already (a message sent again, a job queued again after its
+        worker died) too."""
         out = []
         for job_id in job_ids:
             try:
@@ -96,13 +97,9 @@ class QueueOrder(ABC):
                 if kind == "taken":
                     out.append(job_id)
                     continue
-                if queue is None:
-                    job = store.get(job_id)
-                    if job is None or job["status"] != "queued":
-                        out.append(job_id)  # nothing to run: the claim says why
-                        continue
-                    queue = job.get("queue") or "convoy"
-                    self.add(queue, job_id, int(job.get("priority") or 0), created_at(job))
+                if queue is None:  # not indexed (the API indexes a job before its message
+                    out.append(job_id)  # exists): its message runs it, as without an index
+                    continue
                 best = self._reserve(queue, None if kind == "free" else job_id)
             except StoreUnavailable:
                 best = None

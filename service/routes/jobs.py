@@ -124,6 +124,7 @@ async def _accept(state: State, caller: Caller, body: JobRequest, job: dict[str,
     settings = state.settings
     if job.get("webhook"):
         await anyio.to_thread.run_sync(state.outbox.watch, job["id"])  # before the job exists
+    await anyio.to_thread.run_sync(state.lifecycle.enqueued, job)  # before its message exists
     try:
         record, created = await state.submitter.submit(job)
     except QueueFull as e:
@@ -144,7 +145,6 @@ async def _accept(state: State, caller: Caller, body: JobRequest, job: dict[str,
         return JSONResponse(public_record(
             _resubmitted(record, caller, job["request_hash"])), status_code=200)
     JOBS_SUBMITTED.labels(kind=body.kind, model=job["model"]).inc()
-    await anyio.to_thread.run_sync(state.lifecycle.enqueued, record)
     if wait > 0:
         done = await state.waiters.wait(record, waiter, wait)
         if done is not None and done["status"] in TERMINAL:
