@@ -56,6 +56,39 @@ class Limits(BaseModel):
     max_top_k: int = Field(MAX_TOP_K, ge=1, le=MAX_TOP_K)
 
 
+class LoraSpec(BaseModel):
+    """A LoRA adapter of a diffusers model (diffusers/peft format), chosen per request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path  # a .safetensors file; relative to the catalog file
+    sha256: str | None = None  # checked when the adapter loads
+
+    @field_validator("path")
+    @classmethod
+    def _safetensors_only(cls, path: Path) -> Path:
+        if path.suffix != ".safetensors":
+            raise ValueError(f"LoRA weights must be a .safetensors file, got {path.name}")
+        return path
+
+
+# Pipeline classes whose family has image-to-image / inpainting variants that
+# diffusers' AutoPipelineFor* build from the same components (``from_pipe``).
+IMAGE_TO_IMAGE_PIPELINES = {
+    "StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline",
+    "FluxPipeline", "LatentConsistencyModelPipeline", "KandinskyV22Pipeline",
+}
+INPAINTING_PIPELINES = {
+    "StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline",
+    "FluxPipeline", "KandinskyV22Pipeline",
+}
+LORA_PIPELINES = {
+    "StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline",
+    "FluxPipeline", "LatentConsistencyModelPipeline",
+}
+PIXEL_PIPELINES = {"DDPMPipeline", "DDIMPipeline"}  # sampled by our own loop
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -79,6 +112,8 @@ class ModelEntry(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     config: dict[str, Any] = Field(default_factory=dict)  # family-specific extras
     source: Path | None = None  # the catalog file that defined the entry
+    loras: dict[str, LoraSpec] = Field(default_factory=dict)  # adapters requests may choose
+    inpaint_path: Path | None = None  # diffusers inpainting pipeline folder for masks
 
     @field_validator("kinds")
     @classmethod
@@ -95,6 +130,31 @@ class ModelEntry(BaseModel):
         path = self.weights.with_suffix(".json")
         return json.loads(path.read_text()) if path.exists() else {}
 
+    def pipeline_class(self) -> str | None:
+        """The diffusers pipeline class its folder names (read from model_index.json)."""
+        index = self.path / "model_index.json" if self.path is not None else None
+        if index is None or not index.is_file():
+            return None
+        name = json.loads(index.read_text()).get("_class_name")
+        return name if isinstance(name, str) else None
+
+    def cannot(self, feature: Literal["image-to-image", "inpainting", "lora"]) -> str | None:
+        """Why this model cannot do ``feature``, or None when it can."""
+        if self.family == "ddpm":
+            return "it has no adapters" if feature == "lora" else None
+        if self.family != "diffusers":
+            return f"the {self.family} family generates from noise only"
+        pipeline = self.pipeline_class()
+        if feature == "lora":
+            if not self.loras:
+                return "the catalog declares no adapters for it"
+            ok = pipeline in LORA_PIPELINES
+        elif feature == "inpainting":
+            ok = self.inpaint_path is not None or pipeline in INPAINTING_PIPELINES | PIXEL_PIPELINES
+        else:
+            ok = pipeline in IMAGE_TO_IMAGE_PIPELINES | PIXEL_PIPELINES
+        return None if ok else f"{pipeline} has no {feature} variant"
+
     def public(self) -> dict[str, Any]:
         """The entry as ``GET /v1/models`` shows it."""
         return {
@@ -108,6 +168,7 @@ class ModelEntry(BaseModel):
             "queue": self.queue,
             "max_batch": self.max_batch,
             "limits": self.limits.model_dump(),
+            "loras": sorted(self.loras),
         }
 
 
@@ -123,6 +184,12 @@ def _entry(name: str, raw: dict[str, Any], source: Path) -> ModelEntry:
     base = source.parent
     weights = _resolve(base, raw.pop("weights", None))
     path = _resolve(base, raw.pop("path", None))
+    if raw.get("inpaint_path") is not None:
+        raw["inpaint_path"] = _resolve(base, raw["inpaint_path"])
+    raw["loras"] = {
+        key: {**spec, "path": _resolve(base, spec.get("path"))} if isinstance(spec, dict) else spec
+        for key, spec in (raw.get("loras") or {}).items()
+    }
     labels = raw.pop("labels", None)
     sidecar: dict[str, Any] = {}
     if weights is not None and weights.with_suffix(".json").exists():

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -24,6 +25,15 @@ from diffusers import (
 )
 
 from models.checkpoint import load_model
+from models.editing import (
+    check_edit,
+    edit_key,
+    edit_mode,
+    image_batch,
+    known_at,
+    repaint_batch,
+    strength_of,
+)
 from models.images import grid, png_artifact
 from models.predictor import Artifact, InvalidRequest, Predictor, Request, StepCallback
 from models.registry import register_model, register_predictor
@@ -46,6 +56,7 @@ class DiffusionConfig:
     up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D")  # per level
     norm_num_groups: int = 8  # group norm groups; must divide every width
     attention_head_dim: int = 8  # channels per attention head in the attention blocks
+    output_size: int | None = None  # side of the served images, bilinearly upsampled; None: sample_size
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,7 @@ class NoiseSchedule:
     beta_schedule: str = "linear"  # "linear", "scaled_linear" or "squaredcos_cap_v2"
     beta_start: float = 1e-4  # first beta of a linear schedule
     beta_end: float = 0.02  # last beta of a linear schedule
-    prediction_type: str = "epsilon"  # what the UNet predicts
+    prediction_type: str = "epsilon"  # what the UNet predicts: "epsilon" or "v_prediction"
     clip_sample: float | None = 1.0  # sampling clips the predicted clean image to ± this
 
 
@@ -157,22 +168,36 @@ def keep_in_scheduler_state(scheduler: Any, keep: torch.Tensor, batch: int) -> N
 
 
 def clip_through_x0(
-    scheduler: Any, x_t: torch.Tensor, eps: torch.Tensor, t: Any, limit: float
+    scheduler: Any,
+    x_t: torch.Tensor,
+    out: torch.Tensor,
+    t: Any,
+    limit: float,
+    prediction_type: str = "epsilon",
 ) -> torch.Tensor:
-    """The noise prediction whose implied clean image is clipped to [-limit, limit].
+    """The model output whose implied clean image is clipped to [-limit, limit].
 
-    x_t is the variance-preserving model input. DDPM's reference sampler clips its x0
-    prediction at every step; doing it on the model output gives every scheduler (DPM-Solver,
-    Euler) the same guard against the large x0 errors of the noisiest steps.
+    x_t is the variance-preserving model input; ``out`` is the noise (epsilon) or the
+    velocity v = sqrt(abar) eps - sqrt(1 - abar) x0, as ``prediction_type`` says, and the
+    answer is of the same kind. DDPM's reference sampler clips its x0 prediction at every
+    step; doing it on the model output gives every scheduler (DPM-Solver, Euler) the same
+    guard against the large x0 errors of the noisiest steps.
     """
     if isinstance(scheduler, EulerDiscreteScheduler):  # its timesteps may fall between integers
         sigma = scheduler.sigmas[scheduler.step_index].to(x_t.device, torch.float32)
         abar = 1 / (1 + sigma**2)
     else:
         abar = scheduler.alphas_cumprod[int(t)].to(x_t.device, torch.float32)
-    x, e = x_t.float(), eps.float()
-    x0 = ((x - (1 - abar).sqrt() * e) / abar.sqrt()).clamp(-limit, limit)
-    return ((x - abar.sqrt() * x0) / (1 - abar).sqrt()).to(eps.dtype)
+    a, s = abar.sqrt(), (1 - abar).sqrt()
+    x, o = x_t.float(), out.float()
+    if prediction_type == "v_prediction":
+        x0 = (a * x - s * o).clamp(-limit, limit)
+        eps = (x - a * x0) / s
+        return (a * eps - s * x0).to(out.dtype)
+    if prediction_type != "epsilon":
+        raise ValueError(f"unknown prediction type {prediction_type!r}; known: epsilon, v_prediction")
+    x0 = ((x - s * o) / a).clamp(-limit, limit)
+    return ((x - a * x0) / s).to(out.dtype)
 
 
 # step, total, predicted clean images (B, C, H, W) → per-image mask of the ones to go on with
@@ -190,11 +215,21 @@ def sample_loop(
     guidance_scale: float = 1.0,
     on_step: StepHook | None = None,
     clip_sample: float | None = None,
+    init: torch.Tensor | None = None,
+    strength: float = 1.0,
+    known: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise ``noise`` (B, C, H, W) in ``steps`` scheduler steps.
 
     ``clip_sample`` (the data range, 1.0 for images in [-1, 1]) clips the predicted clean
     image at every step, whatever the scheduler; None leaves the model output alone.
+
+    ``init`` (B, C, H, W) in the data range starts from an image instead: image-to-image
+    (SDEdit, Meng et al., 2022) noises it to ``strength`` of the way (1.0: pure noise) and
+    runs the remaining ``round(steps * strength)`` steps. ``known`` (B, 1, H, W), 1 where
+    a pixel is known, makes it inpainting: after every step the known pixels are replaced
+    by ``init`` noised to that step's level, with the same noise, so the model only ever
+    fills in the rest around pixels consistent with the image.
 
     Returns (samples, kept): the final samples of the images still wanted and the indices,
     into the original batch, of those images. ``on_step`` may return a boolean mask over the
@@ -202,12 +237,23 @@ def sample_loop(
     """
     if len(generators) != noise.shape[0]:
         raise ValueError(f"need one generator per image: {len(generators)} for {noise.shape[0]}")
+    if known is not None and init is None:
+        raise ValueError("inpainting needs the image (init) whose known pixels it keeps")
     guided = class_labels is not None and null_class is not None and guidance_scale != 1.0
     kept = torch.arange(noise.shape[0])
     scheduler.set_timesteps(steps, device=noise.device)
+    timesteps = scheduler.timesteps
     latents = noise * scheduler.init_noise_sigma
-    total = len(scheduler.timesteps)
-    for i, t in enumerate(scheduler.timesteps):
+    if init is not None and strength < 1.0:
+        skip = (steps - min(round(steps * strength), steps)) * scheduler.order
+        timesteps = timesteps[skip:]
+        if len(timesteps) == 0:
+            raise ValueError(f"strength {strength} of {steps} steps leaves no step to run")
+        if hasattr(scheduler, "set_begin_index"):  # where add_noise and step count steps
+            scheduler.set_begin_index(skip)
+        latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(noise.shape[0]))
+    total = len(timesteps)
+    for i, t in enumerate(timesteps):
         # 1. model input, doubled [conditional; null] for guidance  (2B or B, C, H, W)
         x_t = scheduler.scale_model_input(latents, t)
         x_in, labels = x_t, class_labels
@@ -220,11 +266,19 @@ def sample_loop(
             eps_cond, eps_null = eps.chunk(2)
             eps = eps_null + guidance_scale * (eps_cond - eps_null)
         if clip_sample is not None:
-            eps = clip_through_x0(scheduler, x_t, eps, t, clip_sample)
+            eps = clip_through_x0(
+                scheduler, x_t, eps, t, clip_sample, scheduler.config.prediction_type
+            )
         # 3. scheduler step, each image drawing from its own generator
         output = scheduler.step(eps, t, latents, generator=generators)
         latents = output.prev_sample
-        # 4. callback; drop the images no longer wanted
+        # 4. inpainting: the known pixels, noised to the next step's level
+        if known is not None and init is not None:
+            back = init
+            if i + 1 < total:
+                back = scheduler.add_noise(init, noise, timesteps[i + 1 : i + 2].repeat(len(init)))
+            latents = known * back.to(latents.dtype) + (1 - known) * latents
+        # 5. callback; drop the images no longer wanted
         if on_step is None:
             continue
         x0 = predicted_x0(scheduler, output)
@@ -232,13 +286,25 @@ def sample_loop(
         if keep is not None and not bool(keep.all()):
             keep = keep.to(latents.device)
             keep_in_scheduler_state(scheduler, keep, latents.shape[0])
-            latents, kept = latents[keep], kept[keep.cpu()]
+            latents, kept, noise = latents[keep], kept[keep.cpu()], noise[keep]
+            init = init[keep] if init is not None else None
+            known = known[keep] if known is not None else None
             generators = [g for g, k in zip(generators, keep.tolist(), strict=True) if k]
             if class_labels is not None:
                 class_labels = class_labels[keep]
             if latents.shape[0] == 0:
                 break
     return latents, kept
+
+
+def to_output_size(samples: torch.Tensor, config: DiffusionConfig) -> torch.Tensor:
+    """Samples (N, C, h, w) in [-1, 1] as images in [0, 1] at the served side, upsampled
+    bilinearly as the training data was."""
+    images = ((samples.float() + 1) / 2).clamp(0, 1)
+    side = config.output_size or config.sample_size
+    if images.shape[-1] != side:
+        images = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
+    return images.clamp(0, 1)
 
 
 def preview_artifact(step: int, x0: torch.Tensor, max_side: int = 256) -> Artifact:
@@ -313,10 +379,16 @@ class DiffusionPredictor(Predictor):
 
     def batch_key(self, request: Request) -> Hashable:
         inp = request.input
-        return (request.kind, inp.get("steps"), inp.get("scheduler"), inp.get("guidance_scale"))
+        return (
+            request.kind,
+            inp.get("steps"),
+            inp.get("scheduler"),
+            inp.get("guidance_scale"),
+            edit_key(inp),
+        )
 
     def _check(self, request: Request) -> None:
-        inp, side = request.input, self.config.sample_size
+        inp, side = request.input, self.config.output_size or self.config.sample_size
         if request.kind != "generate":
             raise InvalidRequest(f"{self.entry.name} serves 'generate', not {request.kind!r}")
         if inp.get("prompt") or inp.get("negative_prompt"):
@@ -337,6 +409,9 @@ class DiffusionPredictor(Predictor):
             )
         if int(inp["steps"]) < 1:
             raise InvalidRequest(f"steps must be at least 1, got {inp['steps']}")
+        if inp.get("loras"):
+            raise InvalidRequest(f"{self.entry.name} takes no LoRA adapters")
+        check_edit(self.entry.name, inp, int(inp["steps"]))
 
     @torch.inference_mode()
     def predict(
@@ -356,6 +431,7 @@ class DiffusionPredictor(Predictor):
         ]
         c, side = self.config.channels, self.config.sample_size
         noise, generators = per_image_noise(seeds, (c, side, side))
+        init, known, repaint, given = self._edit_inputs(batch)
         # 2. one sampling loop on a scheduler instance of this call's own
         hook, live = (None, [True] * len(batch))
         if on_step is not None:
@@ -371,9 +447,15 @@ class DiffusionPredictor(Predictor):
             guidance_scale=float(first["guidance_scale"]),
             on_step=hook,
             clip_sample=self.schedule.clip_sample,
+            init=None if init is None else init.to(self.device, self.dtype),
+            strength=strength_of(first),
+            known=None if known is None else known.to(self.device, self.dtype),
         )
         # 3. images back to [0, 1], split per request (None for the dropped ones)
-        images = ((samples.float() + 1) / 2).clamp(0, 1).cpu()
+        images = to_output_size(samples.cpu(), self.config)
+        if repaint is not None and given is not None:  # the kept pixels exactly as given
+            keep = repaint[kept]
+            images = keep * images + (1 - keep) * given[kept]
         results: list[dict[str, Any] | None] = [{"images": []} if ok else None for ok in live]
         for image, index in zip(images, kept.tolist(), strict=True):
             k = owner[index]
@@ -385,3 +467,21 @@ class DiffusionPredictor(Predictor):
                 meta["class_label"] = self.labels[classes[index]]
             out["images"].append(png_artifact(f"image-{len(out['images'])}.png", image, **meta))
         return results
+
+    def _edit_inputs(
+        self, batch: list[Request]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Per image: (init at the model's side in [-1, 1], its known-pixel mask, the repaint
+        mask and the given image at the served side); None where the batch has no image."""
+        mode = edit_mode(batch[0].input)
+        if mode == "text":
+            return None, None, None, None
+        c, side = self.config.channels, self.config.sample_size
+        out_side = self.config.output_size or side
+        per_image = [r.input for r in batch for _ in r.input["seeds"]]
+        given = image_batch([inp["image"] for inp in per_image], c, out_side)
+        init = F.interpolate(given, size=(side, side), mode="area") * 2 - 1
+        if mode != "inpaint":
+            return init, None, None, None
+        repaint = repaint_batch([inp["mask"] for inp in per_image], out_side)
+        return init, known_at(repaint, side), repaint, given

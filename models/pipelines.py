@@ -14,6 +14,12 @@ Three ways through a pipeline, by what it is:
 - any other pipeline (DiT takes ``class_labels`` but no callback): steps are reported from
   its scheduler's ``step``, and a canceled batch stops by an exception from there.
 
+A request with an ``image`` runs image-to-image, with a ``mask`` as well inpainting: on a
+pixel-space UNet through our loop's ``init``/``known``, on other pipelines through the
+family's image-to-image or inpainting variant over the same modules (``models.adapters``),
+which also loads the catalog's LoRA adapters. Inpainting returns the unmasked pixels as
+given (the VAE round trip would blur them).
+
 Previews show the scheduler's current prediction of the clean image, decoded through the
 pipeline's VAE where it has one. Each call gets its own scheduler instance and its own
 shallow copy of the pipeline, so per-run state never leaks between jobs.
@@ -27,6 +33,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import threading
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
@@ -34,12 +41,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.adapters import activate, check_loras, load_adapters, lora_key, variant
 from models.diffusion import (
     SCHEDULERS,
     per_image_noise,
     predicted_x0,
     request_hook,
     sample_loop,
+)
+from models.editing import (
+    check_edit,
+    edit_key,
+    edit_mode,
+    image_batch,
+    known_at,
+    repaint_batch,
+    strength_of,
 )
 from models.images import png_artifact
 from models.predictor import InvalidRequest, Predictor, Request, StepCallback
@@ -164,6 +181,9 @@ class PipelinePredictor(Predictor):
         else:
             self.mode = "tap"
         self.takes = set(params)
+        self.loras = load_adapters(self.pipe, self.entry)
+        self.variants: dict[str, Any] = {}
+        self.lock = threading.Lock()  # adapters are set on the shared modules per call
 
     def modules_for_memory(self) -> list[torch.nn.Module]:
         return [m for m in self.pipe.components.values() if isinstance(m, torch.nn.Module)]
@@ -177,6 +197,8 @@ class PipelinePredictor(Predictor):
             inp.get("guidance_scale"),
             inp.get("height"),
             inp.get("width"),
+            edit_key(inp),
+            lora_key(inp),
         )
 
     def _check(self, request: Request) -> None:
@@ -201,6 +223,18 @@ class PipelinePredictor(Predictor):
             raise InvalidRequest(f"{self.entry.name} takes no class")
         if (inp.get("height") or inp.get("width")) and "height" not in self.takes:
             raise InvalidRequest(f"{self.entry.name} does not take height and width")
+        check_edit(self.entry.name, inp, int(inp["steps"]))
+        check_loras(self.entry, inp, self.loras)
+        mode = edit_mode(inp)
+        if mode != "text" and self.mode == "tap":
+            raise InvalidRequest(f"{self.entry.name} has no image-to-image or inpainting variant")
+        if mode != "text" and (inp.get("height") or inp.get("width")):
+            raise InvalidRequest(f"{self.entry.name}: the image sets the size; drop height and width")
+        if mode == "inpaint" and self.entry.inpaint_path is not None and inp.get("loras"):
+            raise InvalidRequest(
+                f"{self.entry.name}: LoRA adapters apply to the base model, not to its "
+                "inpainting checkpoint"
+            )
 
     @torch.inference_mode()
     def predict(
@@ -240,6 +274,14 @@ class PipelinePredictor(Predictor):
             )
         config = self.pipe.scheduler.config  # the pipeline's own clipping, for every scheduler
         clip = float(config.get("clip_sample_range", 1.0)) if config.get("clip_sample") else None
+        mode, per_image = edit_mode(first), [r.input for r in batch for _ in r.input["seeds"]]
+        given = repaint = init = known = None
+        if mode != "text":
+            given = image_batch([inp["image"] for inp in per_image], unet.config.in_channels, h)
+            init = (given * 2 - 1).to(self.device, unet.dtype)
+        if mode == "inpaint":
+            repaint = repaint_batch([inp["mask"] for inp in per_image], h)
+            known = known_at(repaint, h).to(self.device, unet.dtype)
         samples, kept = sample_loop(
             unet,
             _scheduler_for(self.pipe, first["scheduler"]),
@@ -249,8 +291,14 @@ class PipelinePredictor(Predictor):
             class_labels=labels,
             on_step=hook,
             clip_sample=clip,
+            init=init,
+            strength=strength_of(first),
+            known=known,
         )
-        return ((samples.float() + 1) / 2).clamp(0, 1).cpu(), kept.tolist()
+        images = ((samples.float() + 1) / 2).clamp(0, 1).cpu()
+        if repaint is not None and given is not None:  # the kept pixels exactly as given
+            images = repaint[kept] * images + (1 - repaint[kept]) * given[kept]
+        return images, kept.tolist()
 
     def _decode(self, x0: torch.Tensor) -> torch.Tensor:
         """Predicted clean latents → images in [-1, 1] (through the VAE where there is one)."""
@@ -266,7 +314,10 @@ class PipelinePredictor(Predictor):
         self, batch: list[Request], seeds: list[int], hook: Any, live: list[bool]
     ) -> tuple[torch.Tensor, list[int]]:
         first, n = batch[0].input, len(seeds)
-        pipe = copy.copy(self.pipe)  # a per-call view: its own scheduler and interrupt flag
+        mode = edit_mode(first)
+        with self.lock:
+            base = variant(self.pipe, mode, self.entry, self.variants)
+        pipe = copy.copy(base)  # a per-call view: its own scheduler and interrupt flag
         pipe.scheduler = _scheduler_for(self.pipe, first["scheduler"])
         steps = int(first["steps"])
 
@@ -306,6 +357,13 @@ class PipelinePredictor(Predictor):
             kwargs["batch_size"] = n
         if first.get("height") and first.get("width"):
             kwargs["height"], kwargs["width"] = int(first["height"]), int(first["width"])
+        per_image = [r.input for r in batch for _ in r.input["seeds"]]
+        if mode != "text":
+            kwargs["image"] = [inp["image"].convert("RGB") for inp in per_image]
+            kwargs["strength"] = strength_of(first)
+            kwargs["width"], kwargs["height"] = per_image[0]["image"].size
+        if mode == "inpaint":
+            kwargs["mask_image"] = [inp["mask"].convert("L") for inp in per_image]
         if self.mode == "callback":
 
             def callback(_pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -314,12 +372,19 @@ class PipelinePredictor(Predictor):
 
             kwargs["callback_on_step_end"] = callback
         try:
-            output = pipe(**kwargs)
+            with self.lock:  # the adapters stay as this call set them until it is done
+                activate(self.pipe, lora_key(first), self.loras)
+                output = pipe(**kwargs)
         except _Canceled:
             return torch.empty(0), []
         if not any(live):
             return torch.empty(0), []
         images = torch.from_numpy(np.asarray(output.images)).permute(0, 3, 1, 2).float()
+        if mode == "inpaint":  # the unmasked pixels as given, not through the VAE round trip
+            side = images.shape[-1]
+            given = image_batch(kwargs["image"], images.shape[1], side)
+            repaint = repaint_batch(kwargs["mask_image"], side)
+            images = repaint * images + (1 - repaint) * given
         return images, list(range(n))
 
 

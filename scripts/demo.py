@@ -103,10 +103,21 @@ def summary(job: dict[str, Any]) -> str:
     return ", ".join(out)[:80]
 
 
-def demo(c: Client, out: Path) -> Table:
+def half_masked(model: dict[str, Any], out: Path, prefix: str) -> dict[str, Any]:
+    """An inpainting input: a held-out digit, its bottom half masked (white = repaint)."""
+    image = sample_image(model)
+    mask = Image.new("L", image.size, 0)
+    mask.paste(255, (0, image.height // 2, image.width, image.height))
+    shown = image.convert("L").copy()
+    shown.paste(128, (0, image.height // 2, image.width, image.height))
+    shown.save(out / f"{prefix}inpaint-input.png")
+    return {"image": b64(image), "mask": b64(mask)}
+
+
+def demo(c: Client, out: Path, only: list[str] | None = None) -> Table:
     table = Table("model", "kind", "status", "seconds", "result")
     models = [m.model_dump() for m in c.models()]
-    for m in models:
+    for m in (m for m in models if not only or m["name"] in only):
         name = m["name"]
         for kind in m["kinds"]:
             prefix = f"{name}-{kind}-"
@@ -146,13 +157,23 @@ def demo(c: Client, out: Path) -> Table:
                         frames.mkdir(exist_ok=True)
                         for event in c.events(job["id"]):
                             if event.type == "preview":
-                                name = event.data["name"]
-                                (frames / name).write_bytes(c.artifact(job["id"], name))
+                                frame = event.data["name"]
+                                (frames / frame).write_bytes(c.artifact(job["id"], frame))
                 images = [p for p in all_paths if "/" not in p.name and "image-" in p.name]
                 if images:
                     grid(images, out / f"{prefix}grid-per-class.png", ncol=8)
                 table.add_row(name, kind, job["status"], f"{t_total:.2f}",
                               f"{len(labels)} jobs; " + summary(job))
+                if m["family"] == "ddpm" and len(labels) > 3:  # finish a half-drawn digit as a 3
+                    inp = {"n": 8, "seed": 300, "steps": 20, "scheduler": "dpmpp",
+                           "class_label": labels[3], **half_masked(m, out, prefix)}
+                    job, s, paths = run_job(c, {"kind": kind, "model": m["name"], "input": inp},
+                                            out, f"{prefix}inpaint-")
+                    if paths:
+                        grid([out / f"{prefix}inpaint-input.png", *paths],
+                             out / f"{prefix}inpaint-grid.png", ncol=9)
+                    table.add_row(m["name"], f"{kind} (inpaint as {labels[3]})", job["status"],
+                                  f"{s:.2f}", summary(job))
     return table
 
 
@@ -166,6 +187,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo-out"))
     parser.add_argument("--url", help="use a running service instead of starting one")
+    parser.add_argument("--only", action="append", metavar="MODEL",
+                        help="demo only this model (repeatable); default: every model")
     args = parser.parse_args()
     if args.out.exists():
         shutil.rmtree(args.out)
@@ -191,7 +214,7 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise SystemExit("the service did not become ready")
                 time.sleep(0.3)
-            table = demo(c, args.out)
+            table = demo(c, args.out, args.only)
         console.print(table)
         console.print(f"outputs in {args.out}/")
     finally:

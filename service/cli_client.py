@@ -29,7 +29,7 @@ from workers.contract import (
 INPUTS: dict[str, type[BaseModel]] = {
     "classify": ClassifyInput, "segment": SegmentInput, "reconstruct": ReconstructInput,
     "sample": SampleInput, "generate": GenerateInput}
-IMAGE_INPUTS = ("image", "interpolate_between")  # the fields whose values may be @path
+IMAGE_INPUTS = ("image", "mask", "interpolate_between")  # the fields whose values may be @path
 URL = typer.Option(envvar="CONVOY_URL", help="the service's address [default: "
                    "http://127.0.0.1:8000]", show_default=False)
 KEY = typer.Option(envvar="CONVOY_API_KEY", help="API key, if the server has keys")

@@ -40,6 +40,7 @@ Image_ = Annotated[
                json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/*"})
 ]
 MAX_INTERPOLATION = 64  # points on a VAE interpolation path
+MAX_LORAS = 4  # adapters one request may combine
 ClassLabel = Annotated[str | None, Field(
     description="class-conditional models: one of the model's labels (GET /v1/models), "
     "always a string (\"7\", not 7)", examples=["7"])]
@@ -85,6 +86,15 @@ class SampleInput(_Input):
                               "interpolation path (with interpolate_between)", examples=[8])
 
 
+class LoraChoice(_Input):
+    """One LoRA adapter of the model, at a scale."""
+
+    name: str = Field(min_length=1, max_length=200, description="an adapter the catalog "
+                      "declares for the model", examples=["ink"])
+    scale: float = Field(1.0, ge=-4, le=4, description="0: the base model; 1: the adapter "
+                         "as trained", examples=[0.8])
+
+
 class GenerateInput(_Input):
     """``generate``: images from a diffusion model (class-conditional or a text pipeline)."""
 
@@ -113,6 +123,16 @@ class GenerateInput(_Input):
                               examples=[512])
     preview_every: int = Field(0, ge=0, le=MAX_STEPS, description="emit a preview event "
                                "every N steps (0: none)", examples=[5])
+    image: Image_ | None = Field(None, description="image-to-image: the image to start from "
+                                 "(noised to strength, then denoised to the request)")
+    mask: Image_ | None = Field(None, description="inpainting, with image: the same size as "
+                                "image; white pixels are repainted, black ones kept")
+    strength: float | None = Field(None, gt=0, le=1, description="with image: how far it is "
+                                   "noised (1: all the way); default 0.75 for image-to-image, "
+                                   "1.0 for inpainting", examples=[0.6])
+    loras: list[LoraChoice] | None = Field(None, max_length=MAX_LORAS, description="diffusers "
+                                           "models: LoRA adapters the catalog declares, each "
+                                           "with a scale")
 
 
 class _Job(BaseModel):
@@ -182,7 +202,7 @@ JobRequest = Annotated[
     Field(discriminator="kind"),
 ]
 JOB_REQUEST: TypeAdapter[JobRequest] = TypeAdapter(JobRequest)
-IMAGE_FIELDS = ("image",)
+IMAGE_FIELDS = ("image", "mask")
 INPUTS: dict[str, type[_Input]] = {
     "classify": ClassifyInput, "segment": SegmentInput, "reconstruct": ReconstructInput,
     "sample": SampleInput, "generate": GenerateInput,
@@ -220,9 +240,13 @@ def check(kind: str, data: dict[str, Any], entry: ModelEntry, max_pixels: int) -
     if kind not in entry.kinds:
         raise InvalidInput(f"model {entry.name} does not serve {kind!r}; it serves {entry.kinds}")
     limits = entry.limits
-    for name in IMAGE_FIELDS:
-        if data.get(name) is not None:
-            decode_image(data[name], max_pixels, name)
+    decoded = {
+        name: decode_image(data[name], max_pixels, name)
+        for name in IMAGE_FIELDS
+        if data.get(name) is not None
+    }
+    if kind == "generate":
+        _check_edits(data, decoded, entry)
     for i, value in enumerate(data.get("interpolate_between") or []):
         decode_image(value, max_pixels, f"interpolate_between[{i}]")
     if "top_k" in data and data["top_k"] > limits.max_top_k:
@@ -246,6 +270,37 @@ def check(kind: str, data: dict[str, Any], entry: ModelEntry, max_pixels: int) -
     if "seed" in data and data["seed"] is None:
         data = {**data, "seed": secrets.randbelow(2**31)}
     return data
+
+
+def _check_edits(data: dict[str, Any], decoded: dict[str, Any], entry: ModelEntry) -> None:
+    """Image, mask and adapters of a ``generate`` input against what the model can do."""
+    if "mask" in decoded and "image" not in decoded:
+        raise InvalidInput("a mask needs the image it applies to: send image as well")
+    if "mask" in decoded and decoded["mask"].size != decoded["image"].size:
+        (mw, mh), (iw, ih) = decoded["mask"].size, decoded["image"].size
+        raise InvalidInput(
+            f"the mask is {mw}x{mh} and the image {iw}x{ih}: they must be the same size"
+        )
+    if data.get("strength") is not None and "image" not in decoded:
+        raise InvalidInput("strength applies to image-to-image and inpainting: send an image")
+    if "image" in decoded:
+        feature = "inpainting" if "mask" in decoded else "image-to-image"
+        reason = entry.cannot(feature)
+        if reason:
+            raise InvalidInput(f"model {entry.name} cannot do {feature}: {reason}")
+    chosen = [c["name"] for c in data.get("loras") or []]
+    if chosen:
+        reason = entry.cannot("lora")
+        if reason:
+            raise InvalidInput(f"model {entry.name} takes no LoRA adapters: {reason}")
+        unknown = sorted(set(chosen) - set(entry.loras))
+        if unknown:
+            raise InvalidInput(
+                f"unknown LoRA adapters {unknown} for {entry.name}",
+                details={"loras": sorted(entry.loras)},
+            )
+        if len(set(chosen)) != len(chosen):
+            raise InvalidInput(f"a LoRA adapter is named twice: {chosen}")
 
 
 def prepare(kind: str, data: dict[str, Any], entry: ModelEntry, max_pixels: int) -> dict[str, Any]:

@@ -55,6 +55,13 @@ def _drop(kind: str, entry: ModelEntry) -> set[str]:
         dropped.add("guidance_scale")  # nothing to guide towards
     if kind == "sample" and "reconstruct" not in entry.kinds:  # no encoder: no path
         dropped |= {"interpolate_between", "steps"}
+    if kind == "generate":
+        if entry.cannot("image-to-image") and entry.cannot("inpainting"):
+            dropped |= {"image", "strength"}
+        if entry.cannot("inpainting"):
+            dropped.add("mask")
+        if entry.cannot("lora"):
+            dropped.add("loras")
     return dropped
 
 
@@ -75,9 +82,20 @@ def _bound(kind: str, name: str, prop: dict[str, Any], entry: ModelEntry) -> dic
                                 limits.max_prompt_chars)
     elif name == "class_label":
         prop["enum"] = list(entry.labels)
+    elif name == "loras" and isinstance(prop.get("items"), dict):
+        prop["items"] = _lora_choice(entry)
     elif name == "guidance_scale" and "guidance_scale" in entry.config:
         prop["default"] = float(entry.config["guidance_scale"])
     return prop
+
+
+def _lora_choice(entry: ModelEntry) -> dict[str, Any]:
+    """One adapter choice, its name one of the model's adapters (inlined: no ``$ref``)."""
+    from workers.contract import LoraChoice
+
+    schema = LoraChoice.model_json_schema()
+    schema["properties"]["name"]["enum"] = sorted(entry.loras)
+    return schema
 
 
 def kind_schema(kind: str, entry: ModelEntry) -> dict[str, Any]:

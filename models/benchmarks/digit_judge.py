@@ -6,6 +6,10 @@ Two figures, shared by the generative trainers and the sampler benchmark:
   they were generated for;
 - a Fréchet distance between LeNet-5 penultimate (F6, 84-d) features of generated images
   and of the held-out real digits, in the manner of FID with a digit-sized network.
+
+And one figure LeNet cannot give, since it reads a 7 buried in speckle as a 7: roughness,
+the RMS of the 4-neighbour Laplacian of the 32x32 image in [0, 1]. A sample is "noisy"
+when its roughness is above twice the largest roughness among the held-out real digits.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import linalg
 
 from models.checkpoint import load_model
@@ -70,3 +75,30 @@ def real_test_features(model: torch.nn.Module) -> torch.Tensor:
     """Penultimate features of the held-out digits (the fixed test quarter)."""
     _, _, x_test, _ = load_digits_split(32)
     return judge(model, x_test)[1]
+
+
+LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+
+
+def roughness(images: torch.Tensor) -> torch.Tensor:
+    """Per image (N,): RMS of the 4-neighbour Laplacian over the interior of (N, 1, H, W) in [0, 1]."""
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ValueError(f"roughness takes (N, 1, H, W) images, got {tuple(images.shape)}")
+    lap = F.conv2d(images.float().clamp(0, 1), LAPLACIAN)  # (N, 1, H - 2, W - 2)
+    return lap.pow(2).mean(dim=(1, 2, 3)).sqrt()
+
+
+def real_roughness() -> torch.Tensor:
+    """Roughness of every held-out real digit (32x32, drawn as the trainers draw them)."""
+    _, _, x_test, _ = load_digits_split(32)
+    return roughness(x_test)
+
+
+def noise_figures(images: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
+    """Share of images rougher than twice the roughest real digit, and median against real median."""
+    r = roughness(images)
+    limit = 2 * float(real.max())
+    return {
+        "noisy_share": round(float((r > limit).float().mean()), 4),
+        "roughness_median_vs_real": round(float(r.median()) / float(real.median()), 3),
+    }

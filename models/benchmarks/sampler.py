@@ -4,8 +4,11 @@ count, and of ``dcgan-digits``, judged by ``lenet5-digits``.
 For each row the same classes and seeds: ``PER_CLASS`` images of every digit. Figures:
 conditional accuracy (share judged the requested class), a Fréchet distance between LeNet-5
 penultimate features of the generated images and of the held-out real digits (lower is
-better; it grows as the sample shrinks, so only rows of the same size compare), and images
-per second on this machine. DDPM at 1000 steps is the slow reference row.
+better; it grows as the sample shrinks, so only rows of the same size compare), the noise
+columns of ``digit_judge.noise_figures`` (share of samples rougher than twice the roughest
+held-out digit; median roughness against the real digits' median), and images per second
+on this machine. DDPM at 1000 steps is the slow reference row; rows of ``SLOW_STEPS`` steps
+or more draw ``SLOW_PER_CLASS`` images per digit (the ``images`` column says how many).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from models.benchmarks.digit_judge import (
     frechet_distance,
     judge,
     load_judge,
+    noise_figures,
+    real_roughness,
     real_test_features,
 )
 from models.checkpoint import load_model
@@ -31,6 +36,8 @@ WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 ROWS = [("ddpm", 1000), ("ddim", 50), ("dpmpp", 20), ("dpmpp", 10), ("euler", 20)]
 PER_CLASS = 20  # images per digit and row: 200 per row
 SEED = 50_000  # first seed of every row (disjoint from the trainers' evaluation seeds)
+SLOW_STEPS = 500  # rows with at least this many steps draw fewer images...
+SLOW_PER_CLASS = 20  # ...at most this many per digit (the first seeds of the full row)
 
 
 def _figures(
@@ -40,13 +47,16 @@ def _figures(
     return {
         "conditional_accuracy": round(conditional_accuracy(predicted, labels), 4),
         "frechet_distance": round(frechet_distance(feats, real), 3),
+        **noise_figures(images, real_roughness()),
         "images": len(labels),
         "seconds": round(seconds, 2),
         "images_per_s": round(len(labels) / seconds, 2),
     }
 
 
-def diffusion_rows(per_class: int, judge_model: Any, real: torch.Tensor) -> list[dict[str, Any]]:
+def diffusion_rows(
+    per_class: int, judge_model: Any, real: torch.Tensor, slow_per_class: int = SLOW_PER_CLASS
+) -> list[dict[str, Any]]:
     from models.diffusion import DiffusionConfig, NoiseSchedule, _from_json
     from models.training.ddpm_digits import generate_per_class
 
@@ -62,7 +72,7 @@ def diffusion_rows(per_class: int, judge_model: Any, real: torch.Tensor) -> list
                 unet,
                 schedule,
                 config,
-                per_class,
+                min(per_class, slow_per_class) if steps >= SLOW_STEPS else per_class,
                 scheduler=scheduler,
                 steps=steps,
                 guidance_scale=guidance,
@@ -106,7 +116,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         title=f"sampler: class-conditional digits judged by lenet5-digits ({platform.machine()}, "
         f"{torch.get_num_threads()} threads)"
     )
-    for column in ("model", "sampler", "steps", "net evals", "cond. acc.", "Fréchet", "images/s"):
+    columns = ("model", "sampler", "steps", "net evals", "images", "cond. acc.", "Fréchet",
+               "noisy", "rough/real", "images/s")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("model", "sampler") else "right")
     for r in rows:
         table.add_row(
@@ -114,20 +126,30 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             r["sampler"],
             str(r["steps"]),
             str(r["network_evals"]),
+            str(r["images"]),
             f"{r['conditional_accuracy']:.1%}",
             f"{r['frechet_distance']:.2f}",
+            f"{r['noisy_share']:.1%}",
+            f"{r['roughness_median_vs_real']:.2f}",
             f"{r['images_per_s']:.1f}",
         )
-    Console(width=max(110, Console().width)).print(table)
+    Console(width=max(160, Console().width)).print(table)
 
 
-def run(out_json: Path | None = None, per_class: int = PER_CLASS) -> list[dict[str, Any]]:
-    """Every row of the benchmark (those whose weights exist); prints the table and writes JSON."""
+def run(
+    out_json: Path | None = None,
+    per_class: int = PER_CLASS,
+    slow_per_class: int = SLOW_PER_CLASS,
+    edits: bool = True,
+    edits_limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Every row of the benchmark (those whose weights exist); prints the table and writes JSON
+    (with the image-to-image and inpainting figures of ``digit_edits`` under "edits")."""
     judge_model = load_judge()
     real = real_test_features(judge_model)
     rows: list[dict[str, Any]] = []
     if (WEIGHTS / "ddpm-digits.safetensors").exists():
-        rows += diffusion_rows(per_class, judge_model, real)
+        rows += diffusion_rows(per_class, judge_model, real, slow_per_class)
     if (WEIGHTS / "dcgan-digits.safetensors").exists():
         rows.append(gan_row(per_class, judge_model, real))
     if not rows:
@@ -135,11 +157,14 @@ def run(out_json: Path | None = None, per_class: int = PER_CLASS) -> list[dict[s
             "neither ddpm-digits nor dcgan-digits is trained: nothing to benchmark"
         )
     print_table(rows)
+    report: dict[str, Any] = {"scenario": "sampler", "per_class": per_class, "rows": rows}
+    if edits and (WEIGHTS / "ddpm-digits.safetensors").exists():
+        from models.benchmarks import digit_edits
+
+        report["edits"] = digit_edits.rows(digit_edits.load_predictor(), edits_limit)
+        digit_edits.print_table(report["edits"])
     if out_json is not None:
         out_json = Path(out_json)
         out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(
-            json.dumps({"scenario": "sampler", "per_class": per_class, "rows": rows}, indent=2)
-            + "\n"
-        )
+        out_json.write_text(json.dumps(report, indent=2) + "\n")
     return rows

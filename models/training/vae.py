@@ -48,6 +48,50 @@ def evaluate_reconstruction(model: VAE, x: torch.Tensor, batch_size: int = 256) 
     }
 
 
+SHAPES_JUDGE = Path(__file__).resolve().parent.parent / "weights" / "resnet18-shapes.safetensors"
+
+
+@torch.no_grad()
+def shape_agreement(
+    model: VAE, x: torch.Tensor, y: torch.Tensor, judge: Path = SHAPES_JUDGE, batch_size: int = 128
+) -> dict[str, Any] | None:
+    """Share of reconstructions that the shipped shapes classifier assigns the input's class
+    (PSNR says how close the pixels are; this says whether the shape survived), beside the
+    classifier's own accuracy on the inputs. None while the classifier is not trained.
+
+    ``python -c "from models.training.vae import shipped_shape_agreement as f; print(f())"``
+    """
+    from models.checkpoint import load_model
+
+    if not judge.exists():
+        return None
+    classifier, sidecar = load_model(judge)
+    mean = torch.tensor(sidecar["normalize"]["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(sidecar["normalize"]["std"]).view(1, 3, 1, 1)
+    model.eval()
+    kept = right = 0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        x_hat = model.decode(model.encode(xb)[0]).clamp(0, 1)
+        kept += int((classifier((x_hat - mean) / std).argmax(-1) == yb).sum())
+        right += int((classifier((xb - mean) / std).argmax(-1) == yb).sum())
+    return {
+        "judge": judge.stem,
+        "reconstruction_class_kept": round(kept / len(y), 4),
+        "input_class_right": round(right / len(y), 4),
+        "n_eval": len(y),
+    }
+
+
+def shipped_shape_agreement(n: int = 2000) -> dict[str, Any] | None:
+    """``shape_agreement`` of the shipped ``vae-shapes`` on the held-out shapes."""
+    from models.checkpoint import load_model
+
+    model, _ = load_model(SHAPES_JUDGE.with_name("vae-shapes.safetensors"))
+    x, y = make_classification(n, SEEDS["test"])
+    return shape_agreement(model, x, y)  # type: ignore[arg-type]
+
+
 def pca_psnr(x_train: torch.Tensor, x_test: torch.Tensor, components: int, seed: int) -> dict[str, Any]:
     """Held-out PSNR of PCA reconstructions (clipped to [0, 1], as the VAE's are)."""
     from sklearn.decomposition import PCA
@@ -140,8 +184,9 @@ def train_vae_shapes(out_dir: Path, *, seed: int = 0, quick: bool = False) -> di
 
     seconds = fit_vae(model, next_batch, epochs, steps, 2e-3, "vae-shapes", gen)
     start = time.perf_counter()
-    x_test, _ = make_classification(256 if quick else 2000, SEEDS["test"])
+    x_test, y_test = make_classification(256 if quick else 2000, SEEDS["test"])
     metrics = evaluate_reconstruction(model, x_test)
+    metrics["shapes"] = shape_agreement(model, x_test, y_test)
     metrics["pca"] = pca_psnr(data["x"], x_test, config.latent_dim, seed)  # last epoch's images
     metrics.update(
         split=f"make_classification(n, SEEDS['test']={SEEDS['test']}); training seeds "

@@ -24,7 +24,7 @@ def test_rows_table_and_json(
     torch.set_num_threads(1)
     monkeypatch.setattr(sampler, "ROWS", [("dpmpp", 3), ("euler", 3)])
     try:
-        rows = sampler.run(out_json=tmp_path / "sampler.json", per_class=1)
+        rows = sampler.run(out_json=tmp_path / "sampler.json", per_class=1, edits_limit=4)
     finally:
         torch.set_num_threads(threads)
     assert [(r["model"], r["sampler"], r["steps"]) for r in rows] == [
@@ -35,7 +35,12 @@ def test_rows_table_and_json(
     for r in rows:
         assert r["images"] == 10 and 0 <= r["conditional_accuracy"] <= 1
         assert r["frechet_distance"] > 0 and r["images_per_s"] > 0
+        assert 0 <= r["noisy_share"] <= 1 and r["roughness_median_vs_real"] > 0
     assert rows[2]["conditional_accuracy"] >= 0.7  # the GAN needs no steps to draw digits
     written = json.loads((tmp_path / "sampler.json").read_text())
     assert written["rows"] == rows and written["per_class"] == 1
+    assert [(e["edit"], e["images"]) for e in written["edits"]][:2] == [
+        ("inpaint bottom half", 4),
+        ("inpaint right half", 4),
+    ]
     assert "dcgan-digits" in capsys.readouterr().out

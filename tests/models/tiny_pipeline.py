@@ -164,3 +164,34 @@ def save_tiny_class_pipeline(folder: Path, seed: int = 0) -> Path:
         transformer=transformer, vae=_tiny_vae(), scheduler=DDIMScheduler()
     ).save_pretrained(folder, safe_serialization=True)
     return Path(folder)
+
+
+def save_tiny_lora(pipeline_folder: Path, out_file: Path, seed: int = 0, rank: int = 4) -> Path:
+    """A LoRA adapter (diffusers/peft format, safetensors) for the UNet of the tiny text
+    pipeline in ``pipeline_folder``: random low-rank updates of the attention projections,
+    large enough to change the image at scale 1."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(Path(pipeline_folder) / "unet", use_safetensors=True)
+    torch.manual_seed(seed)
+    unet.add_adapter(
+        LoraConfig(
+            r=rank,
+            lora_alpha=rank,
+            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+            init_lora_weights="gaussian",
+        )
+    )
+    with torch.no_grad():  # gaussian init leaves B at zero: give it weight too
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    out_file = Path(out_file)
+    StableDiffusionPipeline.save_lora_weights(
+        out_file.parent, unet_lora_layers=layers, weight_name=out_file.name, safe_serialization=True
+    )
+    return out_file

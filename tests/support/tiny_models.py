@@ -30,7 +30,11 @@ def build_tiny_catalog(folder: Path) -> Path:
     from safetensors.torch import save_file
     from torchvision.models import resnet18
 
-    from tests.models.tiny_pipeline import save_tiny_text_pipeline, save_tiny_unet_pipeline
+    from tests.models.tiny_pipeline import (
+        save_tiny_lora,
+        save_tiny_text_pipeline,
+        save_tiny_unet_pipeline,
+    )
 
     folder.mkdir(parents=True, exist_ok=True)
     unet = _save(folder, "tiny-unet", "unet", {"in_channels": 3, "num_classes": 5,
@@ -47,6 +51,8 @@ def build_tiny_catalog(folder: Path) -> Path:
               str(folder / "tv-resnet18.safetensors"))
     (folder / "tv-labels.txt").write_text("cat\ndog\nbird\n")
     save_tiny_text_pipeline(folder / "tiny-sd")
+    save_tiny_lora(folder / "tiny-sd", folder / "lora-red.safetensors", seed=1)
+    save_tiny_lora(folder / "tiny-sd", folder / "lora-blue.safetensors", seed=2)
     save_tiny_unet_pipeline(folder / "tiny-ddpm")
     pickled = save_tiny_unet_pipeline(folder / "pickle-only")
     for f in pickled.rglob("*.safetensors"):  # keep only a pickle copy of the weights
@@ -85,6 +91,15 @@ kinds = ["generate"]
 path = "tiny-sd"
 max_batch = 4
 limits = {{ max_side = 64, max_steps = 50 }}
+
+[models.tiny-sd-lora]
+family = "diffusers"
+kinds = ["generate"]
+path = "tiny-sd"
+max_batch = 4
+limits = {{ max_side = 64, max_steps = 50 }}
+loras.red = {{ path = "lora-red.safetensors" }}
+loras.blue = {{ path = "lora-blue.safetensors" }}
 
 [models.tiny-ddpm]
 family = "diffusers"

@@ -1,0 +1,35 @@
+"""``shape_agreement``: whether the shipped shapes classifier still sees the input's shape
+in a reconstruction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.data.shapes import make_classification
+from models.training.vae import SHAPES_JUDGE, shape_agreement
+
+
+class Passthrough(torch.nn.Module):
+    """A reconstructor that returns its input (encode gives (x, 0), decode gives x back)."""
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, torch.zeros_like(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+
+class Blank(Passthrough):
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(z)
+
+
+@pytest.mark.skipif(not SHAPES_JUDGE.exists(), reason="resnet18-shapes is not trained")
+def test_a_perfect_reconstruction_keeps_every_shape_a_blank_one_none() -> None:
+    x, y = make_classification(40, seed=123)
+    perfect = shape_agreement(Passthrough(), x, y)  # type: ignore[arg-type]
+    blank = shape_agreement(Blank(), x, y)  # type: ignore[arg-type]
+    assert perfect is not None and blank is not None
+    assert perfect["reconstruction_class_kept"] == perfect["input_class_right"] >= 0.9
+    assert blank["reconstruction_class_kept"] <= 0.5  # one class for every image
