@@ -16,10 +16,12 @@ from models.catalog import Catalog, ModelNotFound
 from service import studio
 from service.deps import State
 from service.errors import bounded_errors
+from service.lifecycle import Lifecycle
+from service.lifecycle_metrics import LifecycleCollector
 from service.limits import BodyLimit, OpenPerKey, RateLimiter
 from service.metrics import REGISTRY, WorkerCollector
 from service.openapi import install as install_openapi
-from service.routes import health, jobs, models, uploads
+from service.routes import health, jobs, models, uploads, usage, webhooks
 from service.streams import EventHub
 from service.submitter import Submitter
 from service.waiters import Waiters
@@ -27,6 +29,7 @@ from workers.blobs import BlobError, open_blobs
 from workers.celery_app import make_celery
 from workers.errors import ConvoyError, RateLimited, Unavailable
 from workers.images import DECODE_BUDGET
+from workers.outbox import open_outbox
 from workers.settings import Settings, get_settings
 from workers.store import StoreFull, StoreUnavailable, open_store
 
@@ -120,6 +123,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         waiters=Waiters(store, hub),
         submitter=Submitter.for_celery(store, celery, settings.max_queued_per_owner,
                                        settings.max_queue_depth),
+        outbox=open_outbox(store),
+        lifecycle=Lifecycle.open(settings, store),
         hub=hub,
         open_per_key=OpenPerKey(settings.max_streams_per_key),
         blobs=open_blobs(settings),
@@ -143,6 +148,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(uploads.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(webhooks.router)
+    app.include_router(usage.router)
     install_openapi(app)
     studio.install(app)
 
@@ -156,3 +163,4 @@ def _register_collector(state: State) -> None:
     if _collector is None:
         _collector = WorkerCollector(lambda: _current["state"].store if _current else None)
         REGISTRY.register(_collector)
+        REGISTRY.register(LifecycleCollector(lambda: _current.get("state")))

@@ -10,12 +10,14 @@ from celery import Celery
 from fastapi import Depends, Request
 
 from models.catalog import Catalog
+from service.lifecycle import Lifecycle
 from service.limits import OpenPerKey, RateLimiter
 from service.streams import EventHub
 from service.submitter import Submitter
 from service.waiters import Waiters
 from workers.blobs import BlobStore
 from workers.errors import Unauthorized
+from workers.outbox import Outbox
 from workers.settings import Settings
 from workers.store import JobStore
 
@@ -32,6 +34,8 @@ class State:
     limiter: RateLimiter
     waiters: Waiters
     submitter: Submitter
+    outbox: Outbox
+    lifecycle: Lifecycle
     hub: EventHub  # the one reader of event logs behind streams and waits
     open_per_key: OpenPerKey  # event streams and waits open per API key
     blobs: BlobStore  # inputs, previews and outputs

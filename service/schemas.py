@@ -129,6 +129,20 @@ class Links(BaseModel):
 Output = ClassifyOutput | SegmentOutput | ReconstructOutput | ImagesOutput | dict[str, Any]
 
 
+class QueueInfo(BaseModel):
+    """Where a queued job stands on its queue."""
+
+    model_config = _OPEN
+    position: int = Field(description="1 for the next job to start", examples=[3])
+    ahead: int = Field(description="queued jobs that start before it", examples=[2])
+    workers: int = Field(0, description="live workers taking this queue")
+    eta_start_at: str | None = Field(None, description="estimated start (ISO 8601 UTC), from "
+                                     "recent run times; null until the workers have any")
+    eta_finish_at: str | None = Field(None, description="estimated finish")
+    eta_start_s: float | None = Field(None, description="seconds from now to the estimated "
+                                      "start")
+
+
 class JobRecord(BaseModel):
     """A job as ``GET /v1/jobs/{id}`` shows it."""
 
@@ -151,6 +165,14 @@ class JobRecord(BaseModel):
                           "was lost with runs again; one it merely held is not counted)")
     waiting: str | None = Field(None, description="a queued job while no worker lives: why "
                                 "it waits (absent otherwise)")
+    priority: int = Field(0, description="higher starts first on the queue (0..9)")
+    queue: QueueInfo | None = Field(None, description="queued jobs: position and ETA")
+    device_s: float | None = Field(None, description="device-seconds charged: the job's "
+                                   "share of each batch it ran in")
+    webhook: str | None = Field(None, description="the URL that receives the job's events")
+    webhook_events: list[str] | None = Field(None, description="the events it receives: "
+                                             "start, progress, output, completed",
+                                             examples=[["completed"]])
     links: Links
 
 
@@ -244,9 +266,51 @@ class LogEvent(BaseModel):
     message: str
 
 
+class WebhookEvent(BaseModel):
+    """``webhook``: one attempt at a webhook delivery (it may come after the final status)."""
+
+    model_config = _OPEN
+    id: str = Field(description="the delivery's webhook-id, the same on every attempt",
+                    examples=["msg_3f9c..._5"])
+    event: Literal["start", "progress", "output", "completed"]
+    attempt: int = Field(description="1, 2, ... per delivery")
+    state: Literal["delivered", "pending", "failed"] = Field(
+        description="delivered (a 2xx answer), pending (retried in retry_in_s) or failed "
+        "(refused address, or retries exhausted)")
+    status_code: int | None = Field(None, description="the receiver's HTTP status")
+    error: str | None = Field(None, description="why the attempt failed")
+    retry_in_s: float | None = Field(None, description="pending: seconds to the next attempt")
+
+
+class QueueEvent(QueueInfo):
+    """``queue``: a queued job's position changed (sent at most about once a second)."""
+
+
+class Usage(BaseModel):
+    """The caller's device-seconds in the current quota period."""
+
+    owner: str
+    period_start: int = Field(description="epoch seconds; periods are CONVOY_QUOTA_PERIOD_S long")
+    period_s: int
+    device_s: float = Field(description="device-seconds used in this period")
+    by_model: dict[str, float] = Field(description="device-seconds by model")
+    quota_device_s: float | None = Field(None, description="the key's quota (null: none)")
+    remaining_device_s: float | None = None
+
+
+class WebhookSecret(BaseModel):
+    """The caller's webhook signing secret."""
+
+    secret: str = Field(description="Standard Webhooks secret ('whsec_' + base64)",
+                        examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])
+    scheme: str = Field(examples=["standard-webhooks"])
+    headers: list[str] = Field(examples=[["webhook-id", "webhook-timestamp",
+                                          "webhook-signature"]])
+
+
 EVENT_PAYLOADS: dict[str, type[BaseModel]] = {
     "status": StatusEvent, "progress": ProgressEvent, "preview": Artifact, "log": LogEvent,
-    "output": ImagesOutput, "error": JobError}
+    "output": ImagesOutput, "error": JobError, "webhook": WebhookEvent, "queue": QueueEvent}
 EVENTS_DESCRIPTION = """Server-sent events (text/event-stream). Each event has `id:` (1, 2, ...
 per job), `event:` and `data:` (JSON):
 
@@ -257,6 +321,9 @@ per job), `event:` and `data:` (JSON):
 - `output`: the kind's output (`ClassifyOutput`, `SegmentOutput`, `ReconstructOutput`,
   `ImagesOutput`), sent before the final status of a succeeded job
 - `error`: `JobError`, sent before the final status of a failed job
+- `queue`: `QueueEvent`, `{"position": 3, "ahead": 2, "eta_start_at": "..."}` while queued
+- `webhook`: `WebhookEvent`, an attempt at a webhook delivery; those of the `completed`
+  delivery come after the final status (reconnect with `Last-Event-ID` to read them)
 
 The stream ends after the event that carries the final status (succeeded, failed,
 canceled). Reconnect with `Last-Event-ID: N` to receive the events after N only; a stream of

@@ -130,9 +130,11 @@ class Batcher:
                  canceled: Callable[[list[str]], set[str] | dict[str, str]] | None = None,
                  poll_s: float = 0.005,
                  progress: Callable[[list[str], int, int], None] | None = None,
-                 on_device: Callable[[list[str]], dict[str, str]] | None = None) -> None:
+                 on_device: Callable[[list[str]], dict[str, str]] | None = None,
+                 on_measured: Callable[[list[Item], float], None] | None = None) -> None:
         self.enabled = enabled
         self.on_device = on_device
+        self.on_measured = on_measured  # (a batch's items, the seconds its forward pass took)
         self.progress = progress
         self.on_batch = on_batch
         self.canceled = canceled
@@ -301,6 +303,8 @@ class Batcher:
         started = time.monotonic()
         results = predictor.predict([it.request for it in items], on_step=on_step)
         self._last_run[items[0].key] = time.monotonic() - started
+        if self.on_measured is not None:
+            self.on_measured(items, self._last_run[items[0].key])
         if len(results) != len(items):
             raise RuntimeError(f"{predictor.entry.name} returned {len(results)} results for "
                                f"{len(items)} requests")

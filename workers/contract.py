@@ -150,7 +150,8 @@ class GenerateInput(_Input):
                                    "1.0 for inpainting", examples=[0.6])
     loras: list[LoraChoice] | None = Field(None, max_length=MAX_LORAS, description="diffusers "
                                            "models: LoRA adapters the catalog declares, each "
-                                           "with a scale")
+                                           "with a scale",
+                                           examples=[[{"name": "ink", "scale": 0.8}]])
 
 
 class _Job(BaseModel):
@@ -162,9 +163,17 @@ class _Job(BaseModel):
                            description="client-chosen id: makes submission idempotent (the "
                            "same id and body return the existing job; another body, 409)",
                            examples=["my-job-0001"])
-    webhook: str | None = Field(None, max_length=2000, description="reserved: stored with "
-                                "the job; the server calls no URL",
+    webhook: str | None = Field(None, max_length=2000, description="an http(s) URL that "
+                                "receives the job's events as signed POSTs (Standard Webhooks; "
+                                "the secret: GET /v1/webhook-secret); private, loopback and "
+                                "metadata addresses are refused",
                                 examples=["https://example.com/hook"])
+    webhook_events: list[Literal["start", "progress", "output", "completed"]] | None = Field(
+        None, min_length=1, max_length=4, description="which events the webhook receives "
+        "(default: completed)", examples=[["start", "completed"]])
+    priority: int = Field(0, ge=0, le=9, description="higher runs first on the model's queue "
+                          "(first come first served within one); at most the key's "
+                          "max_priority (CONVOY_MAX_PRIORITY, 0 by default)", examples=[0])
     timeout_s: float | None = Field(None, gt=0, description="the job's deadline in seconds "
                                     "from its start (default CONVOY_JOB_TIMEOUT_S; over "
                                     "CONVOY_MAX_JOB_TIMEOUT_S is refused with 422); a job "
@@ -337,4 +346,5 @@ def prepare(kind: str, data: dict[str, Any], entry: ModelEntry, max_pixels: int)
 def request_hash(body: dict[str, Any]) -> str:
     """What makes two submissions with the same client id the same submission."""
     canon = {k: body.get(k) for k in ("kind", "model", "input", "webhook", "timeout_s")}
+    canon.update({k: body[k] for k in ("webhook_events", "priority") if body.get(k)})
     return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()

@@ -23,9 +23,12 @@ from workers.artifacts import generation_parameters, store_artifacts
 from workers.batcher import Batcher, Item, OutOfMemory, Stopped
 from workers.blobs import BlobStore, open_blobs
 from workers.celery_app import dispatch, waiting_messages
+from workers.cluster_stats import open_cluster_stats
 from workers.contract import IMAGE_FIELDS, pixel_limit, prepare
 from workers.errors import ConvoyError
 from workers.inputs import load_inputs
+from workers.metering import open_meter, shares
+from workers.queue_order import open_order
 from workers.settings import Settings, new_id
 from workers.stats import WorkerStats
 from workers.store import JobStore, StoreUnavailable
@@ -48,6 +51,7 @@ def finish_and_announce(
     return store.finish_and_announce(job_id, worker, status, output=output, error=error)
 
 
+SAVE_TOTALS_EVERY = 5  # heartbeats between saves of this worker's counters to the store
 CANCEL_POLL_S = 0.005  # how often a running job's cancel flag is read: about every step
 
 
@@ -101,7 +105,14 @@ class WorkerRuntime:
         self.stats = WorkerStats()
         self.batcher = Batcher(enabled=settings.batching, on_batch=self.stats.batch,
                                canceled=self._canceled_among, poll_s=CANCEL_POLL_S,
-                               progress=self._progress, on_device=self._on_device)
+                               progress=self._progress, on_device=self._on_device,
+                               on_measured=self._measured)
+        self.queues: list[str] = []  # the queues this worker takes (in its heartbeat)
+        self.order = open_order(store, settings.starvation_s)
+        self.meter = open_meter(store, settings.quota_period_s)
+        self._device_s: dict[str, float] = {}  # job id → device-seconds not yet recorded
+        self.cluster = open_cluster_stats(store)
+        self._beats = 0
         self.jobs_done = 0
         self.started = time.time()
         self._stop = threading.Event()
@@ -124,6 +135,8 @@ class WorkerRuntime:
         are recorded in one store step as soon as it ends. A job that is not queued any more
         (a redelivered message) is skipped. Returns what happened to each (for logs and
         tests)."""
+        if self.order is not None:  # the best queued jobs, not necessarily the message's
+            job_ids = list(dict.fromkeys(self.order.pick(job_ids, self.store)))
         runs = [_Run(j) for j in job_ids]
         for run in runs:
             self.batcher.expect()
@@ -167,6 +180,7 @@ class WorkerRuntime:
     def _record(self, runs: list[_Run]) -> None:
         runs = [r for r in runs if r.status is not None]  # a lost claim records nothing
         if runs:
+            self._charge_device_s(runs)
             self.durable.finish_many([(r.id, self.id, r.status, r.output, r.error)
                                       for r in runs], tokens=[r.token for r in runs])
 
@@ -233,6 +247,27 @@ class WorkerRuntime:
         run's claim: a stale run writes nothing). Outputs wait out a store outage."""
         store = self.durable if durable else self.store
         return lambda size: store.count_blob(job_id, size, token=token)
+
+    def _measured(self, items: list[Item], seconds: float) -> None:
+        """A batch's forward pass took ``seconds``: each member's share, by images asked for."""
+        self.stats.measured(items[0].entry.name, seconds, len(items))
+        weights = [len(it.request.input.get("seeds") or ()) or 1 for it in items]
+        with self._active_lock:
+            for it, share in zip(items, shares(weights, seconds), strict=True):
+                self._device_s[it.job_id] = self._device_s.get(it.job_id, 0.0) + share
+
+    def _charge_device_s(self, runs: list[_Run]) -> None:
+        """Write the device-seconds of jobs about to be recorded (before their outcome, so
+        that a finished record shows them)."""
+        with self._active_lock:
+            spent = {r.id: self._device_s.pop(r.id, 0.0) for r in runs}
+        charges = [(r.id, r.job["owner"], r.job["model"], spent[r.id]) for r in runs
+                   if r.job is not None and spent[r.id] > 0]
+        if self.meter is not None and charges:
+            try:
+                self.meter.charge(charges)
+            except StoreUnavailable as e:
+                log.warning("device-seconds of %d jobs not recorded (%s)", len(charges), e)
 
     def _claims(self, job_ids: list[str]) -> dict[str, int]:
         with self._active_lock:
@@ -314,10 +349,14 @@ class WorkerRuntime:
             "batches": self.batcher.stats.batches,
             "started_at": self.started,
             "stats": self.stats.snapshot(),
+            "queues": self.queues,
         }
 
     def beat(self) -> None:
         self.store.heartbeat(self.id, self.info(), ttl_s=self.settings.worker_dead_after_s)
+        self._beats += 1
+        if self.cluster is not None and self._beats % SAVE_TOTALS_EVERY == 1:
+            self.cluster.save(self.id, self.stats.snapshot())  # counters that outlive us
 
     def reap(self) -> int:
         """Hand back the jobs of workers whose heartbeat stopped, and this worker's own jobs
@@ -410,6 +449,11 @@ class WorkerRuntime:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.cluster is not None:
+            try:
+                self.cluster.save(self.id, self.stats.snapshot())
+            except StoreUnavailable:
+                log.warning("final counters of worker %s not saved", self.id)
         try:
             self.store.remove_worker(self.id)
         except Exception:

@@ -9,12 +9,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class UnsafeSettings(ValueError):
     """A combination of settings that convoy refuses to start with."""
+
+
+class KeyLimits(BaseModel):
+    """What one owner's key may use (``CONVOY_KEY_LIMITS``, by owner)."""
+
+    max_priority: int | None = None  # the highest job priority (else CONVOY_MAX_PRIORITY)
+    quota_device_s: float | None = None  # device-seconds per CONVOY_QUOTA_PERIOD_S (else none)
 
 
 class Settings(BaseSettings):
@@ -79,6 +86,22 @@ class Settings(BaseSettings):
     stranded_after_s: float = 60.0  # a job queued this long while its queue holds no message is sent again
     switch_interval_s: float = 0.005  # GIL hand-over interval of API and worker processes (Python's default)
 
+    # Scheduling and metering
+    max_priority: int = 0  # the highest priority a submission may ask for (0..9), unless key_limits says
+    key_limits: dict[str, KeyLimits] = Field(default_factory=dict)  # JSON: {"owner": {"max_priority": 5, "quota_device_s": 3600}}
+    starvation_s: float = 300.0  # a job queued this long runs ahead of every priority
+    quota_period_s: int = 86400  # device-second quotas count per period of this length (UTC-aligned)
+    queue_events_s: float = 1.0  # how often queued jobs' positions are checked for queue events
+
+    # Webhooks
+    webhook_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)  # networks a webhook may reach though not public ("127.0.0.1/32,10.0.0.0/8")
+    webhook_retry_for_s: float = 3600.0  # a delivery is retried this long after its first attempt
+    webhook_backoff_s: float = 1.0  # first retry delay; doubles per attempt (with jitter) up to webhook_backoff_max_s
+    webhook_backoff_max_s: float = 300.0
+    webhook_connect_timeout_s: float = 5.0
+    webhook_read_timeout_s: float = 10.0
+    webhook_poll_s: float = 0.5  # how often a worker looks for new webhook events and due deliveries
+
     @field_validator("catalog", mode="before")
     @classmethod
     def _split_paths(cls, value: object) -> object:
@@ -86,7 +109,7 @@ class Settings(BaseSettings):
             return [Path(p) for p in value.replace(",", ":").split(":") if p.strip()]
         return value
 
-    @field_validator("preload", "plugins", mode="before")
+    @field_validator("preload", "plugins", "webhook_allow", mode="before")
     @classmethod
     def _split_names(cls, value: object) -> object:
         if isinstance(value, str):
@@ -172,3 +195,10 @@ def new_id() -> str:
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def limits_of(settings: Settings, owner: str) -> KeyLimits:
+    """The owner's limits, with the defaults filled in."""
+    own = settings.key_limits.get(owner, KeyLimits())
+    return KeyLimits(max_priority=settings.max_priority if own.max_priority is None
+                     else own.max_priority, quota_device_s=own.quota_device_s)

@@ -66,9 +66,11 @@ def run_worker(settings: Settings, queues: list[str] | None = None,
     from workers.cache import ModelCache, parse_budget
     from workers.celery_app import make_celery
     from workers.images import DECODE_BUDGET
+    from workers.queue_eta import QueueReporter
     from workers.runtime import WorkerRuntime
     from workers.store import open_store
     from workers.tasks import register
+    from workers.webhooks import WebhookSender
 
     device = resolve_device(settings.device)
     if device.type == "cpu":
@@ -98,8 +100,14 @@ def run_worker(settings: Settings, queues: list[str] | None = None,
         cache.get(catalog.get(name))
     if queues is None:
         queues = sorted({e.queue for e in catalog})
+    runtime.queues = list(queues)
     runtime.beat()
     runtime.start_supervision()
+    webhooks = WebhookSender(settings, store)
+    webhooks.start()
+    if runtime.order is not None:
+        QueueReporter(store, runtime.order, settings.queue_events_s, runtime.id).start(
+            runtime._stop)
     log.info("worker %s on %s, queues %s", runtime.id, device, queues)
     worker = app.Worker(
         pool="threads",
@@ -115,6 +123,7 @@ def run_worker(settings: Settings, queues: list[str] | None = None,
     try:
         worker.start()
     finally:
+        webhooks.stop()
         runtime.stop()
 
 

@@ -70,8 +70,10 @@ def settings(base_url: str | None, api_key: str | None) -> tuple[str, dict[str, 
 
 
 def job_body(kind: str, model: str, input: dict[str, Any], id: str | None,
-             timeout_s: float | None) -> dict[str, Any]:
+             timeout_s: float | None, **extra: Any) -> dict[str, Any]:
+    """The submission's body; ``extra`` fields (priority, webhook, webhook_events) when set."""
     body: dict[str, Any] = {"kind": kind, "model": model, "input": input}
+    body.update({k: v for k, v in extra.items() if v is not None})
     if id is not None:
         body["id"] = id
     if timeout_s is not None:

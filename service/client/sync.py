@@ -17,7 +17,7 @@ import httpx
 
 from service.client import _base as base
 from service.client.errors import ConnectionFailed, WaitTimeout
-from service.schemas import JobList, JobRecord, ModelInfo, Upload, WorkerInfo
+from service.schemas import JobList, JobRecord, ModelInfo, Upload, Usage, WebhookSecret, WorkerInfo
 
 
 class Client:
@@ -60,10 +60,13 @@ class Client:
 
     # -- jobs ---------------------------------------------------------------------------------
     def submit(self, kind: str, model: str, input: dict[str, Any], *, id: str | None = None,
-               timeout_s: float | None = None, wait: float | None = None) -> JobRecord:
+               timeout_s: float | None = None, wait: float | None = None,
+               priority: int | None = None, webhook: str | None = None,
+               webhook_events: list[str] | None = None) -> JobRecord:
         """Submit a job; with ``wait`` the server holds the answer up to that many seconds
         (``Prefer: wait``, at most 60) and returns the finished record if the job ends."""
-        body = base.job_body(kind, model, input, id, timeout_s)
+        body = base.job_body(kind, model, input, id, timeout_s, priority=priority,
+                             webhook=webhook, webhook_events=webhook_events)
         return JobRecord.model_validate(
             self._json("POST", "/v1/jobs", json=body, headers=base.prefer(wait)))
 
@@ -197,6 +200,15 @@ class Client:
     def workers(self) -> list[WorkerInfo]:
         return [WorkerInfo.model_validate(w)
                 for w in self._json("GET", "/v1/workers")["workers"]]
+
+    def usage(self) -> Usage:
+        """Device-seconds this key's jobs used in the current quota period."""
+        return Usage.model_validate(self._json("GET", "/v1/usage"))
+
+    def webhook_secret(self) -> str:
+        """The secret that signs this key's webhooks (Standard Webhooks)."""
+        return str(WebhookSecret.model_validate(
+            self._json("GET", "/v1/webhook-secret")).secret)
 
     def health(self) -> bool:
         """The process answers (``/healthz``)."""

@@ -22,6 +22,7 @@ from service.deps import Caller, CallerDep, State, StateDep
 from service.errors import V1_ERRORS, bounded_errors, error_responses, request_body_openapi
 from service.metrics import JOBS_SUBMITTED
 from service.routes.health import NO_WORKER
+from service.routes.webhooks import check_webhook
 from service.schemas import EVENTS_DESCRIPTION, JobList, JobRecord
 from service.submitter import BrokerDown
 from workers.blobs import artifact_key, job_prefix
@@ -123,6 +124,9 @@ async def submit(
 async def _accept(state: State, caller: Caller, body: JobRequest, job: dict[str, Any],
                   wait: float, waiter: Any) -> JSONResponse:
     settings = state.settings
+    if job.get("webhook"):
+        await anyio.to_thread.run_sync(state.outbox.watch, job["id"])  # before the job exists
+    await anyio.to_thread.run_sync(state.lifecycle.enqueued, job)  # before its message exists
     try:
         record, created = await state.submitter.submit(job)
     except QueueFull as e:
@@ -207,6 +211,7 @@ def _prepare(state: State, caller: Caller, body: JobRequest
         data, IMAGE_FIELDS, caller.owner, state.blobs))
     if body.timeout_s is not None and body.timeout_s > settings.max_job_timeout_s:
         raise InvalidInput(f"timeout_s is over the limit of {settings.max_job_timeout_s}")
+    webhook_events = check_webhook(settings, body.webhook, body.webhook_events)
     fingerprint = request_hash(body.model_dump(mode="json", exclude={"id"}))
     if body.id is not None:
         existing = state.store.get(body.id)
@@ -220,6 +225,7 @@ def _prepare(state: State, caller: Caller, body: JobRequest
         "model": entry.name, "queue": entry.queue, "input": data,
         "request_hash": fingerprint, "webhook": body.webhook, "timeout_s": body.timeout_s,
         "created_at": now_iso(), "status": "queued", "attempts": 0,
+        **webhook_events, **state.lifecycle.admit(caller.owner, body.priority),
     }, None
 
 
@@ -248,14 +254,16 @@ def list_jobs(
     if status is not None and status not in STATUSES:
         raise InvalidInput(f"status must be one of {list(STATUSES)}")
     jobs, next_cursor = state.store.list(caller.owner, status, kind, limit, cursor)
-    return {"jobs": [public_record(j) for j in jobs], "next_cursor": next_cursor}
+    records = state.lifecycle.decorate([public_record(j) for j in jobs], jobs)
+    return {"jobs": records, "next_cursor": next_cursor}
 
 
 @router.get("/{job_id}", operation_id="getJob", response_model=JobRecord)
 def get_job(job_id: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
     """The job record (404 for an unknown id and for another owner's job); a queued job
     while no worker lives says so in ``waiting``."""
-    record = public_record(owned_job(state, caller, job_id))
+    job = owned_job(state, caller, job_id)
+    record = state.lifecycle.decorate([public_record(job)], [job])[0]
     if record["status"] == "queued" and not state.store.workers():
         record["waiting"] = NO_WORKER
     return record

@@ -23,7 +23,8 @@ from tests.helpers import digit_images
 pytestmark = pytest.mark.slow
 OPERATIONS = {"submitJob", "listJobs", "getJob", "cancelJob", "streamJobEvents", "getArtifact",
               "listModels", "getModel", "listWorkers", "health", "ready", "metrics",
-              "deleteJob", "createUpload", "getUpload", "deleteUpload"}
+              "deleteJob", "createUpload", "getUpload", "deleteUpload",
+              "getUsage", "getWebhookSecret"}
 # The artifact route answers image/png; the generator reads it as bytes when told so.
 CONFIG = "content_type_overrides:\n  image/png: application/octet-stream\n"
 
@@ -121,7 +122,7 @@ def test_every_route_has_a_readable_operation_id_and_typed_answers(service: Serv
         assert name in schemas, name
     events = doc["paths"]["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]
     assert set(events["content"]["text/event-stream"]["x-event-payloads"]) == {
-        "status", "progress", "preview", "log", "output", "error"}
+        "status", "progress", "preview", "log", "output", "error", "queue", "webhook"}
     for kind in ("Classify", "Segment", "Reconstruct", "Sample", "Generate"):
         assert schemas[f"{kind}Job"]["examples"], kind
         for name, field in schemas[f"{kind}Input"]["properties"].items():

@@ -133,6 +133,19 @@ def test_async_events_resume_after_a_dropped_stream() -> None:
     assert seen[1].headers["last-event-id"] == "2"
 
 
+def test_the_async_client_lists_workers() -> None:
+    seen: list[httpx.Request] = []
+    listing = {"workers": [{"id": "w1", "device": "cpu", "models": ["lenet5-digits"]}]}
+
+    async def workers() -> list[str]:
+        answers = [lambda r: httpx.Response(200, json=listing)]
+        async with AsyncClient("http://convoy", transport=scripted(answers, seen)) as c:
+            return [w.id for w in await c.workers()]
+
+    assert asyncio.run(workers()) == ["w1"]
+    assert seen[0].url.path == "/v1/workers"
+
+
 @pytest.mark.slow
 def test_a_job_life_through_the_sdk(service: Service, tmp_path: Path) -> None:
     images, labels = digit_images(2)

@@ -119,6 +119,9 @@ def public_record(job: dict[str, Any]) -> dict[str, Any]:
         "output": job.get("output"),
         "error": job.get("error"),
         "attempts": job.get("attempts", 0),
+        "priority": job.get("priority", 0),
+        "webhook": job.get("webhook"),
+        "webhook_events": job.get("webhook_events") if job.get("webhook") else None,
         "links": {
             "self": f"/v1/jobs/{jid}",
             "events": f"/v1/jobs/{jid}/events",

@@ -1,0 +1,178 @@
+"""Device-seconds: who used how much of the accelerators.
+
+The batcher times every forward pass (or sampling loop) and knows its members, so each
+member is charged its share of that time, weighted by the images it asked for (``n``); the
+shares of a batch add up to its measured time. A worker keeps a job's charges while it runs
+and writes them before recording the outcome, in one step: per job (shown on the job
+record), per owner and period (``GET /v1/usage`` and quotas) and per owner and model (the
+``convoy_device_seconds`` counter, which lives in the store so that it never goes backwards
+when a worker exits).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from workers.store.base import JobStore, StoreUnavailable
+
+Charge = tuple[str, str, str, float]  # job id, owner, model, seconds
+
+
+def shares(weights: Sequence[float], seconds: float) -> list[float]:
+    """``seconds`` split in proportion to ``weights`` (equal shares if all are 0)."""
+    total = sum(weights)
+    if total <= 0:
+        return [seconds / len(weights)] * len(weights) if weights else []
+    return [seconds * w / total for w in weights]
+
+
+def period_start(now: float, period_s: int) -> int:
+    """The start (epoch seconds) of the period that holds ``now``."""
+    return int(now // period_s * period_s)
+
+
+class Meter(ABC):
+    def __init__(self, period_s: int) -> None:
+        self.period_s = period_s
+
+    @abstractmethod
+    def charge(self, charges: Iterable[Charge]) -> None: ...
+
+    @abstractmethod
+    def job_seconds(self, job_ids: list[str]) -> dict[str, float]: ...
+
+    @abstractmethod
+    def owner_seconds(self, owner: str, period: int) -> dict[str, float]:
+        """Model → device-seconds of the owner in the period that starts at ``period``."""
+
+    @abstractmethod
+    def totals(self) -> dict[tuple[str, str], float]:
+        """(owner, model) → device-seconds since the store began."""
+
+    def spent(self, owner: str) -> float:
+        """The owner's device-seconds in the current period."""
+        return sum(self.owner_seconds(owner, period_start(time.time(), self.period_s)).values())
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage_jobs (job_id TEXT PRIMARY KEY, seconds REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS usage_owners (owner TEXT NOT NULL, model TEXT NOT NULL,
+    period INTEGER NOT NULL, seconds REAL NOT NULL, PRIMARY KEY (owner, model, period));
+"""
+
+
+class SQLiteMeter(Meter):
+    def __init__(self, path: Any, period_s: int) -> None:
+        super().__init__(period_s)
+        self.path = path
+        self._local = threading.local()
+        self._db().executescript(_SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
+                                 check_same_thread=False)
+            self._local.db = db
+        return db
+
+    def charge(self, charges: Iterable[Charge]) -> None:
+        period = period_start(time.time(), self.period_s)
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for job_id, owner, model, seconds in charges:
+                db.execute("INSERT INTO usage_jobs VALUES (?, ?) ON CONFLICT (job_id) DO "
+                           "UPDATE SET seconds = seconds + excluded.seconds", (job_id, seconds))
+                db.execute("INSERT INTO usage_owners VALUES (?, ?, ?, ?) ON CONFLICT DO "
+                           "UPDATE SET seconds = seconds + excluded.seconds",
+                           (owner, model, period, seconds))
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as e:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise StoreUnavailable(f"sqlite: {e}") from e
+
+    def job_seconds(self, job_ids: list[str]) -> dict[str, float]:
+        if not job_ids:
+            return {}
+        marks = ",".join("?" * len(job_ids))
+        rows = self._db().execute(f"SELECT job_id, seconds FROM usage_jobs WHERE job_id IN "
+                                  f"({marks})", job_ids).fetchall()
+        return {r[0]: float(r[1]) for r in rows}
+
+    def owner_seconds(self, owner: str, period: int) -> dict[str, float]:
+        rows = self._db().execute("SELECT model, seconds FROM usage_owners WHERE owner = ? AND "
+                                  "period = ?", (owner, period)).fetchall()
+        return {r[0]: float(r[1]) for r in rows}
+
+    def totals(self) -> dict[tuple[str, str], float]:
+        rows = self._db().execute("SELECT owner, model, sum(seconds) FROM usage_owners "
+                                  "GROUP BY owner, model").fetchall()
+        return {(r[0], r[1]): float(r[2]) for r in rows}
+
+
+_P = "convoy:usage:"
+
+
+class RedisMeter(Meter):
+    def __init__(self, client: Any, period_s: int, retention_s: int) -> None:
+        import redis
+
+        super().__init__(period_s)
+        self.r = client
+        self.retention_s = retention_s
+        self._errors = (redis.ConnectionError, redis.TimeoutError)
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except self._errors as e:
+            raise StoreUnavailable(f"redis: {e}") from e
+
+    def charge(self, charges: Iterable[Charge]) -> None:
+        period = period_start(time.time(), self.period_s)
+        pipe = self.r.pipeline()  # MULTI/EXEC: all of the charges or none
+        for job_id, owner, model, seconds in charges:
+            pipe.incrbyfloat(f"{_P}job:{job_id}", seconds)
+            pipe.expire(f"{_P}job:{job_id}", self.retention_s)
+            pipe.hincrbyfloat(f"{_P}owner:{owner}:{period}", model, seconds)
+            pipe.expire(f"{_P}owner:{owner}:{period}", max(self.retention_s, 2 * self.period_s))
+            pipe.hincrbyfloat(f"{_P}totals", f"{owner}|{model}", seconds)
+        self._call(pipe.execute)
+
+    def job_seconds(self, job_ids: list[str]) -> dict[str, float]:
+        if not job_ids:
+            return {}
+        values = self._call(self.r.mget, [f"{_P}job:{j}" for j in job_ids])
+        return {j: float(v) for j, v in zip(job_ids, values, strict=True) if v is not None}
+
+    def owner_seconds(self, owner: str, period: int) -> dict[str, float]:
+        raw = self._call(self.r.hgetall, f"{_P}owner:{owner}:{period}")
+        return {k.decode(): float(v) for k, v in raw.items()}
+
+    def totals(self) -> dict[tuple[str, str], float]:
+        raw = self._call(self.r.hgetall, f"{_P}totals")
+        out: dict[tuple[str, str], float] = {}
+        for k, v in raw.items():
+            owner, _, model = k.decode().rpartition("|")
+            out[(owner, model)] = float(v)
+        return out
+
+
+def open_meter(store: JobStore, period_s: int) -> Meter | None:
+    """The meter beside a store (None for a store of another kind)."""
+    from workers.store.sqlite import SQLiteStore
+
+    if isinstance(store, SQLiteStore):
+        return SQLiteMeter(store.path, period_s)
+    from workers.store.redis import RedisStore
+
+    if isinstance(store, RedisStore):
+        return RedisMeter(store.r, period_s, store.retention_s)
+    return None

@@ -1,0 +1,365 @@
+"""Who runs next on a queue: higher priority first, first come first served within one, and
+a job waiting longer than ``CONVOY_STARVATION_S`` ahead of every priority.
+
+The broker delivers messages in the order they were sent (Celery's priorities on Redis are
+unreliable), so a message is treated as a *token*: when a worker takes one, it runs the
+best job queued on that queue, which is its own job only if nothing ranks ahead of it. The
+job it ran instead is marked, and that job's own message, when it comes, is a free token in
+turn. Every queued job has one message, so tokens and jobs balance; where the order index
+misses a job (a job queued again after its worker died, a submission older than the
+index), its message simply runs it, as before. The index is a hint kept beside the store:
+entries of jobs that left the queue are dropped when seen.
+
+The same order gives each queued job its position (``positions``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from workers.store.base import JobStore, StoreUnavailable
+
+MAX_PRIORITY = 9  # priorities are 0 (default) .. MAX_PRIORITY
+
+
+@dataclass(frozen=True)
+class Entry:
+    job_id: str
+    priority: int
+    created: float  # epoch seconds
+
+
+def created_at(job: dict[str, Any]) -> float:
+    """A job's submission time in epoch seconds (now if its record has none)."""
+    try:
+        return datetime.fromisoformat(str(job.get("created_at"))).timestamp()
+    except ValueError:
+        return time.time()
+
+
+def rank(entry: Entry, now: float, starvation_s: float) -> tuple[int, int, float]:
+    """Sort key: promoted (waited past the bound) first by age, then priority, then age."""
+    if now - entry.created > starvation_s:
+        return (0, 0, entry.created)
+    return (1, -entry.priority, entry.created)
+
+
+class QueueOrder(ABC):
+    def __init__(self, starvation_s: float) -> None:
+        self.starvation_s = starvation_s
+
+    @abstractmethod
+    def add(self, queue: str, job_id: str, priority: int, created: float) -> None: ...
+
+    @abstractmethod
+    def entries(self, queue: str) -> list[Entry]:
+        """The queue's indexed jobs that are still queued, best first."""
+
+    @abstractmethod
+    def _reserve(self, queue: str, own: str | None) -> str | None:
+        """Take the best queued job of ``queue`` out of the index; mark it as run by another
+        message unless it is ``own``."""
+
+    @abstractmethod
+    def _token(self, job_id: str) -> tuple[str | None, str]:
+        """What a message naming ``job_id`` is: (its queue, 'free') if another message ran
+        the job (the mark is used up); (its queue, 'own') if the job waits in the index;
+        (None, 'taken') if the job was taken already (a message sent twice); (None,
+        'unknown') if the job is not indexed."""
+
+    @abstractmethod
+    def queues(self) -> list[str]:
+        """The queues that have indexed jobs."""
+
+    @abstractmethod
+    def tidy(self) -> int:
+        """Drop the entries and marks of jobs that are neither queued nor running."""
+
+    @abstractmethod
+    def lead(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Whether ``holder`` holds (or now takes) the lease ``name`` for ``ttl_s`` more."""
+
+    def pick(self, job_ids: list[str], store: JobStore | None = None) -> list[str]:
+        """The jobs to run for a message that named ``job_ids``. A job missing from the index
+        (submitted past the API, or its entry dropped before it was created) is run by its
+        own message; one taken already (a message sent again, a job queued again after its
+        worker died) too."""
+        out = []
+        for job_id in job_ids:
+            try:
+                queue, kind = self._token(job_id)
+                if kind == "taken":
+                    out.append(job_id)
+                    continue
+                if queue is None:  # not indexed (the API indexes a job before its message
+                    out.append(job_id)  # exists): its message runs it, as without an index
+                    continue
+                best = self._reserve(queue, None if kind == "free" else job_id)
+            except StoreUnavailable:
+                best = None
+            out.append(best or job_id)
+        return out
+
+    def positions(self, queue: str) -> dict[str, int]:
+        """Job id → 1-based position among the queue's queued jobs."""
+        return {e.job_id: i for i, e in enumerate(self.entries(queue), start=1)}
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queue_order (job_id TEXT PRIMARY KEY, queue TEXT NOT NULL,
+    priority INTEGER NOT NULL, created REAL NOT NULL, taken INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS queue_order_rank ON queue_order (queue, priority, created);
+CREATE TABLE IF NOT EXISTS queue_tokens (job_id TEXT PRIMARY KEY, queue TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL,
+                                   until REAL NOT NULL);
+"""
+_BEST = """
+SELECT o.job_id FROM queue_order o JOIN jobs j ON j.id = o.job_id
+WHERE o.queue = ? AND o.taken = 0 AND j.status = 'queued'
+ORDER BY o.created < ? DESC, CASE WHEN o.created < ? THEN 0 ELSE o.priority END DESC, o.created
+LIMIT 1
+"""
+
+
+class SQLiteOrder(QueueOrder):
+    def __init__(self, path: Any, starvation_s: float) -> None:
+        super().__init__(starvation_s)
+        self.path = path
+        self._local = threading.local()
+        self._db().executescript(_SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
+                                 check_same_thread=False)
+            self._local.db = db
+        return db
+
+    def add(self, queue: str, job_id: str, priority: int, created: float) -> None:
+        try:
+            self._db().execute("INSERT OR IGNORE INTO queue_order VALUES (?, ?, ?, ?, 0)",
+                               (job_id, queue, priority, created))
+        except sqlite3.OperationalError as e:
+            raise StoreUnavailable(f"sqlite: {e}") from e
+
+    def entries(self, queue: str) -> list[Entry]:
+        rows = self._db().execute(
+            "SELECT o.job_id, o.priority, o.created FROM queue_order o JOIN jobs j "
+            "ON j.id = o.job_id WHERE o.queue = ? AND o.taken = 0 AND j.status = 'queued'",
+            (queue,)).fetchall()
+        now = time.time()
+        return sorted((Entry(r[0], int(r[1]), float(r[2])) for r in rows),
+                      key=lambda e: rank(e, now, self.starvation_s))
+
+    def queues(self) -> list[str]:
+        return [r[0] for r in self._db().execute("SELECT DISTINCT queue FROM queue_order")]
+
+    def tidy(self) -> int:
+        gone = "SELECT id FROM jobs WHERE status IN ('queued', 'running')"
+        db = self._db()
+        n = db.execute(f"DELETE FROM queue_order WHERE job_id NOT IN ({gone})").rowcount
+        db.execute(f"DELETE FROM queue_tokens WHERE job_id NOT IN ({gone})")
+        return int(n)
+
+    def lead(self, name: str, holder: str, ttl_s: float) -> bool:
+        now = time.time()
+        try:
+            cur = self._db().execute(
+                "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "holder = excluded.holder, until = excluded.until "
+                "WHERE leases.holder = excluded.holder OR leases.until < ?",
+                (name, holder, now + ttl_s, now))
+        except sqlite3.OperationalError:
+            return False
+        return cur.rowcount == 1
+
+    def _token(self, job_id: str) -> tuple[str | None, str]:
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            rows = db.execute("DELETE FROM queue_tokens WHERE job_id = ? RETURNING queue",
+                              (job_id,)).fetchall()
+            row = None if rows else db.execute(
+                "SELECT queue, taken FROM queue_order WHERE job_id = ?", (job_id,)).fetchone()
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as e:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise StoreUnavailable(f"sqlite: {e}") from e
+        if rows:
+            return str(rows[0][0]), "free"
+        if row is None:
+            return None, "unknown"
+        return (None, "taken") if row[1] else (str(row[0]), "own")
+
+    def _reserve(self, queue: str, own: str | None) -> str | None:
+        db = self._db()
+        bound = time.time() - self.starvation_s
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute(_BEST, (queue, bound, bound)).fetchone()
+            if row is not None:
+                db.execute("UPDATE queue_order SET taken = 1 WHERE job_id = ?", (row[0],))
+                if row[0] != own:
+                    db.execute("INSERT OR REPLACE INTO queue_tokens VALUES (?, ?)",
+                               (row[0], queue))
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as e:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise StoreUnavailable(f"sqlite: {e}") from e
+        return str(row[0]) if row else None
+
+
+_P = "convoy:order:"
+# KEYS: the queue's level sets (priority 0 .. MAX), the queued set. ARGV: now, starvation,
+# own id ('' for none), token prefix, queue, ttl. → the job taken, or nil
+_RESERVE = """
+local top, topkey, old, oldkey, oldscore
+for i = #KEYS - 1, 1, -1 do
+  while true do
+    local h = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+    if #h == 0 then break end
+    if redis.call('SISMEMBER', KEYS[#KEYS], h[1]) == 1 then
+      if not top then top, topkey = h[1], KEYS[i] end
+      if not old or tonumber(h[2]) < oldscore then old, oldkey, oldscore = h[1], KEYS[i], tonumber(h[2]) end
+      break
+    end
+    redis.call('ZREM', KEYS[i], h[1]); redis.call('HDEL', ARGV[4] .. 'where', h[1])
+  end
+end
+local pick, key = top, topkey
+if old and tonumber(ARGV[1]) - oldscore > tonumber(ARGV[2]) then pick, key = old, oldkey end
+if not pick then return false end
+redis.call('ZREM', key, pick)
+redis.call('HDEL', ARGV[4] .. 'where', pick)
+redis.call('SET', ARGV[4] .. 'taken:' .. pick, 1, 'EX', ARGV[6])
+if pick ~= ARGV[3] then redis.call('SET', ARGV[4] .. 'token:' .. pick, ARGV[5], 'EX', ARGV[6]) end
+return pick
+"""
+
+
+# KEYS: the level set, the where hash, the queues set, the taken mark. ARGV: id, created,
+# queue. → 1 if indexed (a job taken already is not indexed again)
+_ADD = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[3])
+return 1
+"""
+
+
+# KEYS: the job's token mark, the where hash, the job's taken mark. ARGV: id.
+# → {kind, queue}: as ``QueueOrder._token``, in one step
+_TOKEN = """
+local q = redis.call('GETDEL', KEYS[1])
+if q then return {'free', q} end
+q = redis.call('HGET', KEYS[2], ARGV[1])
+if q then return {'own', q} end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'taken', false} end
+return {'unknown', false}
+"""
+
+
+class RedisOrder(QueueOrder):
+    def __init__(self, client: Any, starvation_s: float, retention_s: int) -> None:
+        import redis
+
+        super().__init__(starvation_s)
+        self.r = client
+        self.retention_s = retention_s
+        self._errors = (redis.ConnectionError, redis.TimeoutError)
+        self._reserve_script = client.register_script(_RESERVE)
+        self._add_script = client.register_script(_ADD)
+        self._token_script = client.register_script(_TOKEN)
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except self._errors as e:
+            raise StoreUnavailable(f"redis: {e}") from e
+
+    @staticmethod
+    def _levels(queue: str) -> list[str]:
+        return [f"{_P}{queue}:{p}" for p in range(MAX_PRIORITY + 1)]
+
+    def add(self, queue: str, job_id: str, priority: int, created: float) -> None:
+        self._call(self._add_script, keys=[f"{_P}{queue}:{priority}", f"{_P}where",
+                                           f"{_P}queues", f"{_P}taken:{job_id}"],
+                   args=[job_id, created, queue])
+
+    def queues(self) -> list[str]:
+        return sorted(q.decode() for q in self._call(self.r.smembers, f"{_P}queues"))
+
+    def tidy(self) -> int:
+        dropped = 0
+        for queue in self.queues():
+            for key in self._levels(queue):
+                ids = [m.decode() for m in self._call(self.r.zrange, key, 0, -1)]
+                if not ids:
+                    continue
+                queued = self._call(self.r.smismember, "convoy:queued", ids)
+                for job_id, q in zip(ids, queued, strict=True):
+                    status = None if q else self._call(self.r.hget, f"convoy:job:{job_id}",
+                                                       "status")
+                    if not q and status != b"running":
+                        self._call(self.r.zrem, key, job_id)
+                        self._call(self.r.hdel, f"{_P}where", job_id)
+                        dropped += 1
+        return dropped
+
+    def lead(self, name: str, holder: str, ttl_s: float) -> bool:
+        key, ms = f"{_P}lease:{name}", int(ttl_s * 1000)
+        if self._call(self.r.set, key, holder, nx=True, px=ms):
+            return True
+        if self._call(self.r.get, key) == holder.encode():
+            self._call(self.r.pexpire, key, ms)
+            return True
+        return False
+
+    def entries(self, queue: str) -> list[Entry]:
+        pipe = self.r.pipeline()
+        for key in self._levels(queue):
+            pipe.zrange(key, 0, -1, withscores=True)
+        found = [Entry(m.decode(), p, float(s))
+                 for p, level in enumerate(self._call(pipe.execute)) for m, s in level]
+        if not found:
+            return []
+        queued = self._call(self.r.smismember, "convoy:queued", [e.job_id for e in found])
+        now = time.time()
+        return sorted((e for e, q in zip(found, queued, strict=True) if q),
+                      key=lambda e: rank(e, now, self.starvation_s))
+
+    def _token(self, job_id: str) -> tuple[str | None, str]:
+        kind, queue = self._call(self._token_script, keys=[
+            f"{_P}token:{job_id}", f"{_P}where", f"{_P}taken:{job_id}"], args=[job_id])
+        return (queue.decode() if queue else None), kind.decode()
+
+    def _reserve(self, queue: str, own: str | None) -> str | None:
+        got = self._call(self._reserve_script, keys=[*self._levels(queue), "convoy:queued"],
+                         args=[time.time(), self.starvation_s, own or "", _P, queue,
+                               self.retention_s])
+        return got.decode() if got else None
+
+
+def open_order(store: JobStore, starvation_s: float) -> QueueOrder | None:
+    """The order index beside a store (None for a store of another kind: no reordering)."""
+    from workers.store.sqlite import SQLiteStore
+
+    if isinstance(store, SQLiteStore):
+        return SQLiteOrder(store.path, starvation_s)
+    try:
+        from workers.store.redis import RedisStore
+    except ImportError:
+        return None
+    if isinstance(store, RedisStore):
+        return RedisOrder(store.r, starvation_s, store.retention_s)
+    return None
