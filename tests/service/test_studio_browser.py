@@ -194,6 +194,17 @@ def test_cancel_stops_a_running_job(page: Any) -> None:
     assert page.is_disabled("#cancel")
 
 
+def test_a_queued_job_shows_its_position(page: Any) -> None:
+    choose(page, "generate", "parked")  # a queue no test worker takes: the job stays queued
+    submit(page)
+    page.wait_for_selector("#status.queued")
+    page.wait_for_function(
+        "document.querySelector('#progress-text').textContent.includes('position 1')",
+        timeout=30_000)
+    page.click("#cancel")
+    page.wait_for_selector("#status.canceled", timeout=30_000)
+
+
 def test_reload_reattaches_to_the_running_job(page: Any, studio: Service) -> None:
     choose(page, "generate", "sleepy")
     page.fill("#f-steps", "1000")

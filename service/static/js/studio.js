@@ -101,6 +101,13 @@ function setProgress(step, total) {
   $("progress-text").textContent = total ? `step ${step} / ${total}` : "";
 }
 
+function setQueue(queue) {
+  // where a queued job stands: position on its queue and, once workers have run times, an ETA
+  if (!queue || $("status").textContent !== "queued") return;
+  const eta = queue.eta_start_s == null ? "" : ` · starts in ~${Math.max(0, Math.round(queue.eta_start_s))} s`;
+  $("progress-text").textContent = `queued · position ${queue.position}${eta}`;
+}
+
 function remember() {
   const j = state.job;
   try {
@@ -114,6 +121,7 @@ function showJob(job, inputSrc) {
   $("job-id").textContent = job.id;
   setStatus(job.status);
   if (job.progress) setProgress(job.progress.step, job.progress.total);
+  setQueue(job.queue);
   $("params").textContent = JSON.stringify({kind: job.kind, model: job.model, input: job.input}, null, 2);
   $("params-box").hidden = false;
   if (job.status === "succeeded") {
@@ -150,6 +158,7 @@ export async function attach(job, {after = 0, inputSrc = null} = {}) {
       state.job.last = id;
       if (event === "status") setStatus(data.status);
       else if (event === "progress") setProgress(data.step, data.total);
+      else if (event === "queue") setQueue(data);
       else if (event === "preview") showPreview(job.id, data);
       else if (event === "error") showError("run-error", new ApiError(0, data.code, data.message));
       remember();
