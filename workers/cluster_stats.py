@@ -110,8 +110,10 @@ class RedisClusterStats(ClusterStats):
     def __init__(self, client: Any) -> None:
         import redis
 
+        from workers.store.redis_errors import REDIS_ERRORS
+
         self.r = client
-        self._errors = (redis.ConnectionError, redis.TimeoutError)
+        self._errors = REDIS_ERRORS
         self._watch_error = redis.WatchError
 
     def save(self, worker: str, snapshot: dict[str, Any]) -> None:
@@ -119,7 +121,7 @@ class RedisClusterStats(ClusterStats):
             self.r.hset(f"{_P}workers", worker, json.dumps(
                 {"saved": time.time(), "data": counters(snapshot)}))
         except self._errors as e:
-            raise StoreUnavailable(f"redis: {e}") from e
+            raise _store_error(e) from e
 
     def fold(self, live: set[str]) -> int:
         for _ in range(5):  # optimistic: another folder's change starts the step again
@@ -144,7 +146,7 @@ class RedisClusterStats(ClusterStats):
                 except self._watch_error:
                     continue
                 except self._errors as e:
-                    raise StoreUnavailable(f"redis: {e}") from e
+                    raise _store_error(e) from e
         return 0
 
     def totals(self) -> dict[str, Any]:
@@ -152,7 +154,7 @@ class RedisClusterStats(ClusterStats):
             raw = self.r.get(f"{_P}retired")
             saved = self.r.hvals(f"{_P}workers")
         except self._errors as e:
-            raise StoreUnavailable(f"redis: {e}") from e
+            raise _store_error(e) from e
         total: dict[str, Any] = json.loads(raw) if raw else {}
         for v in saved:
             total = merge(total, json.loads(v)["data"])
@@ -169,3 +171,10 @@ def open_cluster_stats(store: JobStore) -> ClusterStats | None:
     if isinstance(store, RedisStore):
         return RedisClusterStats(store.r)
     return None
+
+
+def _store_error(exc: Exception) -> StoreUnavailable:
+    """A Redis failure as the store error the API maps (a full Redis is StoreFull)."""
+    from workers.store.redis_errors import store_errors
+
+    return store_errors(exc) or StoreUnavailable(f"redis: {exc}")

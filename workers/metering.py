@@ -122,18 +122,18 @@ _P = "convoy:usage:"
 
 class RedisMeter(Meter):
     def __init__(self, client: Any, period_s: int, retention_s: int) -> None:
-        import redis
+        from workers.store.redis_errors import REDIS_ERRORS
 
         super().__init__(period_s)
         self.r = client
         self.retention_s = retention_s
-        self._errors = (redis.ConnectionError, redis.TimeoutError)
+        self._errors = REDIS_ERRORS
 
     def _call(self, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
         except self._errors as e:
-            raise StoreUnavailable(f"redis: {e}") from e
+            raise _store_error(e) from e
 
     def charge(self, charges: Iterable[Charge]) -> None:
         period = period_start(time.time(), self.period_s)
@@ -176,3 +176,10 @@ def open_meter(store: JobStore, period_s: int) -> Meter | None:
     if isinstance(store, RedisStore):
         return RedisMeter(store.r, period_s, store.retention_s)
     return None
+
+
+def _store_error(exc: Exception) -> StoreUnavailable:
+    """A Redis failure as the store error the API maps (a full Redis is StoreFull)."""
+    from workers.store.redis_errors import store_errors
+
+    return store_errors(exc) or StoreUnavailable(f"redis: {exc}")

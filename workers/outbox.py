@@ -202,9 +202,11 @@ class RedisOutbox(Outbox):
     def __init__(self, client: Any, retention_s: int) -> None:
         import redis
 
+        from workers.store.redis_errors import REDIS_ERRORS
+
         self.r = client
         self.retention_s = retention_s
-        self._errors = (redis.ConnectionError, redis.TimeoutError)
+        self._errors = REDIS_ERRORS
         self._claim = client.register_script(_CLAIM)
         self._enqueue = client.register_script(_ENQUEUE)
 
@@ -212,7 +214,7 @@ class RedisOutbox(Outbox):
         try:
             return fn(*args, **kwargs)
         except self._errors as e:
-            raise StoreUnavailable(f"redis: {e}") from e
+            raise _store_error(e) from e
 
     def watch(self, job_id: str) -> None:
         self._call(self.r.zadd, f"{_P}watch", {job_id: time.time()}, nx=True)
@@ -280,3 +282,10 @@ def open_outbox(store: JobStore) -> Outbox:
     if isinstance(store, SQLiteStore):
         return SQLiteOutbox(store.path, store.retention_s)
     return RedisOutbox(store.r, store.retention_s)  # type: ignore[attr-defined]
+
+
+def _store_error(exc: Exception) -> StoreUnavailable:
+    """A Redis failure as the store error the API maps (a full Redis is StoreFull)."""
+    from workers.store.redis_errors import store_errors
+
+    return store_errors(exc) or StoreUnavailable(f"redis: {exc}")

@@ -273,10 +273,12 @@ class RedisOrder(QueueOrder):
     def __init__(self, client: Any, starvation_s: float, retention_s: int) -> None:
         import redis
 
+        from workers.store.redis_errors import REDIS_ERRORS
+
         super().__init__(starvation_s)
         self.r = client
         self.retention_s = retention_s
-        self._errors = (redis.ConnectionError, redis.TimeoutError)
+        self._errors = REDIS_ERRORS
         self._reserve_script = client.register_script(_RESERVE)
         self._add_script = client.register_script(_ADD)
         self._token_script = client.register_script(_TOKEN)
@@ -285,7 +287,7 @@ class RedisOrder(QueueOrder):
         try:
             return fn(*args, **kwargs)
         except self._errors as e:
-            raise StoreUnavailable(f"redis: {e}") from e
+            raise _store_error(e) from e
 
     @staticmethod
     def _levels(queue: str) -> list[str]:
@@ -363,3 +365,10 @@ def open_order(store: JobStore, starvation_s: float) -> QueueOrder | None:
     if isinstance(store, RedisStore):
         return RedisOrder(store.r, starvation_s, store.retention_s)
     return None
+
+
+def _store_error(exc: Exception) -> StoreUnavailable:
+    """A Redis failure as the store error the API maps (a full Redis is StoreFull)."""
+    from workers.store.redis_errors import store_errors
+
+    return store_errors(exc) or StoreUnavailable(f"redis: {exc}")
