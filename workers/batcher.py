@@ -112,9 +112,8 @@ class Reporter:
 
 @dataclass
 class BatchStats:
-    batches: int = 0
-    items: int = 0
-    sizes: list[int] = field(default_factory=list)
+    batches: int = 0  # batches run so far
+    items: int = 0  # requests in them
 
 
 class Batcher:

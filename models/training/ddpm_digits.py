@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from models.benchmarks.digit_judge import (
+from models.evaluation.digit_judge import (
     conditional_accuracy,
     frechet_distance,
     judge,

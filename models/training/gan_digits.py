@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from models.benchmarks.digit_judge import (
+from models.evaluation.digit_judge import (
     conditional_accuracy,
     frechet_distance,
     judge,
