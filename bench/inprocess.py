@@ -5,6 +5,7 @@ the service prepares them. The baselines every scenario measures the service aga
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import time
 from dataclasses import dataclass
@@ -57,14 +58,22 @@ def sample_images(entry: Any, n: int) -> list[str]:
     return out
 
 
-def requests_for(kind: str, inputs: list[dict[str, Any]], entry: Any) -> list[Any]:
-    """Predictor requests from job inputs, validated and prepared as the service does."""
+@functools.cache
+def _job_schema() -> Any:
+    """The submission schema (built once: building it takes longer than a batch runs)."""
     from pydantic import TypeAdapter
 
-    from models.predictor import Request
-    from workers.contract import JobRequest, check, prepare
+    from workers.contract import JobRequest
 
-    schema: TypeAdapter[Any] = TypeAdapter(JobRequest)
+    return TypeAdapter(JobRequest)
+
+
+def requests_for(kind: str, inputs: list[dict[str, Any]], entry: Any) -> list[Any]:
+    """Predictor requests from job inputs, validated and prepared as the service does."""
+    from models.predictor import Request
+    from workers.contract import check, prepare
+
+    schema = _job_schema()
     out = []
     for raw in inputs:
         body = schema.validate_python({"kind": kind, "model": entry.name, "input": raw})

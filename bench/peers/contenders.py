@@ -100,6 +100,8 @@ class _Spawned(Contender):
         def answers() -> bool:
             r = httpx.post(self.url + self.path, json=self.body(image), timeout=30,
                            headers=self.headers)
+            if r.status_code in (400, 405, 413, 415, 422):  # refused: waiting will not help
+                raise RuntimeError(f"{self.name} refused the request: {r.status_code} {r.text}")
             return self.ok(r.status_code, r.content)
 
         self.processes.wait_until(answers, self.name, timeout, watch=True,

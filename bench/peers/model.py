@@ -52,14 +52,19 @@ def write_catalog(folder: Path) -> Path:
 
 class Model:
     """The model as a peer's worker holds it: convoy's predictor on the CPU, loaded once,
-    with torch's own thread count (what a user of the peer gets)."""
+    with the torch thread count of convoy's worker (on a machine shared with the load
+    generator, torch's own default of one thread per core makes every forward wait for a
+    busy core: the comparison would be of thread counts, not of serving)."""
 
     def __init__(self, catalog: Path) -> None:
         import torch
 
         from models.catalog import Catalog
         from workers.cache import ModelCache
+        from workers.settings import Settings
+        from workers.worker import cpu_threads
 
+        torch.set_num_threads(cpu_threads(Settings()))
         self.entry = Catalog.load([catalog], builtin=False).get(ENTRY)
         self.predictor = ModelCache(torch.device("cpu")).get(self.entry)
 
