@@ -56,7 +56,9 @@ class QueueOrder(ABC):
         self.starvation_s = starvation_s
 
     @abstractmethod
-    def add(self, queue: str, job_id: str, priority: int, created: float) -> None: ...
+    def add(self, entries: list[tuple[str, Entry]]) -> None:
+        """Index jobs, each (its queue, its entry), in one store step; a job taken already
+        is not indexed again."""
 
     @abstractmethod
     def entries(self, queue: str) -> list[Entry]:
@@ -119,10 +121,11 @@ class SQLiteOrder(QueueOrder):
             self._local.db = db
         return db
 
-    def add(self, queue: str, job_id: str, priority: int, created: float) -> None:
+    def add(self, entries: list[tuple[str, Entry]]) -> None:
         try:
-            self._db().execute("INSERT OR IGNORE INTO queue_order VALUES (?, ?, ?, ?, 0)",
-                               (job_id, queue, priority, created))
+            self._db().executemany(
+                "INSERT OR IGNORE INTO queue_order VALUES (?, ?, ?, ?, 0)",
+                [(e.job_id, queue, e.priority, e.created) for queue, e in entries])
         except sqlite3.OperationalError as e:
             raise StoreUnavailable(f"sqlite: {e}") from e
 
@@ -280,8 +283,6 @@ return 1
 
 class RedisOrder(QueueOrder):
     def __init__(self, client: Any, starvation_s: float, retention_s: int) -> None:
-        import redis
-
         from workers.store.redis_errors import REDIS_ERRORS
 
         super().__init__(starvation_s)
@@ -301,10 +302,13 @@ class RedisOrder(QueueOrder):
     def _levels(queue: str) -> list[str]:
         return [f"{_P}{queue}:{p}" for p in range(MAX_PRIORITY + 1)]
 
-    def add(self, queue: str, job_id: str, priority: int, created: float) -> None:
-        self._call(self._add_script, keys=[f"{_P}{queue}:{priority}", f"{_P}where",
-                                           f"{_P}queues", f"{_P}taken:{job_id}"],
-                   args=[job_id, created, queue])
+    def add(self, entries: list[tuple[str, Entry]]) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for queue, e in entries:
+            self._add_script(keys=[f"{_P}{queue}:{e.priority}", f"{_P}where", f"{_P}queues",
+                                   f"{_P}taken:{e.job_id}"],
+                             args=[e.job_id, e.created, queue], client=pipe)
+        self._call(pipe.execute)
 
     def queues(self) -> list[str]:
         return sorted(q.decode() for q in self._call(self.r.smembers, f"{_P}queues"))
