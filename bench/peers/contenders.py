@@ -14,6 +14,7 @@ import importlib.util
 import io
 import json
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,7 +26,7 @@ from bench.processes import Processes, cmdline, cpu_seconds, family_pids, free_p
 from bench.stack import Stack, flush_redis, redis_cpu_seconds
 
 
-class Contender:
+class Contender(ABC):
     """One serving stack: ``start``, take requests at ``url + path``, ``stop``."""
 
     name = ""
@@ -42,15 +43,16 @@ class Contender:
         """A good answer: 200 with the predictions of the image."""
         return status == 200 and bool(json.loads(body)["predictions"])
 
+    @abstractmethod
     def start(self, work: Path, catalog: Path, redis_url: str) -> None:
-        raise NotImplementedError
+        """Start the stack (files under ``work``) serving the model of ``catalog``."""
 
+    @abstractmethod
     def cpu(self) -> dict[str, float]:
         """CPU seconds used so far, by part."""
-        raise NotImplementedError
 
-    def stop(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def stop(self) -> None: ...
 
 
 class Convoy(Contender):
