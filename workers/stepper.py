@@ -33,6 +33,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _hand_over(it: Item, result: dict[str, Any] | None, error: BaseException | None) -> None:
+    if it.future.done():
+        return
+    if error is not None:
+        it.future.set_exception(error)
+    else:
+        it.future.set_result(result)  # type: ignore[arg-type]
+
+
 def _images(it: Item) -> int:
     return len(it.request.input.get("seeds") or ()) or 1
 
@@ -54,9 +63,9 @@ class StepRun:
     def run(self) -> None:
         try:
             while True:
-                self._join(self.waiting + self.batcher.more(self.key, self.room - len(self.members)))
+                room = self.room - len(self.members) - len(self.waiting)
+                self._admit(self.waiting + self.batcher.more(self.key, room))
                 self.waiting = []
-                self._drop_stopped()
                 if not self.members:
                     return
                 if not self._step():
@@ -66,11 +75,19 @@ class StepRun:
                 self.batcher._resolve(it, error=e)
             raise
 
-    def _join(self, items: list[Item]) -> None:
-        """Admit new jobs: those still wanted and not lost, each begun by its stepper."""
+    def _admit(self, new: list[Item]) -> None:
+        """Drop the members no longer wanted and admit the new jobs still wanted and not
+        lost, each begun by its stepper. The cancel flags of all of them are read in one
+        store step (fresh where jobs join, else at most every ``poll_s``)."""
         b = self.batcher
+        current = [it for it, _ in self.members]
+        reasons = b._stopped(current + new, fresh=bool(new))
+        for (it, member), reason in zip(list(self.members), reasons, strict=False):
+            if reason:
+                self.loop.drop(member)
+                self._leave(it, member, error=Stopped(reason))
         live = []
-        for it, reason in zip(items, b._stopped(items, fresh=True), strict=True):
+        for it, reason in zip(new, reasons[len(current):], strict=True):
             if reason:
                 b._resolve(it, error=Stopped(reason))
             else:
@@ -90,21 +107,16 @@ class StepRun:
             self.loop.admit(member)
             self.members.append((it, member))
 
-    def _drop_stopped(self) -> None:
-        items = [it for it, _ in self.members]
-        for (it, member), reason in zip(list(self.members), self.batcher._stopped(items, fresh=False),
-                                        strict=True):
-            if reason:
-                self.loop.drop(member)
-                self._leave(it, member, error=Stopped(reason))
-
     def _leave(self, it: Item, member: Member, result: dict[str, Any] | None = None,
                error: BaseException | None = None) -> None:
+        """A member leaves: its device-seconds are charged, and its outcome is handed over
+        by the reporter, after the progress and previews queued before it (the device
+        does not wait for those writes, as it would at every member's end)."""
         self.members = [(i, m) for i, m in self.members if m is not member]
         spent = self.spent.pop(it.job_id, 0.0)
         if self.batcher.on_measured is not None and spent > 0:
             self.batcher.on_measured([it], spent)
-        self.batcher._resolve(it, result, error)
+        self.batcher.reporter.put(it.job_id, functools.partial(_hand_over, it, result, error))
 
     def _step(self) -> bool:
         """Run one step; report it; hand finished members their results. False where the
