@@ -29,7 +29,7 @@ from models.editing import edit_mode, image_batch, known_at, repaint_batch, stre
 from models.images import png_artifact
 from models.pipelines import _scheduler_for
 from models.predictor import Artifact, Request
-from models.stepping import Member, StepLoop
+from models.stepping import Member, Schedulers, StepLoop
 
 if TYPE_CHECKING:
     from models.pipelines import PipelinePredictor
@@ -46,6 +46,7 @@ class PixelStepper:
 
     def __init__(self, predictor: PipelinePredictor) -> None:
         self.predictor = predictor
+        self.schedulers = Schedulers(lambda name: _scheduler_for(predictor.pipe, name))
 
     def key(self, request: Request) -> Hashable | None:
         return (request.kind,)
@@ -75,7 +76,7 @@ class PixelStepper:
         if mode == "inpaint":
             repaint = repaint_batch([inp["mask"]] * n, h)
             known = known_at(repaint, h).to(p.device, unet.dtype)
-        scheduler = _scheduler_for(p.pipe, inp["scheduler"])
+        scheduler = self.schedulers(inp["scheduler"])
         timesteps, latents = start_timesteps(scheduler, int(inp["steps"]), noise, init,
                                              strength_of(inp))
         return Member(
@@ -103,6 +104,7 @@ class LatentTextStepper:
 
     def __init__(self, predictor: PipelinePredictor) -> None:
         self.predictor = predictor
+        self.schedulers = Schedulers(lambda name: _scheduler_for(predictor.pipe, name))
 
     @staticmethod
     def serves(predictor: PipelinePredictor) -> bool:
@@ -141,7 +143,7 @@ class LatentTextStepper:
         negative = [inp["negative_prompt"]] * n if inp.get("negative_prompt") else None
         cond, uncond = pipe.encode_prompt([inp["prompt"]] * n, p.device, 1, guided, negative)
         h, w = self._size(inp)
-        scheduler = _scheduler_for(pipe, inp["scheduler"])
+        scheduler = self.schedulers(inp["scheduler"])
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         shape = (n, pipe.unet.config.in_channels, h // pipe.vae_scale_factor,
                  w // pipe.vae_scale_factor)

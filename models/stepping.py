@@ -20,7 +20,8 @@ lives in ``workers/stepper.py``.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import copy
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -138,6 +139,21 @@ class StepLoop:
         return finished
 
 
+class Schedulers:
+    """Fresh scheduler instances, copied from a pristine one per kind: building a scheduler
+    computes its noise schedule (a Python loop over a thousand steps for a cosine one),
+    which would cost every job joining a loop more than a step of the loop."""
+
+    def __init__(self, make: Callable[[str], Any]) -> None:
+        self.make = make
+        self.pristine: dict[str, Any] = {}
+
+    def __call__(self, name: str) -> Any:
+        if name not in self.pristine:
+            self.pristine[name] = self.make(name)
+        return copy.deepcopy(self.pristine[name])
+
+
 class Stepper(Protocol):
     """What a predictor offers for step-level batching (``Predictor.stepper()``)."""
 
@@ -164,6 +180,7 @@ class DiffusionStepper:
 
     def __init__(self, predictor: DiffusionPredictor) -> None:
         self.predictor = predictor
+        self.schedulers = Schedulers(lambda name: make_scheduler(name, predictor.schedule))
 
     def key(self, request: Request) -> Hashable | None:
         return (request.kind,)
@@ -183,7 +200,7 @@ class DiffusionStepper:
         init, known, repaint, given = p._edit_inputs([request])
         if init is not None:
             init = init.to(p.device, p.dtype)
-        scheduler = make_scheduler(inp["scheduler"], p.schedule)
+        scheduler = self.schedulers(inp["scheduler"])
         timesteps, latents = start_timesteps(scheduler, int(inp["steps"]), noise, init,
                                              strength_of(inp))
         labels = torch.full((len(seeds),), cls, device=p.device)

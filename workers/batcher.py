@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -138,6 +139,8 @@ class Batcher:
                  stepping: bool = False) -> None:
         self.enabled = enabled
         self.stepping = stepping and enabled
+        self._steppers: weakref.WeakKeyDictionary[Predictor, Stepper | None] = (
+            weakref.WeakKeyDictionary())
         self.on_device = on_device
         self.on_measured = on_measured  # (a batch's items, the seconds its forward pass took)
         self.progress = progress
@@ -168,12 +171,14 @@ class Batcher:
             self._cv.notify_all()
 
     def submit(self, item: Item) -> Future[dict[str, Any]]:
-        if self.stepping:
-            stepper = item.predictor.stepper()
-            key = None if stepper is None else stepper.key(item.request)
-            if key is not None:
-                item.stepper, item.key = stepper, (item.entry.name, "steps", key)
         with self._cv:
+            if self.stepping:
+                if item.predictor not in self._steppers:  # one per model: it keeps schedulers
+                    self._steppers[item.predictor] = item.predictor.stepper()
+                stepper = self._steppers[item.predictor]
+                key = None if stepper is None else stepper.key(item.request)
+                if key is not None:
+                    item.stepper, item.key = stepper, (item.entry.name, "steps", key)
             now = time.monotonic()
             self._gap += 0.2 * ((now - self._last) - self._gap)
             self._last = now
