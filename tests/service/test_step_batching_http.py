@@ -1,5 +1,6 @@
-"""Step-level batching through the service: a generate job submitted while another one
-samples joins its loop, finishes long before it, and draws the image it draws alone."""
+"""Step-level batching through the service (``CONVOY_STEP_BATCHING=true``): a generate job
+submitted while another one samples joins its loop, finishes long before it, and draws the
+image it draws alone."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ path = "{tiny_catalog.parent / 'tiny-ddpm'}"
 config = {{ step_s = 0.05 }}
 max_batch = 4
 """)
-    svc = Service(tmp_path, None, (catalog,))
+    svc = Service(tmp_path, None, (catalog,), CONVOY_STEP_BATCHING="true")
     try:
         svc.start_api()
         svc.start_worker()
