@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bench.generate import generate
+from bench.arrivals import generate_jobs
 from bench.latency import latency
 from bench.peers.scenario import peers
 from bench.report import BenchOptions, console
@@ -31,7 +31,7 @@ from bench.trace import trace
 SCENARIOS: dict[str, tuple[Callable[..., Any], str]] = {
     "latency": (latency, "embedded,redis"),
     "throughput": (throughput, "redis"),
-    "generate": (generate, "redis"),
+    "generate": (generate_jobs, "redis"),
     "trace": (trace, "redis"),
     "sampler": (sampler, "redis"),
     "peers": (peers, "redis"),
