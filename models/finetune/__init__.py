@@ -1,0 +1,10 @@
+"""Transfer learning: a classifier of the catalog moved to a new set of classes.
+
+- ``archive``: a dataset archive (zip or tar, one folder per class) checked member by
+  member before anything is unpacked; no torch here, so that the API can check one too.
+- ``datasets``: the built-in procedural sets, by name (no download).
+- ``transfer``: the base model with a new head, and which of its parameters train in each
+  mode (``linear_probe``, ``finetune``, ``scratch``).
+- ``loop``: the training loop (bounded hyperparameters, progress, cancel, deadline, a
+  checkpoint per epoch and resuming from one).
+"""
