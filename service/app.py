@@ -32,6 +32,7 @@ from workers.images import DECODE_BUDGET
 from workers.outbox import open_outbox
 from workers.settings import Settings, get_settings
 from workers.store import StoreFull, StoreUnavailable, open_store
+from workers.user_models import open_user_models
 
 log = logging.getLogger(__name__)
 _HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "not_found", 409: "conflict",
@@ -128,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hub=hub,
         open_per_key=OpenPerKey(settings.max_streams_per_key),
         blobs=open_blobs(settings),
+        user_models=open_user_models(store),
     )
     state.celery.conf.task_publish_retry_policy = {
         "max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}

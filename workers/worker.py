@@ -65,6 +65,7 @@ def run_worker(settings: Settings, queues: list[str] | None = None,
     from models.catalog import Catalog
     from workers.cache import ModelCache, parse_budget
     from workers.celery_app import make_celery
+    from workers.contract import FINETUNE_QUEUE
     from workers.images import DECODE_BUDGET
     from workers.queue_eta import QueueReporter
     from workers.runtime import WorkerRuntime
@@ -99,7 +100,7 @@ def run_worker(settings: Settings, queues: list[str] | None = None,
     for name in settings.preload:
         cache.get(catalog.get(name))
     if queues is None:
-        queues = sorted({e.queue for e in catalog})
+        queues = sorted({e.queue for e in catalog} | {FINETUNE_QUEUE})
     runtime.queues = list(queues)
     runtime.beat()
     runtime.start_supervision()

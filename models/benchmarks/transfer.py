@@ -54,7 +54,7 @@ def digits_base(folder: Path, seed: int = 0) -> Base:
     result = fit(base, data.labels, data.images, data.targets,
                  Hyper(mode="scratch", epochs=40, batch_size=64, learning_rate=2e-3,
                        val_share=0.0, seed=seed))
-    labels, x, y = held_out("digits-0-4", per_class=None)
+    _, x, y = held_out("digits-0-4", per_class=None)
     top1 = accuracy(result.model, base.tensors([to_pil(t) for t in x]), y)
     weights = save_checkpoint(folder / "lenet5-digits-0-4.safetensors", result.model,
                               {**result.sidecar, "metrics": {"top1": top1}})

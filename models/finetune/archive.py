@@ -75,7 +75,7 @@ class Listing:
 
 def archive_kind(head: bytes, file: IO[bytes]) -> Literal["zip", "tar"] | None:
     """'zip', 'tar' (plain or gzip/bzip2/xz-compressed) or None, from the first bytes."""
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "zip"
     pos = file.tell()
     try:

@@ -53,8 +53,9 @@ class Dataset:
         return out
 
 
-def from_archive(data: bytes, source: str, limits: ArchiveLimits = ArchiveLimits()) -> Dataset:
+def from_archive(data: bytes, source: str, limits: ArchiveLimits | None = None) -> Dataset:
     """A dataset from archive bytes, checked (``InvalidArchive`` names a bad member)."""
+    limits = limits or ArchiveLimits()
     file: IO[bytes] = io.BytesIO(data)
     listing = inspect(file, limits)
     pairs = list(images(file, listing, limits))
@@ -86,7 +87,7 @@ def _digits(name: str, per_class: int | None, seed: int, held_out: bool
 
     from models.data.digits import load_digits_split
 
-    classes = list(range(5, 10)) if name == "digits-5-9" else list(range(0, 5))
+    classes = list(range(5, 10)) if name == "digits-5-9" else list(range(5))
     x_train, y_train, x_test, y_test = load_digits_split(32)
     gen = torch.Generator().manual_seed(_TRAIN_SEED + seed)
     drawn, rest = [], []
