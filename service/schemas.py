@@ -106,6 +106,23 @@ class ImagesOutput(BaseModel):
     input_size: Size | None = None
 
 
+class FinetuneOutput(BaseModel):
+    """``finetune``: the new model, served at once under its name to the submitting key."""
+
+    model_config = _OPEN
+    model: dict[str, Any] = Field(description="name, base_model, mode and labels of the "
+                                  "new model (GET /v1/models/{name})")
+    metrics: dict[str, Any] = Field(description="validation and training accuracy, loss, "
+                                    "epochs run, images, trainable parameters")
+    steps: int = Field(description="training steps this attempt ran (fewer than the whole "
+                       "run when it resumed from a checkpoint)", examples=[120])
+    resumed_from_epoch: int = Field(description="epochs done by an earlier attempt (0: none)",
+                                    examples=[0])
+    weights: Artifact = Field(description="model.safetensors: the new model's weights")
+    sidecar: Artifact = Field(description="model.json: base model, mode, labels, dataset "
+                              "hash, validation metrics, hyperparameters, history")
+
+
 class Progress(BaseModel):
     step: int = Field(description="steps done", examples=[7])
     total: int = Field(description="steps in all", examples=[20])
@@ -126,7 +143,8 @@ class Links(BaseModel):
     cancel: str = Field(examples=["/v1/jobs/3f9c.../cancel"])
 
 
-Output = ClassifyOutput | SegmentOutput | ReconstructOutput | ImagesOutput | dict[str, Any]
+Output = (ClassifyOutput | SegmentOutput | ReconstructOutput | ImagesOutput | FinetuneOutput
+          | dict[str, Any])
 
 
 class QueueInfo(BaseModel):
@@ -148,7 +166,8 @@ class JobRecord(BaseModel):
 
     id: str = Field(description="random (128 bits or more) or client-chosen",
                     examples=["3f9c2a8e5d7b4c1f9e0a6b2d8c4e7f1a"])
-    kind: str = Field(description="classify, segment, reconstruct, sample or generate",
+    kind: str = Field(description="classify, segment, reconstruct, sample, generate or "
+                      "finetune",
                       examples=["generate"])
     model: str = Field(description="the catalog name", examples=["ddpm-digits"])
     status: JobStatus = Field(description="queued -> running -> succeeded | failed | canceled")

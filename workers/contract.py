@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from models.catalog import MAX_N, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, MAX_TOP_K
+from models.finetune import FAMILIES, can_finetune
 from workers.errors import InvalidInput
 from workers.images import decode_image
 from workers.user_models import NAME_PATTERN
@@ -312,9 +313,9 @@ def check(kind: str, data: dict[str, Any], entry: ModelEntry, max_pixels: int,
           uploaded: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
     """Check a validated input against the model; return the input to store (seed filled)."""
     if kind == "finetune":
-        if "classify" not in entry.kinds or entry.weights is None:
-            raise InvalidInput(f"model {entry.name} is not a classifier with weights: it "
-                               "cannot be fine-tuned")
+        if not can_finetune(entry.family, entry.kinds, entry.weights is not None):
+            raise InvalidInput(f"model {entry.name} ({entry.family}) cannot be fine-tuned: "
+                               f"bases are classifiers with weights of {', '.join(FAMILIES)}")
         return {**data, "seed": secrets.randbelow(2**31) if data["seed"] is None
                 else data["seed"]}
     if kind not in entry.kinds:

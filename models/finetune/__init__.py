@@ -8,3 +8,11 @@
 - ``loop``: the training loop (bounded hyperparameters, progress, cancel, deadline, a
   checkpoint per epoch and resuming from one).
 """
+
+# Families whose catalog entries can be a base (their weights and head are found without
+# a per-model rule); read by the API, so kept free of torch.
+FAMILIES = ("lenet5", "alexnet", "vgg", "googlenet", "resnet", "torchvision")
+
+
+def can_finetune(family: str, kinds: list[str], has_weights: bool) -> bool:
+    return "classify" in kinds and has_weights and family in FAMILIES

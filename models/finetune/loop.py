@@ -111,7 +111,8 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
 
 
 def _flat_optimizer(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    return {f"optim.{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu()
+    """The optimizer's state as named tensors (copies: training goes on in place)."""
+    return {f"optim.{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().clone()
             for i, s in opt.state_dict()["state"].items() for k, v in s.items()}
 
 
@@ -188,7 +189,7 @@ def fit(base: Base, labels: list[str], images: list[Image.Image], targets: list[
                    "val_accuracy": round(accuracy(model, xv, yv), 4) if len(yv) else None}
         _track(state, figures)
         if hooks is not None:
-            tensors = {f"model.{k}": v.detach().cpu().contiguous()
+            tensors = {f"model.{k}": v.detach().cpu().clone().contiguous()
                        for k, v in model.state_dict().items()}
             hooks.epoch({**figures, "epochs": hyper.epochs, "step": state["steps"],
                          "steps": total}, Checkpoint({**tensors, **_flat_optimizer(opt)},

@@ -25,6 +25,7 @@ from PIL import Image
 from torch import nn
 
 from models.checkpoint import load_sidecar, load_state
+from models.finetune import FAMILIES
 from models.images import batch_tensor, normalization
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 Mode = Literal["linear_probe", "finetune", "scratch"]
 MODES: tuple[Mode, ...] = ("linear_probe", "finetune", "scratch")
-BUILTIN_FAMILIES = ("lenet5", "alexnet", "vgg", "googlenet", "resnet")
+BUILTIN_FAMILIES = tuple(f for f in FAMILIES if f != "torchvision")
 
 
 @dataclass
@@ -61,7 +62,7 @@ class Base:
                        sha256=entry.sha256)
         if entry.family not in BUILTIN_FAMILIES:
             raise ValueError(f"model {entry.name} ({entry.family}) cannot be fine-tuned; "
-                             f"families that can: {', '.join((*BUILTIN_FAMILIES, 'torchvision'))}")
+                             f"families that can: {', '.join(FAMILIES)}")
         sidecar = load_sidecar(entry.weights)
         return cls(entry.name, entry.family, sidecar["arch"], dict(sidecar.get("config", {})),
                    spec, dict(sidecar.get("normalize") or {}), entry.weights, entry.sha256)

@@ -265,3 +265,32 @@ def _events_so_far(service: Service, job_id: str) -> str:
     except httpx.ReadTimeout:
         pass
     return text
+
+
+def test_cli_packs_a_folder_uploads_trains_and_tries_the_model(svc: Service,
+                                                               tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.fixtures import ROOT
+
+    for label, pngs in DATA[0].items():
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i, png in enumerate(pngs):
+            (tmp_path / "data" / label / f"{i}.png").write_bytes(png)
+    (tmp_path / "data" / "notes.txt").write_text("left out: not in a class folder")
+    (tmp_path / "try.png").write_bytes(DATA[1][0][0])
+    cli = [sys.executable, "-m", "service.cli"]
+    env = {**svc.env, "CONVOY_URL": svc.url, "CONVOY_API_KEY": "key-alice"}
+    done = subprocess.run([*cli, "finetune", "lenet5-digits", "cli-made", "--data",
+                           str(tmp_path / "data"), "--epochs", "3", "--batch-size", "8",
+                           "--try", str(tmp_path / "try.png")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert f"packed {2 * PER_CLASS} images" in done.stdout and "succeeded" in done.stdout
+    tried = json.loads(done.stdout[done.stdout.rindex('{\n  "predictions"'):])
+    assert {p["label"] for p in tried["predictions"]} == {"zero", "one"}
+    gone = subprocess.run([*cli, "delete-model", "cli-made"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 0 and "deleted" in gone.stdout, gone.stderr
