@@ -132,12 +132,13 @@ def kind_schema(kind: str, entry: ModelEntry) -> dict[str, Any]:
 
 
 def _dataset(prop: dict[str, Any]) -> dict[str, Any]:
-    """A finetune dataset as a form takes it: a built-in set by name, or an archive file
-    (the form uploads it and sends ``{"upload": id}``)."""
+    """A finetune dataset as a form offers it (``format: convoy-dataset``): a built-in set
+    of ``builtins`` by name, or an archive file that the form uploads first."""
     from models.finetune.datasets import BUILTIN
 
-    return {"title": "Dataset", "type": "string", "enum": sorted(BUILTIN),
-            "contentMediaType": "application/zip", "description": prop.get("description", "")}
+    return {"title": "Dataset", "type": "object", "format": "convoy-dataset",
+            "builtins": sorted(BUILTIN), "description": prop.get("description", ""),
+            "examples": prop.get("examples", [])}
 
 
 def model_inputs(entry: ModelEntry) -> dict[str, dict[str, Any]]:

@@ -122,7 +122,7 @@ def test_builtin_sets_keep_training_draws_out_of_their_held_out_sets() -> None:
     assert set(BUILTIN) == {"shapes-new", "shapes-outline", "digits-5-9", "digits-0-4"}
     train = builtin("digits-5-9", per_class=5, seed=3)
     assert train.labels == ["5", "6", "7", "8", "9"] and train.counts() == dict.fromkeys(train.labels, 5)
-    labels, x, y = held_out("digits-5-9", per_class=5, seed=3)
+    _, x, y = held_out("digits-5-9", per_class=5, seed=3)
     drawn = {bytes(im.tobytes()) for im in train.images}
     from models.images import to_pil
 

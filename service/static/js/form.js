@@ -24,7 +24,7 @@ const DICE = '<svg viewBox="0 0 24 24" width="18" height="18" aria-hidden="true"
 
 const isImage = (p) => p.type === "string" && (p.contentMediaType || "").startsWith("image/");
 const isImageList = (p) => p.type === "array" && p.items && isImage(p.items);
-const isArchive = (p) => p.contentMediaType === "application/zip";
+const isArchive = (p) => p.format === "convoy-dataset";
 const placeholder = (v) => typeof v === "string" && /^<\d+ characters>$/.test(v);
 
 function range(p) {
@@ -78,13 +78,13 @@ function imageInput(name, title, onChange) {
 function datasetInput(name, p) {
   const ARCHIVE = "(a zip or tar of class folders)";
   const select = el("select", {name, id: `f-${name}`},
-                    [ARCHIVE, ...p.enum].map((v) => el("option", {value: v}, v)));
+                    [ARCHIVE, ...p.builtins].map((v) => el("option", {value: v}, v)));
   const file = el("input", {type: "file", accept: ".zip,.tar,.tgz,.tar.gz,.tar.bz2,.tar.xz",
                             "data-field": name});
   const perClass = el("input", {type: "number", min: 1, max: 500, value: 20, title: "images per class"});
   const show = () => { file.hidden = select.value !== ARCHIVE; perClass.hidden = !file.hidden; };
   select.addEventListener("change", show);
-  select.value = p.enum[0];
+  select.value = p.builtins[0];
   show();
   return {
     node: el("span", {class: "with-button"}, select, file, perClass),
