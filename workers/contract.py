@@ -176,13 +176,15 @@ class FinetuneInput(_Input):
                       "catalog model's; unique among the key's models)",
                       examples=["my-shapes"])
     dataset: UploadRef | BuiltinDataset = Field(
-        description="{\"upload\": id}: a zip or tar of one folder per class, uploaded "
-        "with POST /v1/uploads; or {\"builtin\": name, \"per_class\": n}",
+        description="a zip or tar of one folder per class, uploaded with POST /v1/uploads "
+        "and named as {\"upload\": id}, or a built-in set, {\"builtin\": name, "
+        "\"per_class\": n}",
         examples=[{"builtin": "shapes-new", "per_class": 20}])
     mode: Literal["linear_probe", "finetune", "scratch"] = Field(
-        "finetune", description="linear_probe: backbone frozen, new head; finetune: every "
-        "layer, the backbone at learning_rate x backbone_lr_factor; scratch: the same "
-        "architecture from random weights", examples=["finetune"])
+        "finetune", description="which weights train (linear_probe: the new head alone, "
+        "the backbone frozen; finetune: every layer, the backbone at learning_rate x "
+        "backbone_lr_factor; scratch: the same architecture from random weights)",
+        examples=["finetune"])
     epochs: int = Field(10, ge=1, le=200, description="passes over the training images",
                         examples=[10])
     batch_size: int = Field(32, ge=1, le=256, description="images per step", examples=[32])

@@ -76,12 +76,13 @@ function imageInput(name, title, onChange) {
 // A training set: a built-in one by name (with images per class), or an archive file of
 // one folder per class, which the studio uploads before it submits ({file} until then).
 function datasetInput(name, p) {
-  const ARCHIVE = "(a zip or tar of class folders)";
-  const select = el("select", {name, id: `f-${name}`},
+  const ARCHIVE = "(archive file)";
+  const select = el("select", {name, id: `f-${name}`, style: "flex: 1; min-width: 0"},
                     [ARCHIVE, ...p.builtins].map((v) => el("option", {value: v}, v)));
   const file = el("input", {type: "file", accept: ".zip,.tar,.tgz,.tar.gz,.tar.bz2,.tar.xz",
                             "data-field": name});
-  const perClass = el("input", {type: "number", min: 1, max: 500, value: 20, title: "images per class"});
+  const perClass = el("input", {type: "number", min: 1, max: 500, value: 20, title: "images per class",
+                                style: "flex: 0 0 4.5em"});
   const show = () => { file.hidden = select.value !== ARCHIVE; perClass.hidden = !file.hidden; };
   select.addEventListener("change", show);
   select.value = p.builtins[0];

@@ -179,7 +179,10 @@ export async function attach(job, {after = 0, inputSrc = null} = {}) {
   if (abort.signal.aborted) return;
   const final = await call(`/v1/jobs/${job.id}`);
   showJob(final, inputSrc);
-  if (final.kind === "finetune" && final.status === "succeeded") await loadModels();  // try it
+  if (final.kind === "finetune" && final.status === "succeeded") {  // the new model: try it
+    await loadModels();
+    if (state.kind === final.kind) state.form.set(final.input || {});
+  }
   refreshHistory();
   window.dispatchEvent(new Event("convoy:job-ended"));
 }
