@@ -337,8 +337,11 @@ per job), `event:` and `data:` (JSON):
 - `progress`: `ProgressEvent`, `{"step": 7, "total": 20}`
 - `preview`: an `Artifact` (generate with preview_every)
 - `log`: `LogEvent`, `{"message": "..."}`
+- `train`: finetune, after a step (at most 4 a second): `{"epoch", "epochs", "step",
+  "steps", "loss", "train_accuracy", "eta_s"}`
+- `epoch`: finetune, after an epoch and its checkpoint: the same with `val_accuracy`
 - `output`: the kind's output (`ClassifyOutput`, `SegmentOutput`, `ReconstructOutput`,
-  `ImagesOutput`), sent before the final status of a succeeded job
+  `ImagesOutput`, `FinetuneOutput`), sent before the final status of a succeeded job
 - `error`: `JobError`, sent before the final status of a failed job
 - `queue`: `QueueEvent`, `{"position": 3, "ahead": 2, "eta_start_at": "..."}` while queued
 - `webhook`: `WebhookEvent`, an attempt at a webhook delivery; those of the `completed`

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -111,8 +112,18 @@ class Training:
         self.device = device
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="convoy-train")
 
-    def submit(self, job: dict[str, Any], deadline: float) -> Future[dict[str, Any]]:
-        return self._pool.submit(self.run, job, deadline)
+    def submit(self, job: dict[str, Any], timeout_s: float,
+               on_start: Callable[[], bool]) -> Future[dict[str, Any]]:
+        """Queue the job behind this device's training run, if any. ``on_start`` is told
+        when it starts (False: the job is not this run's any more); the deadline is
+        ``timeout_s`` from then."""
+        return self._pool.submit(self._start, job, timeout_s, on_start)
+
+    def _start(self, job: dict[str, Any], timeout_s: float, on_start: Callable[[], bool]
+               ) -> dict[str, Any]:
+        if not on_start():
+            raise Stopped("lost")
+        return self.run(job, time.time() + timeout_s)
 
     def dataset(self, job: dict[str, Any]) -> Dataset:
         from models.finetune.datasets import builtin, from_archive
@@ -166,6 +177,7 @@ class Training:
                                                       "sha256": dataset.sha256,
                                                       "images": dataset.counts()}}}
         record = self._register(job, base, result.model, sidecar)
+        self.blobs.delete(list(checkpoint_keys(job["id"])))  # done: no run resumes from it
         return {"model": {k: record[k] for k in ("name", "base_model", "mode", "labels")},
                 "metrics": result.metrics, "steps": result.steps,
                 "resumed_from_epoch": result.resumed_from, "hyperparameters": asdict(hyper),

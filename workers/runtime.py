@@ -201,7 +201,7 @@ class WorkerRuntime:
             try:
                 run.deadline = self._deadline(job)
                 if job["kind"] == "finetune":  # minutes on the device: not a batch
-                    run.future = self._train(job, run.deadline)
+                    run.future = self._train(job, run)
                     self.batcher.unexpect()
                     return
                 run.future = self.batcher.submit(self._item(job, run.deadline))
@@ -216,6 +216,9 @@ class WorkerRuntime:
         try:
             output = run.future.result(timeout=5.0)
             assert run.job is not None
+            if run.job["kind"] == "finetune":  # its device time, as a batch's is measured
+                with self._active_lock:
+                    self._device_s[run.id] = float(output.get("train_seconds") or 0.0)
             params = generation_parameters(run.job, self._entry(run.job))
             run.end("succeeded", "succeeded", output=store_artifacts(
                 self.blobs, run.id, output, params, charge=self._charge(run.id, run.token)))
@@ -325,15 +328,21 @@ class WorkerRuntime:
                 raise
             return self.local_weights.entry(record)
 
-    def _train(self, job: dict[str, Any], deadline: float) -> Future[dict[str, Any]]:
-        """Hand a finetune job to this process's training thread (one run at a time)."""
+    def _train(self, job: dict[str, Any], run: _Run) -> Future[dict[str, Any]]:
+        """Hand a finetune job to this process's training thread (one run at a time). Its
+        deadline counts from the start of its training: it may wait for the run ahead."""
         if self._training is None:
             from workers.finetune import Training
 
             self._training = Training(self.store, self.blobs, self.catalog, self.user_models,
                                       self.cache.device)
-        self._on_device([job["id"]])
-        return self._training.submit(job, deadline)  # type: ignore[no-any-return]
+        timeout = run.deadline - time.time()
+        run.deadline += self.settings.max_job_timeout_s
+
+        def on_start() -> bool:  # on the device now (a worker lost from here costs an attempt)
+            return not self._on_device([job["id"]])
+
+        return self._training.submit(job, timeout, on_start)  # type: ignore[no-any-return]
 
     def _deadline(self, job: dict[str, Any]) -> float:
         timeout = job.get("timeout_s") or self.settings.job_timeout_s

@@ -232,8 +232,8 @@ def test_killed_training_worker_resumes_from_its_last_checkpoint(
         service.start_api()
         first = service.start_worker(True, "--queues", "train")
         client = service.client()
-        r = _finetune(client, "resumed", {"builtin": "digits-5-9", "per_class": 100},
-                      epochs=8, batch_size=4, augment=False)
+        r = _finetune(client, "resumed", {"builtin": "digits-5-9", "per_class": 60},
+                      epochs=6, batch_size=4, augment=False)
         job_id = r.json()["id"]
         deadline = time.monotonic() + 90
         while "event: epoch" not in _events_so_far(service, job_id):
@@ -246,7 +246,7 @@ def test_killed_training_worker_resumes_from_its_last_checkpoint(
         assert job["status"] == "succeeded", (job, service.tail())
         assert job["attempts"] == 2
         out = job["output"]
-        full = 8 * (out["metrics"]["images"]["train"] + 3) // 4
+        full = 6 * ((out["metrics"]["images"]["train"] + 3) // 4)
         assert out["resumed_from_epoch"] >= 1 and 0 < out["steps"] < full, out
     finally:
         service.stop()
