@@ -294,3 +294,15 @@ def test_cli_packs_a_folder_uploads_trains_and_tries_the_model(svc: Service,
     gone = subprocess.run([*cli, "delete-model", "cli-made"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60, check=False)
     assert gone.returncode == 0 and "deleted" in gone.stdout, gone.stderr
+
+
+def test_a_training_job_past_its_deadline_fails_with_timeout(svc: Service) -> None:
+    alice = svc.client("key-alice")
+    r = alice.post("/v1/jobs", json={
+        "kind": "finetune", "model": "lenet5-digits", "timeout_s": 2, "input": {
+            "name": "late", "dataset": {"builtin": "digits-5-9", "per_class": 100},
+            "epochs": 200, "batch_size": 4}})
+    assert r.status_code == 202, r.text
+    job = wait_status(alice, r.json()["id"], ("failed", "succeeded", "canceled"), timeout=60)
+    assert job["error"]["code"] == "timeout", job
+    assert "late" not in {m["name"] for m in alice.get("/v1/models").json()["models"]}
