@@ -278,6 +278,36 @@ class ProgressEvent(Progress):
     """``progress``: a step of an iterative job."""
 
 
+class TrainEvent(BaseModel):
+    """``train``: a finetune job's step (at most 4 a second, and every epoch's last)."""
+
+    model_config = _OPEN
+    epoch: int = Field(description="the epoch running, from 1", examples=[2])
+    epochs: int = Field(examples=[10])
+    step: int = Field(description="steps done in all, this run and any it resumed",
+                      examples=[14])
+    steps: int = Field(description="steps of the whole run", examples=[70])
+    loss: float = Field(description="the step's training loss", examples=[0.41])
+    train_accuracy: float = Field(description="the epoch's training accuracy so far",
+                                  examples=[0.86])
+    eta_s: float | None = Field(None, description="seconds to the end, at this run's pace",
+                                examples=[12.5])
+
+
+class EpochEvent(BaseModel):
+    """``epoch``: a finetune job's epoch, after its checkpoint is stored."""
+
+    model_config = _OPEN
+    epoch: int = Field(examples=[2])
+    epochs: int = Field(examples=[10])
+    step: int = Field(examples=[14])
+    steps: int = Field(examples=[70])
+    loss: float = Field(description="the epoch's mean training loss", examples=[0.47])
+    train_accuracy: float = Field(examples=[0.83])
+    val_accuracy: float | None = Field(None, description="on the held-back share (null "
+                                       "with val_share 0)", examples=[0.9])
+
+
 class LogEvent(BaseModel):
     """``log``: a note from the service (a worker lost, the job queued again)."""
 
@@ -329,7 +359,8 @@ class WebhookSecret(BaseModel):
 
 EVENT_PAYLOADS: dict[str, type[BaseModel]] = {
     "status": StatusEvent, "progress": ProgressEvent, "preview": Artifact, "log": LogEvent,
-    "output": ImagesOutput, "error": JobError, "webhook": WebhookEvent, "queue": QueueEvent}
+    "output": ImagesOutput, "error": JobError, "webhook": WebhookEvent, "queue": QueueEvent,
+    "train": TrainEvent, "epoch": EpochEvent}
 EVENTS_DESCRIPTION = """Server-sent events (text/event-stream). Each event has `id:` (1, 2, ...
 per job), `event:` and `data:` (JSON):
 
@@ -337,9 +368,8 @@ per job), `event:` and `data:` (JSON):
 - `progress`: `ProgressEvent`, `{"step": 7, "total": 20}`
 - `preview`: an `Artifact` (generate with preview_every)
 - `log`: `LogEvent`, `{"message": "..."}`
-- `train`: finetune, after a step (at most 4 a second): `{"epoch", "epochs", "step",
-  "steps", "loss", "train_accuracy", "eta_s"}`
-- `epoch`: finetune, after an epoch and its checkpoint: the same with `val_accuracy`
+- `train`: `TrainEvent`, a finetune job's step (at most 4 a second)
+- `epoch`: `EpochEvent`, a finetune job's epoch, after its checkpoint is stored
 - `output`: the kind's output (`ClassifyOutput`, `SegmentOutput`, `ReconstructOutput`,
   `ImagesOutput`, `FinetuneOutput`), sent before the final status of a succeeded job
 - `error`: `JobError`, sent before the final status of a failed job

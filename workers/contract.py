@@ -193,7 +193,8 @@ class FinetuneInput(_Input):
     backbone_lr_factor: float = Field(0.1, ge=0.0, le=1.0, description="finetune: the "
                                       "backbone's learning rate over the head's",
                                       examples=[0.1])
-    augment: bool = Field(True, description="random shifts, rotations and scaling")
+    augment: bool = Field(True, description="random shifts, rotations and scaling",
+                          examples=[True])
     val_share: float = Field(0.2, ge=0.0, le=0.5, description="share of each class held "
                              "back to validate after every epoch", examples=[0.2])
     early_stopping: int = Field(0, ge=0, le=50, description="stop after this many epochs "
