@@ -323,7 +323,8 @@ class WorkerRuntime:
         try:
             return self.catalog.get(job["model"])
         except ModelNotFound:
-            record = self.user_models.get(job["owner"], job["model"])
+            record = (None if self.user_models is None
+                      else self.user_models.get(job["owner"], job["model"]))
             if record is None:
                 raise
             return self.local_weights.entry(record)
@@ -334,6 +335,9 @@ class WorkerRuntime:
         if self._training is None:
             from workers.finetune import Training
 
+            if self.user_models is None:
+                raise ConvoyError(f"this worker's store ({type(self.store).__name__}) keeps "
+                                  "no models: it cannot run finetune jobs")
             self._training = Training(self.store, self.blobs, self.catalog, self.user_models,
                                       self.cache.device)
         timeout = run.deadline - time.time()

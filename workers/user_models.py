@@ -131,8 +131,9 @@ class RedisUserModels(UserModels):
         return bool(self._call(self.r.hdel, f"{_P}{owner}", name))
 
 
-def open_user_models(store: JobStore) -> UserModels:
-    """The runtime catalog beside a store."""
+def open_user_models(store: JobStore) -> UserModels | None:
+    """The runtime catalog beside a store (None for a store of another kind: no
+    fine-tuned models there)."""
     from workers.store.sqlite import SQLiteStore
 
     if isinstance(store, SQLiteStore):
@@ -141,7 +142,7 @@ def open_user_models(store: JobStore) -> UserModels:
 
     if isinstance(store, RedisStore):
         return RedisUserModels(store.r)
-    raise TypeError(f"no runtime catalog beside a {type(store).__name__}")
+    return None
 
 
 def check_name(name: str, catalog: Catalog) -> None:
@@ -159,13 +160,13 @@ def entry_of(record: dict[str, Any], weights: Path | None = None) -> ModelEntry:
     return ModelEntry(**{**record["entry"], "weights": weights})
 
 
-def resolve(catalog: Catalog, models: UserModels, owner: str, name: str) -> ModelEntry:
+def resolve(catalog: Catalog, models: UserModels | None, owner: str, name: str) -> ModelEntry:
     """The catalog's entry of ``name``, else the owner's fine-tuned model of that name
     (ModelNotFound for anyone else's)."""
     try:
         return catalog.get(name)
     except ModelNotFound:
-        record = models.get(owner, name)
+        record = None if models is None else models.get(owner, name)
         if record is None:
             raise
         return entry_of(record)
