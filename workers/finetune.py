@@ -30,6 +30,7 @@ from models.predictor import Artifact
 from workers.batcher import Stopped
 from workers.blobs import BlobStore, check_key, upload_key
 from workers.errors import InvalidInput
+from workers.store import Job
 from workers.store.base import JobStore, StaleClaim, StoreUnavailable, now_iso
 from workers.user_models import UserModels, model_prefix
 
@@ -50,22 +51,21 @@ def checkpoint_keys(job_id: str) -> tuple[str, str]:
 class _Hooks:
     """The loop's hooks for one job: events, cancel and deadline, checkpoints."""
 
-    def __init__(self, store: JobStore, blobs: BlobStore, job: dict[str, Any],
-                 deadline: float) -> None:
+    def __init__(self, store: JobStore, blobs: BlobStore, job: Job, deadline: float) -> None:
         self.store, self.blobs, self.job, self.deadline = store, blobs, job, deadline
-        self.token: int | None = job.get("token")
+        self.token = job.token
         self.stop_reason: str | None = None
         self._last = 0.0
 
     def _claims(self) -> dict[str, int]:
-        return {self.job["id"]: self.token or 0}
+        return {self.job.id: self.token}
 
     def step(self, report: dict[str, Any]) -> bool:
         if time.time() > self.deadline:
             self.stop_reason = "timeout"
             return False
         try:
-            why = self.store.stopped_among(self._claims()).get(self.job["id"])
+            why = self.store.stopped_among(self._claims()).get(self.job.id)
         except StoreUnavailable:
             why = None  # a store outage is no reason to stop training
         if why is not None:
@@ -79,10 +79,9 @@ class _Hooks:
         return True
 
     def _send(self, report: dict[str, Any]) -> None:
-        job_id = self.job["id"]
+        job_id = self.job.id
         try:
-            self.store.progress_many([job_id], report["step"], report["steps"],
-                                     tokens=[self.token or 0])
+            self.store.progress(self._claims(), report["step"], report["steps"])
             self.store.append_event(job_id, "train", report, token=self.token)
         except StaleClaim:
             self.stop_reason = "lost"
@@ -92,15 +91,15 @@ class _Hooks:
     def epoch(self, report: dict[str, Any], checkpoint: Checkpoint) -> None:
         from safetensors.torch import save
 
-        weights_key, state_key = checkpoint_keys(self.job["id"])
+        weights_key, state_key = checkpoint_keys(self.job.id)
         self.blobs.put(weights_key, save(checkpoint.tensors), "application/octet-stream")
         self.blobs.put(state_key, json.dumps(checkpoint.state).encode(), "application/json")
         try:
-            self.store.append_event(self.job["id"], "epoch", report, token=self.token)
+            self.store.append_event(self.job.id, "epoch", report, token=self.token)
         except StaleClaim:
             self.stop_reason = "lost"
         except StoreUnavailable as e:
-            log.warning("job %s: epoch event not recorded (%s)", self.job["id"], e)
+            log.warning("job %s: epoch event not recorded (%s)", self.job.id, e)
 
 
 class Training:
@@ -112,25 +111,25 @@ class Training:
         self.device = device
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="convoy-train")
 
-    def submit(self, job: dict[str, Any], timeout_s: float,
+    def submit(self, job: Job, timeout_s: float,
                on_start: Callable[[], bool]) -> Future[dict[str, Any]]:
         """Queue the job behind this device's training run, if any. ``on_start`` is told
         when it starts (False: the job is not this run's any more); the deadline is
         ``timeout_s`` from then."""
         return self._pool.submit(self._start, job, timeout_s, on_start)
 
-    def _start(self, job: dict[str, Any], timeout_s: float, on_start: Callable[[], bool]
+    def _start(self, job: Job, timeout_s: float, on_start: Callable[[], bool]
                ) -> dict[str, Any]:
         if not on_start():
             raise Stopped("lost")
         return self.run(job, time.time() + timeout_s)
 
-    def dataset(self, job: dict[str, Any]) -> Dataset:
+    def dataset(self, job: Job) -> Dataset:
         from models.finetune.datasets import builtin, from_archive
 
-        spec = job["input"]["dataset"]
+        spec = job.input["dataset"]
         if "builtin" in spec:
-            return builtin(spec["builtin"], spec.get("per_class", 20), job["input"]["seed"])
+            return builtin(spec["builtin"], spec.get("per_class", 20), job.input["seed"])
         data = self.blobs.read(upload_key(spec["upload"]))
         if data is None:
             raise InvalidInput("dataset: the archive is gone (its upload expired or was deleted)")
@@ -147,21 +146,21 @@ class Training:
             return None
         return Checkpoint(load(tensors), json.loads(state))
 
-    def run(self, job: dict[str, Any], deadline: float) -> dict[str, Any]:
+    def run(self, job: Job, deadline: float) -> dict[str, Any]:
         from models.finetune.loop import Hyper, fit
         from models.finetune.loop import Stopped as LoopStopped
         from models.finetune.transfer import Base
 
-        data = job["input"]
-        base = Base.from_entry(self.catalog.get(job["model"]))
+        data = job.input
+        base = Base.from_entry(self.catalog.get(job.model))
         dataset = self.dataset(job)
         hyper = Hyper(**{k: data[k] for k in ("mode", "epochs", "batch_size", "learning_rate",
                                                "backbone_lr_factor", "augment", "val_share",
                                                "early_stopping", "seed")})
         hooks = _Hooks(self.store, self.blobs, job, deadline)
-        resume = self._resume(job["id"])
+        resume = self._resume(job.id)
         if resume is not None:
-            self.store.append_event(job["id"], "log", {
+            self.store.append_event(job.id, "log", {
                 "message": f"resuming from the checkpoint of epoch {resume.state['epoch']}"},
                 token=hooks.token)
         started = time.monotonic()
@@ -177,7 +176,7 @@ class Training:
                                                       "sha256": dataset.sha256,
                                                       "images": dataset.counts()}}}
         record = self._register(job, base, result.model, sidecar)
-        self.blobs.delete(list(checkpoint_keys(job["id"])))  # done: no run resumes from it
+        self.blobs.delete(list(checkpoint_keys(job.id)))  # done: no run resumes from it
         return {"model": {k: record[k] for k in ("name", "base_model", "mode", "labels")},
                 "metrics": result.metrics, "steps": result.steps,
                 "resumed_from_epoch": result.resumed_from, "hyperparameters": asdict(hyper),
@@ -187,7 +186,7 @@ class Training:
                                     "application/octet-stream"),
                 "sidecar": Artifact("model.json", record["_sidecar"], "application/json")}
 
-    def _register(self, job: dict[str, Any], base: Any, model: Any, sidecar: dict[str, Any]
+    def _register(self, job: Job, base: Any, model: Any, sidecar: dict[str, Any]
                   ) -> dict[str, Any]:
         """Weights and sidecar under ``models/<job id>/``, and the owner's catalog entry."""
         import hashlib
@@ -196,11 +195,11 @@ class Training:
 
         weights = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
         side = (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode()
-        prefix = model_prefix(job["id"])
+        prefix = model_prefix(job.id)
         self.blobs.put(prefix + "model.safetensors", weights, "application/octet-stream")
         self.blobs.put(prefix + "model.json", side, "application/json")
-        base_entry = self.catalog.get(job["model"])
-        name = job["input"]["name"]
+        base_entry = self.catalog.get(job.model)
+        name = job.input["name"]
         entry = {
             "name": name, "family": base_entry.family, "arch": base_entry.arch,
             "kinds": ["classify"], "labels": sidecar["labels"],
@@ -211,11 +210,11 @@ class Training:
                            f"{sidecar['finetune']['dataset']['source']}: "
                            f"{', '.join(sidecar['labels'])}",
         }
-        record = {"owner": job["owner"], "name": name, "entry": entry, "job_id": job["id"],
+        record = {"owner": job.owner, "name": name, "entry": entry, "job_id": job.id,
                   "base_model": base_entry.name, "mode": sidecar["finetune"]["mode"],
                   "labels": sidecar["labels"], "created_at": now_iso(),
                   "weights_key": prefix + "model.safetensors", "sidecar_key": prefix + "model.json",
                   "weights_sha256": hashlib.sha256(weights).hexdigest()}
         self.models.put(record)
-        log.info("job %s: model %s of %s registered", job["id"], name, job["owner"])
+        log.info("job %s: model %s of %s registered", job.id, name, job.owner)
         return {**record, "_weights": weights, "_sidecar": side}
