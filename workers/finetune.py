@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 EVENTS_PER_S = 4.0
-QUEUE = "train"
 
 
 def checkpoint_keys(job_id: str) -> tuple[str, str]:
