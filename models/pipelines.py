@@ -36,7 +36,7 @@ import logging
 import threading
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -61,6 +61,9 @@ from models.editing import (
 from models.images import png_artifact
 from models.predictor import InvalidRequest, Predictor, Request, StepCallback
 from models.registry import register_predictor
+
+if TYPE_CHECKING:
+    from models.stepping import Stepper
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +190,13 @@ class PipelinePredictor(Predictor):
 
     def modules_for_memory(self) -> list[torch.nn.Module]:
         return [m for m in self.pipe.components.values() if isinstance(m, torch.nn.Module)]
+
+    def stepper(self) -> Stepper | None:
+        from models.pipeline_stepping import LatentTextStepper, PixelStepper  # they build on this
+
+        if self.mode == "unet2d":
+            return PixelStepper(self)
+        return LatentTextStepper(self) if LatentTextStepper.serves(self) else None
 
     def batch_key(self, request: Request) -> Hashable:
         inp = request.input

@@ -124,7 +124,7 @@ class WorkerRuntime:
         self.batcher = Batcher(enabled=settings.batching, on_batch=self.stats.batch,
                                canceled=self._canceled_among, poll_s=CANCEL_POLL_S,
                                progress=self._progress, on_device=self._on_device,
-                               on_measured=self._measured)
+                               on_measured=self._measured, stepping=settings.step_batching)
         self.queues: list[str] = []  # the queues this worker takes (in its heartbeat)
         self.order = open_order(store, settings.starvation_s)
         self.meter = open_meter(store, settings.quota_period_s)
