@@ -1,6 +1,6 @@
 """The ``convoy bench`` commands: one per scenario of ``SCENARIOS``, each with the options
 every scenario shares (``--out``, ``--device``, ``--redis-url``/``--redis-db``, ``--modes``,
-``--scale``, ``--model``) and the options of its own.
+``--scale``, ``--model``, ``--threads``) and the options of its own.
 
 A scenario is a function ``fn(opts: BenchOptions, **own)``. Its own options are the keyword
 parameters annotated for typer, ``steps: Annotated[int, typer.Option(help=...)] = 20``;
@@ -26,6 +26,7 @@ from bench.sampler import sampler
 from bench.stack import bench_redis_url
 from bench.throughput import throughput
 from bench.trace import trace
+from bench.transfer import transfer
 
 # name: (scenario, the modes it runs in unless --modes says otherwise)
 SCENARIOS: dict[str, tuple[Callable[..., Any], str]] = {
@@ -34,9 +35,10 @@ SCENARIOS: dict[str, tuple[Callable[..., Any], str]] = {
     "generate": (generate_jobs, "redis"),
     "trace": (trace, "redis"),
     "sampler": (sampler, "redis"),
+    "transfer": (transfer, "embedded"),
     "peers": (peers, "redis"),
 }
-ALL = ("latency", "throughput", "generate", "trace", "sampler")  # `convoy bench all`
+ALL = ("latency", "throughput", "generate", "trace", "sampler", "transfer")  # `convoy bench all`
 
 
 def _common(default_modes: str) -> list[inspect.Parameter]:
@@ -59,6 +61,8 @@ def _common(default_modes: str) -> list[inspect.Parameter]:
                default_modes),
         option("scale", Annotated[float, typer.Option(help="multiplies the number of jobs")], 1.0),
         option("model", Annotated[str | None, typer.Option(help="another catalog model")], None),
+        option("threads", Annotated[int | None, typer.Option(
+            help="torch CPU threads of this process")], None),
     ]
 
 
@@ -87,6 +91,11 @@ def command(app: typer.Typer, name: str, fn: Callable[..., Any], default_modes: 
 
     def run(**values: Any) -> None:
         shared = {p.name: values.pop(p.name) for p in common}
+        threads = shared.pop("threads")
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         fn(options(**shared), **values)
 
     run.__signature__ = inspect.Signature(common + own)  # type: ignore[attr-defined]

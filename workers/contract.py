@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from models.catalog import MAX_N, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, MAX_TOP_K
+from models.finetune import FAMILIES, can_finetune
 from workers.errors import InvalidInput
 from workers.images import decode_image
+from workers.user_models import NAME_PATTERN
 
 if TYPE_CHECKING:
     from models.catalog import ModelEntry
@@ -55,6 +57,7 @@ Image_ = Annotated[ImageData | UploadRef, Field(
     description="an image: base64 (PNG, JPEG, WebP, BMP; optionally a data: URL), or "
     "{\"upload\": id} naming an upload; resized to the model's input size",
     examples=[EXAMPLE_IMAGE, {"upload": "Jx2t0k3mQ1yP9vL8sR4aZc7wE5u"}])]
+FINETUNE_QUEUE = "train"  # finetune jobs' own queue: training never holds up inference
 MAX_INTERPOLATION = 64  # points on a VAE interpolation path
 MAX_LORAS = 4  # adapters one request may combine
 ClassLabel = Annotated[str | None, Field(
@@ -154,6 +157,52 @@ class GenerateInput(_Input):
                                            examples=[[{"name": "ink", "scale": 0.8}]])
 
 
+class BuiltinDataset(_Input):
+    """A procedural dataset built in (no upload): a draw of ``per_class`` images a class."""
+
+    builtin: Literal["shapes-new", "shapes-outline", "digits-5-9", "digits-0-4"] = Field(
+        description="shapes-new: ellipse, cross, crescent, hexagon; shapes-outline: the "
+        "four shapes as outlines; digits-5-9 / digits-0-4: scikit-learn's digits",
+        examples=["shapes-new"])
+    per_class: int = Field(20, ge=1, le=500, description="training images of every class",
+                           examples=[20])
+
+
+class FinetuneInput(_Input):
+    """``finetune``: the base model (``model``) with a new head, trained on the dataset and
+    served as a new classifier named ``name``, owned by the submitting key."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="the new model's name (never a "
+                      "catalog model's; unique among the key's models)",
+                      examples=["my-shapes"])
+    dataset: UploadRef | BuiltinDataset = Field(
+        description="a zip or tar of one folder per class, uploaded with POST /v1/uploads "
+        "and named as {\"upload\": id}, or a built-in set, {\"builtin\": name, "
+        "\"per_class\": n}",
+        examples=[{"builtin": "shapes-new", "per_class": 20}])
+    mode: Literal["linear_probe", "finetune", "scratch"] = Field(
+        "finetune", description="which weights train (linear_probe: the new head alone, "
+        "the backbone frozen; finetune: every layer, the backbone at learning_rate x "
+        "backbone_lr_factor; scratch: the same architecture from random weights)",
+        examples=["finetune"])
+    epochs: int = Field(10, ge=1, le=200, description="passes over the training images",
+                        examples=[10])
+    batch_size: int = Field(32, ge=1, le=256, description="images per step", examples=[32])
+    learning_rate: float = Field(1e-3, ge=1e-6, le=1.0, description="the head's (AdamW)",
+                                 examples=[0.001])
+    backbone_lr_factor: float = Field(0.1, ge=0.0, le=1.0, description="finetune: the "
+                                      "backbone's learning rate over the head's",
+                                      examples=[0.1])
+    augment: bool = Field(True, description="random shifts, rotations and scaling",
+                          examples=[True])
+    val_share: float = Field(0.2, ge=0.0, le=0.5, description="share of each class held "
+                             "back to validate after every epoch", examples=[0.2])
+    early_stopping: int = Field(0, ge=0, le=50, description="stop after this many epochs "
+                                "without a better validation accuracy (0: never)",
+                                examples=[3])
+    seed: int | None = _seed()
+
+
 class _Job(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -216,15 +265,24 @@ class GenerateJob(_Job):
     input: GenerateInput
 
 
+class FinetuneJob(_Job):
+    model_config = _example("finetune", "resnet18-shapes", {
+        "name": "my-shapes", "dataset": {"builtin": "shapes-new", "per_class": 20},
+        "mode": "finetune", "epochs": 10})
+    kind: Literal["finetune"]
+    input: FinetuneInput
+
+
 JobRequest = Annotated[
-    Union[ClassifyJob, SegmentJob, ReconstructJob, SampleJob, GenerateJob],  # noqa: UP007
+    Union[ClassifyJob, SegmentJob, ReconstructJob, SampleJob, GenerateJob,  # noqa: UP007
+          FinetuneJob],
     Field(discriminator="kind"),
 ]
 JOB_REQUEST: TypeAdapter[JobRequest] = TypeAdapter(JobRequest)
 IMAGE_FIELDS = ("image", "mask")
 INPUTS: dict[str, type[_Input]] = {
     "classify": ClassifyInput, "segment": SegmentInput, "reconstruct": ReconstructInput,
-    "sample": SampleInput, "generate": GenerateInput,
+    "sample": SampleInput, "generate": GenerateInput, "finetune": FinetuneInput,
 }
 
 
@@ -257,6 +315,12 @@ def pixel_limit(entry: ModelEntry, max_pixels: int, scale: int) -> int:
 def check(kind: str, data: dict[str, Any], entry: ModelEntry, max_pixels: int,
           uploaded: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
     """Check a validated input against the model; return the input to store (seed filled)."""
+    if kind == "finetune":
+        if not can_finetune(entry.family, entry.kinds, entry.weights is not None):
+            raise InvalidInput(f"model {entry.name} ({entry.family}) cannot be fine-tuned: "
+                               f"bases are classifiers with weights of {', '.join(FAMILIES)}")
+        return {**data, "seed": secrets.randbelow(2**31) if data["seed"] is None
+                else data["seed"]}
     if kind not in entry.kinds:
         raise InvalidInput(f"model {entry.name} does not serve {kind!r}; it serves {entry.kinds}")
     limits = entry.limits
