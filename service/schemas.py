@@ -14,8 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.kinds import KINDS
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
-Kind = Literal["classify", "segment", "reconstruct", "sample", "generate"]
+Kind = Literal[KINDS]  # type: ignore[valid-type]  # every kind of models/kinds
 _OPEN = ConfigDict(extra="allow")
 
 

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from models.catalog import ModelEntry
+from models.kinds.generate import GenerateArgs
 from models.pipelines import PipelinePredictor
 from models.predictor import InvalidRequest, Request
 from tests.models.tiny_pipeline import (
@@ -42,7 +43,6 @@ def pixel(tmp_path_factory: pytest.TempPathFactory) -> PipelinePredictor:
 
 def generate(n: int = 1, seeds: list[int] | None = None, **extra: object) -> Request:
     inp = {
-        "n": n,
         "seeds": seeds or list(range(n)),
         "class_index": None,
         "prompt": "a red cat",
@@ -55,7 +55,7 @@ def generate(n: int = 1, seeds: list[int] | None = None, **extra: object) -> Req
         "preview_every": 0,
         **extra,
     }
-    return Request("generate", inp)
+    return Request("generate", GenerateArgs(**inp))
 
 
 class Recorder:
