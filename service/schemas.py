@@ -214,6 +214,8 @@ class ModelInfo(BaseModel):
     queue: str = Field(description="the broker queue its jobs go to")
     max_batch: int = Field(description="jobs one forward pass may carry")
     limits: ModelLimits
+    controlnet: bool = Field(False, description="generate takes control_image: the catalog "
+                             "names a ControlNet for it")
     inputs: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="each kind it serves -> the JSON schema of that "
         "kind's input as this model takes it: bounded by its limits, its labels as the only "

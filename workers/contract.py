@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from models.catalog import ModelEntry
 
 __all__ = [
+    "EXAMPLE_IMAGE",
     "IMAGE_FIELDS",
     "INPUTS",
     "JOB_REQUEST",
@@ -193,6 +194,12 @@ def _check_edits(data: dict[str, Any], decoded: dict[str, Any], entry: ModelEntr
         if "image" in decoded:
             raise InvalidInput("control_image steers text-to-image: send it without image "
                                "and mask")
+        width, height = decoded["control_image"].size or (0, 0)
+        side = entry.limits.max_side
+        if (data.get("width") is None and width > side) or \
+                (data.get("height") is None and height > side):
+            raise InvalidInput(f"control_image is {width}x{height}: without height and width "
+                               f"it sets the output size, at most {side} a side for this model")
 
 
 def prepare(kind: str, data: dict[str, Any], entry: ModelEntry, max_pixels: int) -> Args:
