@@ -59,7 +59,6 @@ class Item:
     request: Request
     wanted: Callable[[], str | None]  # None while wanted, else why not ('canceled', 'timeout')
     on_preview: Callable[[Artifact], None]
-    on_progress: Callable[[int, int], None] | None = None  # where the Batcher has no progress
     future: Future[dict[str, Any]] = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
     key: Hashable = None
@@ -124,7 +123,7 @@ class Batcher:
     answers the rest, such as its deadline). ``on_device(job_ids)``, where given, is told
     of a batch just before it runs, and answers as ``canceled`` does.
     ``progress(job_ids, step, total)``, where given, reports a step for all the batch's
-    members in one call instead of each member's ``on_progress``."""
+    live members in one call."""
 
     def __init__(self, enabled: bool = True, on_batch: Callable[[int], None] | None = None,
                  canceled: Callable[[list[str]], set[str] | dict[str, str]] | None = None,
@@ -284,8 +283,6 @@ class Batcher:
                     self._resolve(it, error=Stopped(reason))
                     keep.append(False)
                     continue
-                if self.progress is None and it.on_progress is not None:
-                    self.reporter.put(it.job_id, functools.partial(it.on_progress, step, total))
                 if previews is not None and idx < len(previews) and previews[idx] is not None:
                     self.reporter.put(it.job_id, functools.partial(it.on_preview, previews[idx]))
                 keep.append(True)

@@ -87,16 +87,12 @@ def loaded(cls: type[Predictor], entry: ModelEntry) -> Any:
 
 
 def item(predictor: Predictor, seed: int, steps: int = 2, wanted: Any = None,
-         progress: list[int] | None = None, request: Request | None = None) -> Item:
-    def on_progress(step: int, total: int) -> None:
-        if progress is not None:
-            progress.append(step)
-
+         request: Request | None = None) -> Item:
     def on_preview(_: Artifact) -> None: ...
 
     return Item(job_id=f"job-{seed}", predictor=predictor, entry=predictor.entry,
                 request=request or Request("generate", GenerateArgs(seeds=[seed], steps=steps)),
-                wanted=wanted or (lambda: None), on_progress=on_progress, on_preview=on_preview)
+                wanted=wanted or (lambda: None), on_preview=on_preview)
 
 
 def behind_gate(batcher: Batcher, items: Sequence[Item]) -> None:
@@ -168,9 +164,13 @@ def test_a_canceled_member_leaves_the_batch_and_the_others_finish() -> None:
     slow = loaded(Steps, model("slow", config={"step_s": 0.02}))
     stop: dict[int, str] = {}
     progress: dict[int, list[int]] = {s: [] for s in (1, 2, 3)}
-    items = [item(slow, s, steps=40, progress=progress[s], wanted=lambda s=s: stop.get(s))
-             for s in (1, 2, 3)]
-    behind_gate(Batcher(), items)
+    items = [item(slow, s, steps=40, wanted=lambda s=s: stop.get(s)) for s in (1, 2, 3)]
+
+    def record(job_ids: list[str], step: int, total: int) -> None:
+        for job_id in job_ids:
+            progress[int(job_id.removeprefix("job-"))].append(step)
+
+    behind_gate(Batcher(progress=record), items)
     deadline = time.monotonic() + 20
     while len(progress[2]) < 3:
         assert time.monotonic() < deadline, "the batch did not start"
