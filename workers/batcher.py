@@ -113,7 +113,6 @@ class Reporter:
 class BatchStats:
     batches: int = 0
     items: int = 0
-    sizes: list[int] = field(default_factory=list)
 
 
 class Batcher:
