@@ -198,7 +198,7 @@ class PipelinePredictor(Predictor):
         try:
             controlnet = ControlNetModel.from_pretrained(
                 self.entry.controlnet_path, use_safetensors=True, local_files_only=True,
-                torch_dtype=dtype,
+                dtype=dtype,
             )
         except (OSError, ValueError) as err:
             raise ValueError(
