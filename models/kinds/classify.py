@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from models.kinds.common import EXAMPLE_IMAGE, MAX_TOP_K, Args, ImageIn, Input, Picture
-
-KIND = "classify"
-EXAMPLE = {"model": "lenet5-digits", "input": {"image": EXAMPLE_IMAGE, "top_k": 3}}
+from models.kinds.common import EXAMPLE_IMAGE, MAX_TOP_K, Args, ImageIn, Input, Kind, Picture
 
 
 class ClassifyInput(Input):
@@ -21,3 +18,7 @@ class ClassifyInput(Input):
 class ClassifyArgs(Args):
     image: Picture
     top_k: int = 5
+
+
+KIND = Kind("classify", ClassifyInput, ClassifyArgs,
+            example={"model": "lenet5-digits", "input": {"image": EXAMPLE_IMAGE, "top_k": 3}})

@@ -7,6 +7,7 @@ No torch here: the API host imports these schemas too.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from PIL import Image
@@ -80,3 +81,13 @@ class Args(BaseModel):
 
 Picture = Image.Image
 Seeds = Annotated[list[int], Field(min_length=1, description="one per image, in order")]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A job kind: what its module in ``models/kinds`` defines as ``KIND``."""
+
+    name: str
+    input: type[Input]  # the JSON a client sends
+    args: type[Args]  # what the predictor reads
+    example: dict[str, Any]  # {"model": ..., "input": ...}: the OpenAPI example

@@ -18,14 +18,12 @@ from models.kinds.common import (
     ClassLabel,
     ImageIn,
     Input,
+    Kind,
     Picture,
     Seeds,
     seed_field,
 )
 
-KIND = "generate"
-EXAMPLE = {"model": "ddpm-digits", "input": {
-    "class_label": "7", "n": 2, "seed": 42, "steps": 10, "scheduler": "dpmpp"}}
 MAX_LORAS = 4  # adapters one request may combine
 Scheduler = Literal["ddpm", "ddim", "dpmpp", "euler"]
 
@@ -110,3 +108,7 @@ class GenerateArgs(Args):
     @property
     def n(self) -> int:
         return len(self.seeds)
+
+
+KIND = Kind("generate", GenerateInput, GenerateArgs, example={"model": "ddpm-digits", "input": {
+    "class_label": "7", "n": 2, "seed": 42, "steps": 10, "scheduler": "dpmpp"}})

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from models.kinds.common import EXAMPLE_IMAGE, Args, ImageIn, Input, Picture
-
-KIND = "reconstruct"
-EXAMPLE = {"model": "vae-digits", "input": {"image": EXAMPLE_IMAGE}}
+from models.kinds.common import EXAMPLE_IMAGE, Args, ImageIn, Input, Kind, Picture
 
 
 class ReconstructInput(Input):
@@ -16,3 +13,7 @@ class ReconstructInput(Input):
 
 class ReconstructArgs(Args):
     image: Picture
+
+
+KIND = Kind("reconstruct", ReconstructInput, ReconstructArgs,
+            example={"model": "vae-digits", "input": {"image": EXAMPLE_IMAGE}})

@@ -11,13 +11,12 @@ from models.kinds.common import (
     ClassLabel,
     ImageIn,
     Input,
+    Kind,
     Picture,
     Seeds,
     seed_field,
 )
 
-KIND = "sample"
-EXAMPLE = {"model": "dcgan-digits", "input": {"n": 4, "seed": 42, "class_label": "3"}}
 MAX_INTERPOLATION = 64  # points on a VAE interpolation path
 
 
@@ -47,3 +46,7 @@ class SampleArgs(Args):
     @property
     def n(self) -> int:
         return len(self.seeds)
+
+
+KIND = Kind("sample", SampleInput, SampleArgs,
+            example={"model": "dcgan-digits", "input": {"n": 4, "seed": 42, "class_label": "3"}})

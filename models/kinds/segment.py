@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from models.kinds.common import EXAMPLE_IMAGE, Args, ImageIn, Input, Picture
-
-KIND = "segment"
-EXAMPLE = {"model": "unet-shapes", "input": {"image": EXAMPLE_IMAGE}}
+from models.kinds.common import EXAMPLE_IMAGE, Args, ImageIn, Input, Kind, Picture
 
 
 class SegmentInput(Input):
@@ -16,3 +13,7 @@ class SegmentInput(Input):
 
 class SegmentArgs(Args):
     image: Picture
+
+
+KIND = Kind("segment", SegmentInput, SegmentArgs,
+            example={"model": "unet-shapes", "input": {"image": EXAMPLE_IMAGE}})
