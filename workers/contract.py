@@ -16,9 +16,17 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from models.kinds import KIND_SPECS, Kind
+from models.kinds import KIND_SPECS
 from models.kinds.classify import ClassifyInput
-from models.kinds.common import EXAMPLE_IMAGE, IMAGE_FIELDS, IMAGE_LISTS, Args, Input, UploadRef
+from models.kinds.common import (
+    EXAMPLE_IMAGE,
+    IMAGE_FIELDS,
+    IMAGE_LISTS,
+    Args,
+    Input,
+    Kind,
+    UploadRef,
+)
 from models.kinds.generate import GenerateInput, LoraChoice
 from models.kinds.reconstruct import ReconstructInput
 from models.kinds.sample import SampleInput

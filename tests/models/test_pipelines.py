@@ -85,6 +85,15 @@ def test_prompt_gives_images_with_seeds_and_previews_come_first(text: PipelinePr
     assert preview.size[0] > 16 and preview.mode == "RGB"  # both images, decoded by the VAE
 
 
+def test_the_last_preview_of_each_scheduler_is_close_to_the_image(text: PipelinePredictor) -> None:
+    for scheduler in ("dpmpp", "ddim", "euler"):  # clean-sample estimate, or latents at unit scale
+        rec = Recorder()
+        out = text.predict([generate(1, [3], scheduler=scheduler, steps=4, preview_every=4)], rec)[0]
+        image = np.asarray(Image.open(io.BytesIO(out["images"][0].data)), np.float32)  # type: ignore[index]
+        preview = np.asarray(Image.open(io.BytesIO(rec.calls[-1][2][0].data)), np.float32)
+        assert np.abs(preview - image).mean() < 4, scheduler  # of 255
+
+
 def test_same_seed_same_png_bytes_and_prompts_matter(text: PipelinePredictor) -> None:
     a = text.predict([generate(1, [9], scheduler="ddpm")])[0]
     b = text.predict([generate(1, [9], scheduler="ddpm")])[0]
