@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,9 @@ from models.images import grid, png_artifact
 from models.kinds.generate import GenerateArgs
 from models.predictor import Artifact, InvalidRequest, Predictor, Request, StepCallback
 from models.registry import register_model, register_predictor
+
+if TYPE_CHECKING:
+    from models.stepping import Stepper
 
 BLOCK_TYPES = {"DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D"}
 
@@ -207,6 +210,30 @@ def clip_through_x0(
     return ((x - a * x0) / s).to(out.dtype)
 
 
+def start_timesteps(
+    scheduler: Any,
+    steps: int,
+    noise: torch.Tensor,
+    init: torch.Tensor | None = None,
+    strength: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Set ``steps`` timesteps on the scheduler; return those to run and the starting sample:
+    pure noise, or ``init`` noised ``strength`` of the way (image-to-image skips the first
+    steps)."""
+    scheduler.set_timesteps(steps, device=noise.device)
+    timesteps = scheduler.timesteps
+    latents = noise * scheduler.init_noise_sigma
+    if init is not None and strength < 1.0:
+        skip = (steps - min(round(steps * strength), steps)) * scheduler.order
+        timesteps = timesteps[skip:]
+        if len(timesteps) == 0:
+            raise ValueError(f"strength {strength} of {steps} steps leaves no step to run")
+        if hasattr(scheduler, "set_begin_index"):  # where add_noise and step count steps
+            scheduler.set_begin_index(skip)
+        latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(noise.shape[0]))
+    return timesteps, latents
+
+
 # step, total, predicted clean images (B, C, H, W) → per-image mask of the ones to go on with
 StepHook = Callable[[int, int, torch.Tensor], torch.Tensor | None]
 
@@ -248,17 +275,7 @@ def sample_loop(
         raise ValueError("inpainting needs the image (init) whose known pixels it keeps")
     guided = class_labels is not None and null_class is not None and guidance_scale != 1.0
     kept = torch.arange(noise.shape[0])
-    scheduler.set_timesteps(steps, device=noise.device)
-    timesteps = scheduler.timesteps
-    latents = noise * scheduler.init_noise_sigma
-    if init is not None and strength < 1.0:
-        skip = (steps - min(round(steps * strength), steps)) * scheduler.order
-        timesteps = timesteps[skip:]
-        if len(timesteps) == 0:
-            raise ValueError(f"strength {strength} of {steps} steps leaves no step to run")
-        if hasattr(scheduler, "set_begin_index"):  # where add_noise and step count steps
-            scheduler.set_begin_index(skip)
-        latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(noise.shape[0]))
+    timesteps, latents = start_timesteps(scheduler, steps, noise, init, strength)
     total = len(timesteps)
     for i, t in enumerate(timesteps):
         # 1. model input, doubled [conditional; null] for guidance  (2B or B, C, H, W)
@@ -381,6 +398,11 @@ class DiffusionPredictor(Predictor):
 
     def modules_for_memory(self) -> list[torch.nn.Module]:
         return [self.unet]
+
+    def stepper(self) -> Stepper:
+        from models.stepping import DiffusionStepper  # it builds on this module
+
+        return DiffusionStepper(self)
 
     def batch_key(self, request: Request[GenerateArgs]) -> Hashable:
         inp = request.input

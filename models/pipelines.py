@@ -40,7 +40,7 @@ import logging
 import threading
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -63,6 +63,9 @@ from models.kinds.generate import GenerateArgs
 from models.pipeline_modes import WAYS, way_of
 from models.predictor import InvalidRequest, Predictor, Request, StepCallback
 from models.registry import register_predictor
+
+if TYPE_CHECKING:
+    from models.stepping import Stepper
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +212,13 @@ class PipelinePredictor(Predictor):
     def modules_for_memory(self) -> list[torch.nn.Module]:
         modules = [m for m in self.pipe.components.values() if isinstance(m, torch.nn.Module)]
         return modules + ([self.controlnet] if self.controlnet is not None else [])
+
+    def stepper(self) -> Stepper | None:
+        from models.pipeline_stepping import LatentTextStepper, PixelStepper  # they build on this
+
+        if self.mode == "unet2d":
+            return PixelStepper(self)
+        return LatentTextStepper(self) if LatentTextStepper.serves(self) else None
 
     def batch_key(self, request: Request[GenerateArgs]) -> Hashable:
         inp = request.input

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import torch
 
     from models.catalog import ModelEntry
+    from models.stepping import Stepper
 
 
 @dataclass
@@ -83,6 +84,11 @@ class Predictor:
     ) -> list[dict[str, Any] | None]:
         """One result per request (None for a member dropped through ``on_step``)."""
         raise NotImplementedError
+
+    def stepper(self) -> Stepper | None:
+        """Step-level batching of this model (``models.stepping``), where it has one: requests
+        then join and leave a running sampling loop at step boundaries. None: static batches."""
+        return None
 
     def memory_bytes(self) -> int:
         """Approximate device memory the loaded model holds (parameters and buffers)."""

@@ -418,7 +418,9 @@ def register(app: Any) -> None:
 
     command("latency", latency, "embedded,redis")
     command("throughput", throughput, "redis")
-    command("generate", generate, "redis")
+    from service.bench_arrivals import register_generate  # it builds on this module
+
+    register_generate(app, options)
     command("trace", trace, "redis")
     command("sampler", sampler, "redis")
 

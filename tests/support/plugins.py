@@ -3,6 +3,8 @@
 - ``sleepy``: an iterative ``generate`` predictor that sleeps ``step_s`` per step, reports
   every step, emits previews and honours cancellation — for cancel, SSE and fault tests.
 - ``poison``: kills its worker process on every attempt.
+- ``slow-diffusers``: a diffusers pipeline whose UNet sleeps ``step_s`` per forward, so
+  that jobs can arrive while its sampling loop runs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 
 from models.images import png_artifact
+from models.pipelines import PipelinePredictor
 from models.predictor import Artifact, Predictor, Request, StepCallback
 from models.registry import register_predictor
 
@@ -77,3 +80,16 @@ class PoisonPredictor(Predictor):
     def predict(self, batch: list[Request], on_step: StepCallback | None = None
                 ) -> list[dict[str, Any] | None]:
         os._exit(17)
+
+
+@register_predictor("slow-diffusers")
+class SlowPipelinePredictor(PipelinePredictor):
+    def load(self) -> None:
+        super().load()
+        step_s, forward = float(self.entry.config.get("step_s", 0.05)), self.pipe.unet.forward
+
+        def slowed(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(step_s)
+            return forward(*args, **kwargs)
+
+        self.pipe.unet.forward = slowed

@@ -16,11 +16,11 @@ from models.catalog import Catalog, ModelEntry
 from models.kinds.generate import GenerateArgs
 from models.predictor import Artifact, Predictor, Request, StepCallback
 from models.registry import register_predictor
+from tests.support.jobs import job, put
 from workers.batcher import Batcher, Item, Stopped
 from workers.cache import ModelCache
 from workers.runtime import WorkerRuntime
 from workers.settings import Settings
-from workers.store.base import now_iso
 from workers.store.sqlite import SQLiteStore
 
 
@@ -87,12 +87,16 @@ def loaded(cls: type[Predictor], entry: ModelEntry) -> Any:
 
 
 def item(predictor: Predictor, seed: int, steps: int = 2, wanted: Any = None,
-         request: Request | None = None) -> Item:
+         progress: list[int] | None = None, request: Request | None = None) -> Item:
+    def on_progress(step: int, total: int) -> None:
+        if progress is not None:
+            progress.append(step)
+
     def on_preview(_: Artifact) -> None: ...
 
     return Item(job_id=f"job-{seed}", predictor=predictor, entry=predictor.entry,
                 request=request or Request("generate", GenerateArgs(seeds=[seed], steps=steps)),
-                wanted=wanted or (lambda: None), on_preview=on_preview)
+                wanted=wanted or (lambda: None), on_progress=on_progress, on_preview=on_preview)
 
 
 def behind_gate(batcher: Batcher, items: Sequence[Item]) -> None:
@@ -164,13 +168,9 @@ def test_a_canceled_member_leaves_the_batch_and_the_others_finish() -> None:
     slow = loaded(Steps, model("slow", config={"step_s": 0.02}))
     stop: dict[int, str] = {}
     progress: dict[int, list[int]] = {s: [] for s in (1, 2, 3)}
-    items = [item(slow, s, steps=40, wanted=lambda s=s: stop.get(s)) for s in (1, 2, 3)]
-
-    def record(job_ids: list[str], step: int, total: int) -> None:
-        for job_id in job_ids:
-            progress[int(job_id.removeprefix("job-"))].append(step)
-
-    behind_gate(Batcher(progress=record), items)
+    items = [item(slow, s, steps=40, progress=progress[s], wanted=lambda s=s: stop.get(s))
+             for s in (1, 2, 3)]
+    behind_gate(Batcher(), items)
     deadline = time.monotonic() + 20
     while len(progress[2]) < 3:
         assert time.monotonic() < deadline, "the batch did not start"
@@ -219,10 +219,8 @@ def test_out_of_memory_splits_the_batch_and_fails_only_the_job_that_does_not_fit
 
     def submit(name: str, seed: int, n: int = 1) -> str:
         jid = f"{name}-{seed}"
-        store.create({"id": jid, "owner": "o", "kind": "generate", "model": name,
-                      "queue": "convoy", "request_hash": "h", "created_at": now_iso(),
-                      "status": "queued", "attempts": 0,
-                      "input": {"n": n, "seed": seed, "steps": 1, "scheduler": "ddpm"}})
+        put(store, job(jid, owner="o", kind="generate", model=name,
+                       input={"n": n, "seed": seed, "steps": 1, "scheduler": "ddpm"}))
         return jid
 
     outcomes: dict[str, str] = {}
@@ -250,12 +248,12 @@ def test_out_of_memory_splits_the_batch_and_fails_only_the_job_that_does_not_fit
     sizes = [len(b) for b in OutOfMemoryAbove.batches]
     assert sizes[0] == 4 and sorted(sizes) == [1, 1, 2, 2, 4]  # halves, then halves again
     failed = store.get("oomy-2")
-    assert failed is not None and failed["status"] == "failed"
-    assert failed["error"]["code"] == "gpu_oom"
-    assert store.get("oomy-3")["output"] == {"seed": 3}  # type: ignore[index]
+    assert failed is not None and failed.status == "failed"
+    assert failed.error is not None and failed.error["code"] == "gpu_oom"
+    assert store.get("oomy-3").output == {"seed": 3}  # type: ignore[union-attr]
     # the worker stays up: the next job runs
     assert runtime.run_job(submit("oomy", 5)) == "succeeded"
-    assert store.get("oomy-5")["output"] == {"seed": 5}  # type: ignore[index]
+    assert store.get("oomy-5").output == {"seed": 5}  # type: ignore[union-attr]
 
 
 def test_a_lone_job_of_a_slow_model_waits_max_wait_for_company_and_of_a_fast_one_does_not(
