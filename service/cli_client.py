@@ -264,6 +264,10 @@ def jobs_delete(job_id: str, url: Annotated[str | None, URL] = None,
 
 
 def register(app: typer.Typer) -> None:
+    from service.cli_finetune import delete_model, finetune
+
     app.command()(submit)
     app.command("models")(models)
+    app.command()(finetune)
+    app.command("delete-model")(delete_model)
     app.add_typer(jobs_app, name="jobs")

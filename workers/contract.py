@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from models.finetune import FAMILIES, can_finetune
 from models.kinds import KIND_SPECS
 from models.kinds.classify import ClassifyInput
 from models.kinds.common import (
@@ -27,6 +28,7 @@ from models.kinds.common import (
     Kind,
     UploadRef,
 )
+from models.kinds.finetune import FinetuneInput
 from models.kinds.generate import GenerateInput, LoraChoice
 from models.kinds.reconstruct import ReconstructInput
 from models.kinds.sample import SampleInput
@@ -39,10 +41,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXAMPLE_IMAGE",
+    "FINETUNE_QUEUE",
     "IMAGE_FIELDS",
     "INPUTS",
     "JOB_REQUEST",
     "ClassifyInput",
+    "FinetuneInput",
     "GenerateInput",
     "JobRequest",
     "LoraChoice",
@@ -55,6 +59,7 @@ __all__ = [
     "prepare",
     "request_hash",
 ]
+FINETUNE_QUEUE = "train"  # finetune jobs' own queue: training never holds up inference
 
 
 class _Job(BaseModel):
@@ -126,6 +131,12 @@ def pixel_limit(entry: ModelEntry, max_pixels: int, scale: int) -> int:
 def check(kind: str, data: dict[str, Any], entry: ModelEntry, max_pixels: int,
           uploaded: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
     """Check a validated input against the model; return the input to store (seed filled)."""
+    if kind == "finetune":
+        if not can_finetune(entry.family, entry.kinds, entry.weights is not None):
+            raise InvalidInput(f"model {entry.name} ({entry.family}) cannot be fine-tuned: "
+                               f"bases are classifiers with weights of {', '.join(FAMILIES)}")
+        return {**data, "seed": secrets.randbelow(2**31) if data["seed"] is None
+                else data["seed"]}
     if kind not in entry.kinds:
         raise InvalidInput(f"model {entry.name} does not serve {kind!r}; it serves {entry.kinds}")
     limits = entry.limits

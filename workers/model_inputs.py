@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from models.finetune import can_finetune
 from models.kinds.generate import LoraChoice
 from workers.contract import INPUTS
 
@@ -100,6 +101,8 @@ def _bound(kind: str, name: str, prop: dict[str, Any], entry: ModelEntry) -> dic
         prop["enum"] = list(entry.labels)
     elif name == "loras" and isinstance(prop.get("items"), dict):
         prop["items"] = _lora_choice(entry)
+    elif name == "dataset" and kind == "finetune":
+        prop = _dataset(prop)
     elif name == "guidance_scale" and "guidance_scale" in entry.config:
         prop["default"] = float(entry.config["guidance_scale"])
     return prop
@@ -129,6 +132,20 @@ def kind_schema(kind: str, entry: ModelEntry) -> dict[str, Any]:
     }
 
 
+def _dataset(prop: dict[str, Any]) -> dict[str, Any]:
+    """A finetune dataset as a form offers it (``format: convoy-dataset``): a built-in set
+    of ``builtins`` by name, or an archive file that the form uploads first."""
+    from models.finetune.datasets import BUILTIN
+
+    return {"title": "Dataset", "type": "object", "format": "convoy-dataset",
+            "builtins": sorted(BUILTIN), "description": prop.get("description", ""),
+            "examples": prop.get("examples", [])}
+
+
 def model_inputs(entry: ModelEntry) -> dict[str, dict[str, Any]]:
-    """Every kind this model serves (that has an input schema) with its schema."""
-    return {kind: kind_schema(kind, entry) for kind in entry.kinds if kind in INPUTS}
+    """Every kind this model serves (that has an input schema) with its schema; a
+    classifier that can be a base has ``finetune`` too."""
+    kinds = [kind for kind in entry.kinds if kind in INPUTS]
+    if can_finetune(entry.family, entry.kinds, entry.weights is not None):
+        kinds.append("finetune")
+    return {kind: kind_schema(kind, entry) for kind in kinds}
