@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from models.diffusion import per_image_noise, preview_artifact, start_timesteps
+from models.diffusion import new_scheduler, per_image_noise, preview_artifact, start_timesteps
 from models.editing import edit_mode, image_batch, known_at, repaint_batch, strength_of
 from models.images import png_artifact
-from models.pipelines import _scheduler_for
+from models.kinds.generate import GenerateArgs
+from models.pipeline_modes import way_of
 from models.predictor import Artifact, Request
 from models.stepping import Member, Schedulers, StepLoop
 
@@ -46,7 +47,8 @@ class PixelStepper:
 
     def __init__(self, predictor: PipelinePredictor) -> None:
         self.predictor = predictor
-        self.schedulers = Schedulers(lambda name: _scheduler_for(predictor.pipe, name))
+        self.schedulers = Schedulers(
+            lambda name: new_scheduler(name, predictor.pipe.scheduler.config))
 
     def key(self, request: Request) -> Hashable | None:
         return (request.kind,)
@@ -58,31 +60,31 @@ class PixelStepper:
     def begin(self, request: Request) -> Member:
         p, inp = self.predictor, request.input
         p._check(request)
-        unet, seeds = p.pipe.unet, list(inp["seeds"])
+        unet, seeds = p.pipe.unet, list(inp.seeds)
         size = unet.config.sample_size
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         noise, generators = per_image_noise(seeds, (unet.config.in_channels, h, w))
         noise = noise.to(p.device, unet.dtype)
         labels = None
         if unet.config.num_class_embeds:
-            labels = torch.full((len(seeds),), int(inp["class_index"]), device=p.device)
+            labels = torch.full((len(seeds),), int(inp.class_index), device=p.device)
         config = p.pipe.scheduler.config  # the pipeline's own clipping, for every scheduler
         clip = float(config.get("clip_sample_range", 1.0)) if config.get("clip_sample") else None
         mode, n = edit_mode(inp), len(seeds)
         given = repaint = init = known = None
         if mode != "text":
-            given = image_batch([inp["image"]] * n, unet.config.in_channels, h)
+            given = image_batch([inp.image] * n, unet.config.in_channels, h)
             init = (given * 2 - 1).to(p.device, unet.dtype)
         if mode == "inpaint":
-            repaint = repaint_batch([inp["mask"]] * n, h)
+            repaint = repaint_batch([inp.mask] * n, h)
             known = known_at(repaint, h).to(p.device, unet.dtype)
-        scheduler = self.schedulers(inp["scheduler"])
-        timesteps, latents = start_timesteps(scheduler, int(inp["steps"]), noise, init,
+        scheduler = self.schedulers(inp.scheduler)
+        timesteps, latents = start_timesteps(scheduler, int(inp.steps), noise, init,
                                              strength_of(inp))
         return Member(
             latents=latents, scheduler=scheduler, timesteps=timesteps, generators=generators,
             cond=labels, clip_sample=clip, noise=noise, init=init, known=known,
-            preview_every=int(inp.get("preview_every") or 0),
+            preview_every=inp.preview_every,
             context={"seeds": seeds, "repaint": repaint, "given": given},
         )
 
@@ -104,7 +106,8 @@ class LatentTextStepper:
 
     def __init__(self, predictor: PipelinePredictor) -> None:
         self.predictor = predictor
-        self.schedulers = Schedulers(lambda name: _scheduler_for(predictor.pipe, name))
+        self.schedulers = Schedulers(
+            lambda name: new_scheduler(name, predictor.pipe.scheduler.config))
 
     @staticmethod
     def serves(predictor: PipelinePredictor) -> bool:
@@ -118,14 +121,14 @@ class LatentTextStepper:
             and not predictor.loras
         )
 
-    def _size(self, inp: dict[str, Any]) -> tuple[int, int]:
+    def _size(self, inp: GenerateArgs) -> tuple[int, int]:
         pipe = self.predictor.pipe
         side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-        return int(inp.get("height") or side), int(inp.get("width") or side)
+        return inp.height or side, inp.width or side
 
     def key(self, request: Request) -> Hashable | None:
         inp = request.input
-        if edit_mode(inp) != "text" or inp.get("loras"):
+        if way_of(inp) != "text" or inp.loras:
             return None
         return (request.kind, *self._size(inp))
 
@@ -137,25 +140,25 @@ class LatentTextStepper:
 
         p, inp = self.predictor, request.input
         p._check(request)
-        pipe, seeds = p.pipe, list(inp["seeds"])
-        n, guidance = len(seeds), float(inp["guidance_scale"])
+        pipe, seeds = p.pipe, list(inp.seeds)
+        n, guidance = len(seeds), float(inp.guidance_scale)
         guided = guidance > 1.0  # as the pipeline decides
-        negative = [inp["negative_prompt"]] * n if inp.get("negative_prompt") else None
-        cond, uncond = pipe.encode_prompt([inp["prompt"]] * n, p.device, 1, guided, negative)
+        negative = [inp.negative_prompt] * n if inp.negative_prompt else None
+        cond, uncond = pipe.encode_prompt([inp.prompt] * n, p.device, 1, guided, negative)
         h, w = self._size(inp)
-        scheduler = self.schedulers(inp["scheduler"])
+        scheduler = self.schedulers(inp.scheduler)
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         shape = (n, pipe.unet.config.in_channels, h // pipe.vae_scale_factor,
                  w // pipe.vae_scale_factor)
         # drawn as the pipeline draws it: on the CPU, image by image, in the UNet's dtype
         noise = randn_tensor(shape, generator=generators, device=torch.device(p.device),
                              dtype=pipe.unet.dtype)
-        timesteps, latents = start_timesteps(scheduler, int(inp["steps"]), noise)
+        timesteps, latents = start_timesteps(scheduler, int(inp.steps), noise)
         dtype = pipe.unet.dtype
         return Member(
             latents=latents, scheduler=scheduler, timesteps=timesteps, generators=generators,
             cond=cond.to(dtype), uncond=uncond.to(dtype) if guided else None,
-            guidance_scale=guidance, preview_every=int(inp.get("preview_every") or 0),
+            guidance_scale=guidance, preview_every=inp.preview_every,
             context={"seeds": seeds},
         )
 

@@ -191,26 +191,25 @@ class DiffusionStepper:
     def begin(self, request: Request) -> Member:
         p, inp = self.predictor, request.input
         p._check(request)
-        seeds = list(inp["seeds"])
+        seeds = list(inp.seeds)
         null = p.config.num_classes  # a request without a class samples unconditionally
-        cls = null if inp.get("class_index") is None else int(inp["class_index"])
+        cls = null if inp.class_index is None else inp.class_index
         c, side = p.config.channels, p.config.sample_size
         noise, generators = per_image_noise(seeds, (c, side, side))
         noise = noise.to(p.device, p.dtype)
         init, known, repaint, given = p._edit_inputs([request])
         if init is not None:
             init = init.to(p.device, p.dtype)
-        scheduler = self.schedulers(inp["scheduler"])
-        timesteps, latents = start_timesteps(scheduler, int(inp["steps"]), noise, init,
-                                             strength_of(inp))
+        scheduler = self.schedulers(inp.scheduler)
+        timesteps, latents = start_timesteps(scheduler, inp.steps, noise, init, strength_of(inp))
         labels = torch.full((len(seeds),), cls, device=p.device)
-        guidance = float(inp["guidance_scale"])
+        guidance = inp.guidance_scale
         return Member(
             latents=latents, scheduler=scheduler, timesteps=timesteps, generators=generators,
             cond=labels, uncond=torch.full_like(labels, null) if guidance != 1.0 else None,
             guidance_scale=guidance, clip_sample=p.schedule.clip_sample, noise=noise,
             init=init, known=None if known is None else known.to(p.device, p.dtype),
-            preview_every=int(inp.get("preview_every") or 0),
+            preview_every=inp.preview_every,
             context={"seeds": seeds, "class": cls, "repaint": repaint, "given": given},
         )
 

@@ -14,8 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.kinds import KINDS
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
-Kind = Literal["classify", "segment", "reconstruct", "sample", "generate"]
+Kind = Literal[KINDS]  # type: ignore[valid-type]  # every kind of models/kinds
 _OPEN = ConfigDict(extra="allow")
 
 
@@ -231,6 +233,8 @@ class ModelInfo(BaseModel):
     queue: str = Field(description="the broker queue its jobs go to")
     max_batch: int = Field(description="jobs one forward pass may carry")
     limits: ModelLimits
+    controlnet: bool = Field(False, description="generate takes control_image: the catalog "
+                             "names a ControlNet for it")
     inputs: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="each kind it serves -> the JSON schema of that "
         "kind's input as this model takes it: bounded by its limits, its labels as the only "

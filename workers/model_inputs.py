@@ -1,6 +1,6 @@
 """Each kind's input schema as one model serves it, for forms that build themselves.
 
-The contract's schemas (``workers/contract.py``) hold what any model of a kind may take;
+The kinds' schemas (``models/kinds``) hold what any model of a kind may take;
 a model takes less: its own limits bound ``n``, ``steps`` and ``top_k``, its labels are the
 only classes, and a field it would refuse (a prompt to a class-conditional model, a class
 to an unconditional one, an interpolation path to a model with no encoder) is left out.
@@ -14,6 +14,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from models.finetune import can_finetune
+from models.kinds.generate import LoraChoice
 from workers.contract import INPUTS
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ def _drop(kind: str, entry: ModelEntry) -> set[str]:
             dropped.add("mask")
         if entry.cannot("lora"):
             dropped.add("loras")
+        if entry.cannot("controlnet"):
+            dropped |= {"control_image", "control_scale"}
     return dropped
 
 
@@ -107,8 +110,6 @@ def _bound(kind: str, name: str, prop: dict[str, Any], entry: ModelEntry) -> dic
 
 def _lora_choice(entry: ModelEntry) -> dict[str, Any]:
     """One adapter choice, its name one of the model's adapters (inlined: no ``$ref``)."""
-    from workers.contract import LoraChoice
-
     schema = LoraChoice.model_json_schema()
     schema["properties"]["name"]["enum"] = sorted(entry.loras)
     return schema

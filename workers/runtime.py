@@ -271,7 +271,7 @@ class WorkerRuntime:
     def _measured(self, items: list[Item], seconds: float) -> None:
         """A batch's forward pass took ``seconds``: each member's share, by images asked for."""
         self.stats.measured(items[0].entry.name, seconds, len(items))
-        weights = [len(it.request.input.get("seeds") or ()) or 1 for it in items]
+        weights = [it.request.input.n for it in items]
         with self._active_lock:
             for it, share in zip(items, shares(weights, seconds), strict=True):
                 self._device_s[it.job_id] = self._device_s.get(it.job_id, 0.0) + share

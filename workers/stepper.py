@@ -43,7 +43,7 @@ def _hand_over(it: Item, result: dict[str, Any] | None, error: BaseException | N
 
 
 def _images(it: Item) -> int:
-    return len(it.request.input.get("seeds") or ()) or 1
+    return it.request.input.n
 
 
 class StepRun:

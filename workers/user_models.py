@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from models.catalog import Catalog, ModelEntry, ModelNotFound
+from models.kinds.finetune import NAME_PATTERN
 from workers.blobs import KEPT_PREFIX, BlobStore, check_key
 from workers.store.base import JobStore, StoreUnavailable
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 _NAME = re.compile(NAME_PATTERN)
 
 

@@ -39,12 +39,12 @@ class SleepyPredictor(Predictor):
         self.marker = str(marker) if marker else None
 
     def batch_key(self, request: Request) -> Any:
-        return (request.kind, request.input["steps"])
+        return (request.kind, request.input.steps)
 
     def predict(self, batch: list[Request], on_step: StepCallback | None = None
                 ) -> list[dict[str, Any] | None]:
         live = list(range(len(batch)))
-        total = batch[0].input["steps"]
+        total = batch[0].input.steps
         if self.marker:
             with open(self.marker, "a") as f:
                 f.write(f"{os.getpid()}\n")
@@ -54,7 +54,7 @@ class SleepyPredictor(Predictor):
                 continue
             previews: Sequence[Artifact | None] = [
                 png_artifact(f"preview-{step}.png", _image(step + self.stamp))
-                if batch[i].input.get("preview_every") and step % batch[i].input["preview_every"] == 0
+                if batch[i].input.preview_every and step % batch[i].input.preview_every == 0
                 else None
                 for i in live
             ]
@@ -64,7 +64,7 @@ class SleepyPredictor(Predictor):
                 break
         results: list[dict[str, Any] | None] = [None] * len(batch)
         for i in live:
-            seeds = batch[i].input["seeds"]
+            seeds = batch[i].input.seeds
             results[i] = {"images": [png_artifact(f"image-{j}.png", _image(s + self.stamp), seed=s)
                                      for j, s in enumerate(seeds)]}
         return results

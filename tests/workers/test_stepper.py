@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from models.diffusion import DiffusionPredictor
+from models.kinds.generate import GenerateArgs
 from models.predictor import Artifact, Request
 from tests.models.conftest import one_thread  # noqa: F401  (a fixture, used by every test)
 from tests.models.test_diffusion import generate, image_tensor, tiny_predictor
@@ -129,7 +130,7 @@ def test_another_models_job_goes_next_and_stepping_off_is_static(
     a = job(ddpm, "a", generate(1, [9], steps=20), steps)
     batcher.submit(a)
     until(lambda: len(steps) >= 2, "the loop did not start")
-    o = job(other, "other", Request("generate", {"seeds": [1], "steps": 1}))
+    o = job(other, "other", Request("generate", GenerateArgs(seeds=[1], steps=1)))
     later = job(ddpm, "later", generate(1, [10], steps=2))
     for it in (o, later):
         it.future.add_done_callback(lambda _, name=it.job_id: done.append(name))
