@@ -4,6 +4,7 @@ FROM python:3.11-slim AS api
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service ./service
+COPY core ./core
 COPY workers ./workers
 COPY models ./models
 COPY bench ./bench

@@ -19,8 +19,8 @@ ECHO_QUEUE = "convoy-bench-echo"
 def echo_round_trips(n: int, redis_url: str | None, data_dir: Path) -> list[float]:
     """Seconds per round trip of a trivial task to the echo worker and its reply back, on
     the broker of the given mode."""
-    from workers.celery_app import make_celery
-    from workers.settings import Settings
+    from core.celery_app import make_celery
+    from core.settings import Settings
 
     app = make_celery(Settings(redis_url=redis_url, data_dir=data_dir))
     reply = f"convoy-bench-reply-{os.getpid()}"
@@ -44,8 +44,8 @@ def echo_round_trips(n: int, redis_url: str | None, data_dir: Path) -> list[floa
 
 def echo_worker() -> None:
     """A Celery worker with one task that puts its argument on a reply queue."""
-    from workers.celery_app import make_celery
-    from workers.settings import Settings
+    from core.celery_app import make_celery
+    from core.settings import Settings
 
     app = make_celery(Settings())
     conn = app.connection_for_write()

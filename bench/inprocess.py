@@ -13,8 +13,8 @@ from typing import Any
 
 
 def load_catalog() -> Any:
+    from core.settings import Settings
     from models.catalog import Catalog
-    from workers.settings import Settings
 
     return Catalog.load(Settings().catalog)
 
@@ -29,8 +29,8 @@ def load_predictor(entry: Any, device: Any) -> Any:
     """The entry's predictor, loaded the way a worker loads it (thread count included)."""
     import torch
 
+    from core.settings import Settings
     from workers.cache import ModelCache
-    from workers.settings import Settings
     from workers.worker import cpu_threads
 
     if device.type == "cpu":
@@ -63,15 +63,15 @@ def _job_schema() -> Any:
     """The submission schema (built once: building it takes longer than a batch runs)."""
     from pydantic import TypeAdapter
 
-    from workers.contract import JobRequest
+    from core.contract import JobRequest
 
     return TypeAdapter(JobRequest)
 
 
 def requests_for(kind: str, inputs: list[dict[str, Any]], entry: Any) -> list[Any]:
     """Predictor requests from job inputs, validated and prepared as the service does."""
+    from core.contract import check, prepare
     from models.predictor import Request
-    from workers.contract import check, prepare
 
     schema = _job_schema()
     out = []

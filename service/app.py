@@ -12,6 +12,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.blobs import BlobError, open_blobs
+from core.celery_app import make_celery
+from core.errors import ConvoyError, RateLimited, Unavailable
+from core.images import DECODE_BUDGET
+from core.outbox import open_outbox
+from core.settings import Settings, get_settings
+from core.store import JobStore, StoreFull, StoreUnavailable, open_store
+from core.user_models import UserModels, open_user_models
 from models.catalog import Catalog, ModelNotFound
 from service import studio
 from service.deps import State
@@ -25,14 +33,6 @@ from service.routes import health, jobs, models, uploads, usage, webhooks
 from service.streams import EventHub
 from service.submitter import Submitter
 from service.waiters import Waiters
-from workers.blobs import BlobError, open_blobs
-from workers.celery_app import make_celery
-from workers.errors import ConvoyError, RateLimited, Unavailable
-from workers.images import DECODE_BUDGET
-from workers.outbox import open_outbox
-from workers.settings import Settings, get_settings
-from workers.store import JobStore, StoreFull, StoreUnavailable, open_store
-from workers.user_models import UserModels, open_user_models
 
 log = logging.getLogger(__name__)
 _HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "not_found", 409: "conflict",

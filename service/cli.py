@@ -66,9 +66,9 @@ def serve(
     """Start the API (and, unless --no-worker, one worker process beside it)."""
     import uvicorn
 
+    from core.settings import Settings, UnsafeSettings
     from service.app import create_app
     from service.http import timed_protocol
-    from workers.settings import Settings, UnsafeSettings
 
     _logging()
     if insecure:  # the environment carries it to API processes that uvicorn spawns
@@ -117,8 +117,8 @@ def serve(
 def api_process_app() -> Any:
     """The app of one of ``serve --workers N``'s API processes, from the environment's
     settings (each process has its own store connections and finish subscription)."""
+    from core.settings import Settings
     from service.app import create_app
-    from workers.settings import Settings
 
     settings = Settings()
     sys.setswitchinterval(settings.switch_interval_s)
@@ -130,8 +130,8 @@ def __getattr__(name: str) -> Any:
     settings, for the API processes uvicorn spawns (they import it by name)."""
     if name != "TimedProtocol":
         raise AttributeError(name)
+    from core.settings import Settings
     from service.http import timed_protocol
-    from workers.settings import Settings
 
     settings = Settings()
     return timed_protocol(settings.header_timeout_s, settings.body_timeout_s)
@@ -145,7 +145,7 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(help="jobs taken at once")] = None,
 ) -> None:
     """Run a worker process (or, with --gpus, one supervised child per GPU)."""
-    from workers.settings import Settings
+    from core.settings import Settings
     from workers.worker import list_gpus, run_worker, spawn_per_gpu
 
     _logging(os.environ.get("CONVOY_LOG_LEVEL", "INFO"))

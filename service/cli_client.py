@@ -17,9 +17,9 @@ from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from core.contract import INPUTS
 from models.kinds.common import IMAGE_FIELDS, IMAGE_LISTS
 from service.client import TERMINAL, Client, JobRecord, ModelInfo
-from workers.contract import INPUTS
 
 IMAGE_INPUTS = IMAGE_FIELDS + IMAGE_LISTS  # the fields whose values may be @path
 URL = typer.Option(envvar="CONVOY_URL", help="the service's address [default: "

@@ -9,18 +9,18 @@ from typing import Annotated
 from celery import Celery
 from fastapi import Depends, Request
 
+from core.blobs import BlobStore
+from core.errors import Unauthorized
+from core.outbox import Outbox
+from core.settings import Settings
+from core.store import JobStore
+from core.user_models import UserModels
 from models.catalog import Catalog
 from service.lifecycle import Lifecycle
 from service.limits import OpenPerKey, RateLimiter
 from service.streams import EventHub
 from service.submitter import Submitter
 from service.waiters import Waiters
-from workers.blobs import BlobStore
-from workers.errors import Unauthorized
-from workers.outbox import Outbox
-from workers.settings import Settings
-from workers.store import JobStore
-from workers.user_models import UserModels
 
 LOCAL_OWNER = "local"
 

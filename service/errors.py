@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from workers.contract import JOB_REQUEST
+from core.contract import JOB_REQUEST
 
 
 class ErrorDetail(BaseModel):

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import io
 
+from core.blobs import upload_key
+from core.contract import FinetuneInput, UploadRef
+from core.errors import Conflict, InvalidInput, NotFound
+from core.inputs import owned_upload
+from core.user_models import check_name
 from models.finetune.archive import CONTENT_TYPES, InvalidArchive, inspect
 from service.deps import State
-from workers.blobs import upload_key
-from workers.contract import FinetuneInput, UploadRef
-from workers.errors import Conflict, InvalidInput, NotFound
-from workers.inputs import owned_upload
-from workers.user_models import check_name
 
 
 def check_finetune(state: State, owner: str, data: FinetuneInput) -> None:

@@ -12,12 +12,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from workers.errors import InvalidInput, RateLimited
-from workers.metering import Meter, open_meter, period_start
-from workers.queue_eta import QueueEstimator
-from workers.queue_order import Entry, QueueOrder, created_at, open_order
-from workers.settings import Settings, limits_of
-from workers.store import Job, JobStore, StoreUnavailable
+from core.errors import InvalidInput, RateLimited
+from core.metering import Meter, open_meter, period_start
+from core.queue_eta import QueueEstimator
+from core.queue_order import Entry, QueueOrder, created_at, open_order
+from core.settings import Settings, limits_of
+from core.store import Job, JobStore, StoreUnavailable
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Queue depth and the oldest queued job's age (per queue and model), device-seconds (per owner
 and model), and the workers' job counters and time histograms (per kind and model) come
-from the store, where they outlive any worker (``workers/cluster_stats.py``). Every API
+from the store, where they outlive any worker (``core/cluster_stats.py``). Every API
 replica could read them; only the one holding the ``metrics`` lease exports them, so
 ``sum`` over replicas counts each once. When that replica goes, another takes the lease
 within ``LEASE_S`` and the same totals continue under its ``instance`` label (counters
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from workers.cluster_stats import open_cluster_stats
-from workers.store import StoreUnavailable
+from core.cluster_stats import open_cluster_stats
+from core.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from service.deps import State

@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from workers.errors import RateLimited
+from core.errors import RateLimited
 
 
 class BodyLimit:

@@ -11,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from workers.store import JobStore
+    from core.store import JobStore
 
 REGISTRY = CollectorRegistry()
 JOBS_SUBMITTED = Counter("convoy_jobs_submitted", "Jobs accepted by this API process",

@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from workers.store import Event, JobStore
+from core.store import Event, JobStore
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import anyio
 
-from workers.celery_app import dispatch, task_message
-from workers.errors import Internal, job_error
-from workers.store import Job, JobStore, Outcome
-from workers.store.base import Accepted, QueueFull
+from core.celery_app import dispatch, task_message
+from core.errors import Internal, job_error
+from core.store import Job, JobStore, Outcome
+from core.store.base import Accepted, QueueFull
 
 log = logging.getLogger(__name__)
 

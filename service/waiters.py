@@ -18,8 +18,8 @@ from typing import Any
 
 import anyio
 
+from core.store import TERMINAL, Job, JobStore
 from service.streams import EventHub
-from workers.store import TERMINAL, Job, JobStore
 
 
 class Waiters:

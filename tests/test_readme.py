@@ -43,8 +43,8 @@ def test_readme_links_the_contract_inside_the_repository() -> None:
 
 
 def test_the_contract_names_every_route_and_operation(tmp_path: Path) -> None:
+    from core.settings import Settings
     from service.app import create_app
-    from workers.settings import Settings
 
     doc = create_app(Settings(data_dir=tmp_path, redis_url=None)).openapi()
     contract = (ROOT / "docs" / "api.md").read_text()

@@ -13,12 +13,12 @@ import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from core.blobs import BlobStore, artifact_key
 from models.predictor import Artifact
-from workers.blobs import BlobStore, artifact_key
 
 if TYPE_CHECKING:
+    from core.job import Job
     from models.catalog import ModelEntry
-    from workers.job import Job
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PARAMETERS_KEY = "parameters"

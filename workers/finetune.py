@@ -11,7 +11,7 @@ runs the transfer loop of ``models.finetune`` and talks to the store through its
   store (``jobs/<id>/train/checkpoint.safetensors`` and its JSON state): a job whose worker
   died is run again from its last epoch, not from the start;
 - at the end: the weights and their sidecar under ``models/<id>/`` and the model's entry in
-  the runtime catalog (``workers.user_models``), owned by the job's owner, before the job
+  the runtime catalog (``core.user_models``), owned by the job's owner, before the job
   is recorded as succeeded; the same two files are the job's artifacts.
 """
 
@@ -25,14 +25,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from core.blobs import BlobStore, check_key, upload_key
+from core.errors import InvalidInput
+from core.store import Job
+from core.store.base import JobStore, StaleClaim, StoreUnavailable, now_iso
+from core.user_models import UserModels, model_prefix
 from models.catalog import Catalog
 from models.predictor import Artifact
 from workers.batcher import Stopped
-from workers.blobs import BlobStore, check_key, upload_key
-from workers.errors import InvalidInput
-from workers.store import Job
-from workers.store.base import JobStore, StaleClaim, StoreUnavailable, now_iso
-from workers.user_models import UserModels, model_prefix
 
 if TYPE_CHECKING:
     from models.finetune.datasets import Dataset

@@ -17,15 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from models.catalog import Catalog, ModelNotFound
-from models.predictor import Artifact, InvalidRequest, Request
-from workers.artifacts import generation_parameters, store_artifacts
-from workers.batcher import Batcher, Item, OutOfMemory, Stopped
-from workers.blobs import BlobStore, open_blobs
-from workers.celery_app import dispatch, waiting_messages
-from workers.cluster_stats import open_cluster_stats
-from workers.contract import FINETUNE_QUEUE, IMAGE_FIELDS, pixel_limit, prepare
-from workers.errors import (
+from core.blobs import BlobStore, open_blobs
+from core.celery_app import dispatch, waiting_messages
+from core.cluster_stats import open_cluster_stats
+from core.contract import FINETUNE_QUEUE, IMAGE_FIELDS, pixel_limit, prepare
+from core.errors import (
     ConvoyError,
     GpuOutOfMemory,
     Internal,
@@ -34,15 +30,19 @@ from workers.errors import (
     WorkerLost,
     job_error,
 )
-from workers.inputs import load_inputs
-from workers.metering import open_meter, shares
-from workers.queue_order import open_order
-from workers.settings import Settings, new_id
+from core.inputs import load_inputs
+from core.metering import open_meter, shares
+from core.queue_order import open_order
+from core.settings import Settings, new_id
+from core.store import Job, JobStore, Outcome, StoreUnavailable
+from core.store.base import StaleClaim
+from core.store.patient import patient
+from core.user_models import LocalWeights, open_user_models
+from models.catalog import Catalog, ModelNotFound
+from models.predictor import Artifact, InvalidRequest, Request
+from workers.artifacts import generation_parameters, store_artifacts
+from workers.batcher import Batcher, Item, OutOfMemory, Stopped
 from workers.stats import WorkerStats
-from workers.store import Job, JobStore, Outcome, StoreUnavailable
-from workers.store.base import StaleClaim
-from workers.store.patient import patient
-from workers.user_models import LocalWeights, open_user_models
 
 if TYPE_CHECKING:
     from celery import Celery

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from workers.celery_app import TASK
+from core.celery_app import TASK
 
 if TYPE_CHECKING:
     from celery import Celery

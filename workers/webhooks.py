@@ -2,11 +2,11 @@
 
 Every worker process runs one ``WebhookSender`` thread. Each round it
 
-1. reads the new events of the watched jobs (``workers/outbox.py``) and turns those the job
+1. reads the new events of the watched jobs (``core/outbox.py``) and turns those the job
    asked for into deliveries: ``start`` (running), ``progress`` (the latest of the round),
    ``output`` and ``completed`` (a final status). The delivery id is made of the job id and
    the event's sequence number, so a round repeated after a crash adds nothing;
-2. claims due deliveries and POSTs them (``workers/webhook_net.py``: no SSRF), signed by the
+2. claims due deliveries and POSTs them (``core/webhook_net.py``: no SSRF), signed by the
    Standard Webhooks scheme with the owner's secret;
 3. records each attempt as a ``webhook`` event on the job, and either settles the delivery
    or schedules the next attempt with exponential backoff and jitter, until
@@ -28,10 +28,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from workers.outbox import Delivery, Outbox, open_outbox
-from workers.settings import Settings
-from workers.store.base import TERMINAL, Event, Job, JobStore, StoreUnavailable, now_iso
-from workers.webhook_net import Connector, Refused, Resolver, connect, networks, post, resolve
+from core.outbox import Delivery, Outbox, open_outbox
+from core.settings import Settings
+from core.store.base import TERMINAL, Event, Job, JobStore, StoreUnavailable, now_iso
+from core.webhook_net import Connector, Refused, Resolver, connect, networks, post, resolve
 
 log = logging.getLogger(__name__)
 EVENTS = ("start", "progress", "output", "completed")

@@ -11,8 +11,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from workers.contract import FINETUNE_QUEUE
-from workers.settings import Settings
+from core.contract import FINETUNE_QUEUE
+from core.settings import Settings
 
 if TYPE_CHECKING:
     from models.catalog import Catalog
@@ -65,13 +65,13 @@ def run_worker(settings: Settings, queues: list[str] | None = None,
     """Run one worker process on ``settings.device`` until SIGTERM/SIGINT (warm shutdown)."""
     import torch
 
+    from core.celery_app import make_celery
+    from core.images import DECODE_BUDGET
+    from core.queue_eta import QueueReporter
+    from core.store import open_store
     from models.catalog import Catalog
     from workers.cache import ModelCache, parse_budget
-    from workers.celery_app import make_celery
-    from workers.images import DECODE_BUDGET
-    from workers.queue_eta import QueueReporter
     from workers.runtime import WorkerRuntime
-    from workers.store import open_store
     from workers.tasks import register
     from workers.webhooks import WebhookSender
 

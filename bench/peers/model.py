@@ -59,9 +59,9 @@ class Model:
     def __init__(self, catalog: Path) -> None:
         import torch
 
+        from core.settings import Settings
         from models.catalog import Catalog
         from workers.cache import ModelCache
-        from workers.settings import Settings
         from workers.worker import cpu_threads
 
         torch.set_num_threads(cpu_threads(Settings()))

@@ -18,6 +18,31 @@ from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
+from core.blobs import artifact_key, job_prefix
+from core.contract import (
+    FINETUNE_QUEUE,
+    IMAGE_FIELDS,
+    JOB_REQUEST,
+    JobRequest,
+    check,
+    pixel_limit,
+    request_hash,
+)
+from core.errors import (
+    BadRequest,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    Unavailable,
+)
+from core.images import WouldBlock, small_decodes_only
+from core.inputs import stash_inputs, upload_sizes
+from core.settings import new_id
+from core.store import TERMINAL, Job, StoreUnavailable
+from core.store.base import STATUSES, QueueFull, now_iso, usage_buckets
+from core.user_models import resolve
 from service.deps import Caller, CallerDep, State, StateDep
 from service.errors import V1_ERRORS, bounded_errors, error_responses, request_body_openapi
 from service.finetune import check_finetune
@@ -27,31 +52,6 @@ from service.routes.webhooks import check_webhook
 from service.schemas import EVENTS_DESCRIPTION, JobList, JobRecord
 from service.submitter import BrokerDown
 from service.waiters import wait_terminal
-from workers.blobs import artifact_key, job_prefix
-from workers.contract import (
-    FINETUNE_QUEUE,
-    IMAGE_FIELDS,
-    JOB_REQUEST,
-    JobRequest,
-    check,
-    pixel_limit,
-    request_hash,
-)
-from workers.errors import (
-    BadRequest,
-    Conflict,
-    InvalidInput,
-    NotFound,
-    PayloadTooLarge,
-    RateLimited,
-    Unavailable,
-)
-from workers.images import WouldBlock, small_decodes_only
-from workers.inputs import stash_inputs, upload_sizes
-from workers.settings import new_id
-from workers.store import TERMINAL, Job, StoreUnavailable
-from workers.store.base import STATUSES, QueueFull, now_iso, usage_buckets
-from workers.user_models import resolve
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1_ERRORS)

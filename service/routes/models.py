@@ -1,5 +1,5 @@
 """``/v1/models`` and ``/v1/workers``. The models are the file catalog's and the caller's
-own fine-tuned ones (the runtime catalog, ``workers/user_models.py``)."""
+own fine-tuned ones (the runtime catalog, ``core/user_models.py``)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
+from core.errors import Conflict, NotFound
+from core.model_inputs import model_inputs
+from core.user_models import entry_of, model_prefix
 from models.catalog import ModelNotFound
 from service.deps import CallerDep, StateDep
 from service.errors import V1_ERRORS, error_responses
 from service.schemas import ModelInfo, ModelList, WorkerList
-from workers.errors import Conflict, NotFound
-from workers.model_inputs import model_inputs
-from workers.user_models import entry_of, model_prefix
 
 router = APIRouter(prefix="/v1", tags=["models"], responses=V1_ERRORS)
 

@@ -20,16 +20,16 @@ from fastapi import APIRouter, Request, Response
 from PIL import Image
 from starlette.datastructures import UploadFile
 
+from core.blobs import upload_key
+from core.errors import InvalidInput, PayloadTooLarge, RateLimited, UnsupportedMediaType
+from core.images import ALLOWED_FORMATS
+from core.inputs import owned_upload
+from core.settings import new_id
+from core.store.base import now_iso, usage_buckets
 from models.finetune.archive import CONTENT_TYPES, archive_kind
 from service.deps import Caller, CallerDep, State, StateDep
 from service.errors import V1_ERRORS, error_responses
 from service.schemas import Upload
-from workers.blobs import upload_key
-from workers.errors import InvalidInput, PayloadTooLarge, RateLimited, UnsupportedMediaType
-from workers.images import ALLOWED_FORMATS
-from workers.inputs import owned_upload
-from workers.settings import new_id
-from workers.store.base import now_iso, usage_buckets
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=V1_ERRORS)
 FIELD = "file"

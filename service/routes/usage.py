@@ -9,11 +9,11 @@ from typing import Any
 import anyio
 from fastapi import APIRouter
 
+from core.metering import period_start
+from core.settings import limits_of
 from service.deps import CallerDep, StateDep
 from service.errors import V1_ERRORS
 from service.schemas import Usage
-from workers.metering import period_start
-from workers.settings import limits_of
 
 router = APIRouter(prefix="/v1", tags=["usage"], responses=V1_ERRORS)
 

@@ -13,12 +13,12 @@ from typing import Any
 import anyio
 from fastapi import APIRouter
 
+from core.errors import InvalidInput
+from core.settings import Settings
+from core.webhook_net import Refused, check_literal, networks
 from service.deps import CallerDep, StateDep
 from service.errors import V1_ERRORS
 from service.schemas import WebhookSecret
-from workers.errors import InvalidInput
-from workers.settings import Settings
-from workers.webhook_net import Refused, check_literal, networks
 
 router = APIRouter(prefix="/v1", tags=["webhooks"], responses=V1_ERRORS)
 

@@ -38,8 +38,8 @@ def test_kinds_are_the_schema_files_and_everything_lists_them() -> None:
     files = {p.stem for p in Path(models.kinds.__file__).parent.glob("*.py")} - {
         "__init__", "common"}
     assert set(KINDS) == files
+    from core.contract import INPUTS, JOBS
     from service.schemas import Kind
-    from workers.contract import INPUTS, JOBS
 
     assert set(typing.get_args(Kind)) == set(INPUTS) == set(JOBS) == set(KINDS)
     for name, kind in KIND_SPECS.items():

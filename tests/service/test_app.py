@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from core.settings import Settings, UnsafeSettings
 from service.app import create_app
-from workers.settings import Settings, UnsafeSettings
 
 
 @pytest.fixture

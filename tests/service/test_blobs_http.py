@@ -15,10 +15,10 @@ import httpx
 import pytest
 from PIL import Image
 
+from core.store import JobStore
 from tests.fixtures import Service, wait_status
 from tests.helpers import b64_png
 from tests.support.s3 import S3Server, start_s3
-from workers.store import JobStore
 
 pytestmark = pytest.mark.slow
 KEYS = "ann:key-ann,bob:key-bob"
@@ -51,10 +51,10 @@ class Stack:
 
     def store(self) -> JobStore:
         if self.mode == "redis":
-            from workers.store.redis import RedisStore
+            from core.store.redis import RedisStore
 
             return RedisStore(self.svc.env["CONVOY_REDIS_URL"])
-        from workers.store.sqlite import SQLiteStore
+        from core.store.sqlite import SQLiteStore
 
         return SQLiteStore(self.svc.tmp / "data" / "convoy.db")
 

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from core.blobs import artifact_key
 from tests.fixtures import Service, wait_status
 from tests.helpers import parse_sse
 from tests.service.test_faults import (
@@ -27,7 +28,6 @@ from tests.service.test_faults import (
     sleepy,
     store_of,
 )
-from workers.blobs import artifact_key
 
 pytestmark = pytest.mark.slow
 KILL_MODES = os.environ.get("CONVOY_SIGKILL_MODES", "redis").split(",")

@@ -20,11 +20,11 @@ from typing import Any, Self
 import httpx
 import pytest
 
+from core.blobs import BlobStore, job_prefix, open_blobs
+from core.settings import Settings
+from core.store import JobStore, open_store
 from tests.fixtures import Service, free_port, wait_status
 from tests.helpers import parse_sse
-from workers.blobs import BlobStore, job_prefix, open_blobs
-from workers.settings import Settings
-from workers.store import JobStore, open_store
 
 pytestmark = pytest.mark.slow
 DONE = ("succeeded", "failed", "canceled")

@@ -14,8 +14,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
+from core.settings import Settings
 from service.app import create_app
-from workers.settings import Settings
 
 DATA = Path(tempfile.mkdtemp(prefix="convoy-fuzz-"))
 APP = create_app(Settings(data_dir=DATA, redis_url=None, api_keys="alice:ka,bob:kb",

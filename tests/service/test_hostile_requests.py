@@ -18,12 +18,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from core.errors import Unavailable
+from core.images import DecodeBudget, decode_image
+from core.settings import Settings, UnsafeSettings
 from service.app import create_app
 from tests.fixtures import TEST_CATALOG
 from tests.helpers import parse_sse
-from workers.errors import Unavailable
-from workers.images import DecodeBudget, decode_image
-from workers.settings import Settings, UnsafeSettings
 
 ALICE = {"Authorization": "Bearer ka"}
 

@@ -43,12 +43,12 @@ def measure(redis_url: str, tmp: Path, jobs: int, steps: int, side: int = 512
     import redis
     import torch
 
+    from core.settings import Settings
+    from core.store.redis import RedisStore
     from models.catalog import Catalog
     from tests.support.jobs import job, put
     from workers.cache import ModelCache
     from workers.runtime import WorkerRuntime
-    from workers.settings import Settings
-    from workers.store.redis import RedisStore
 
     save_sd_shaped_pipeline(tmp / "tiny-sd")
     (tmp / "catalog.toml").write_text(

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from core.contract import ClassifyInput, GenerateInput, SampleInput
 from models.catalog import Catalog, Limits
-from workers.contract import ClassifyInput, GenerateInput, SampleInput
 
 
 def _maximum(model: type, field: str) -> int:

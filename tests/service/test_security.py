@@ -28,13 +28,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from core.errors import InvalidInput
+from core.images import decode_image
+from core.settings import Settings
 from service.app import create_app
 from tests.conftest import redis_db_url
 from tests.fixtures import TEST_CATALOG, Service, wait_status
 from tests.helpers import b64_png, digit_images, parse_sse
-from workers.errors import InvalidInput
-from workers.images import decode_image
-from workers.settings import Settings
 
 KEYS = "alice:ka,bob:kb"
 ALICE, BOB = {"Authorization": "Bearer ka"}, {"Authorization": "Bearer kb"}
@@ -324,12 +324,12 @@ def test_weights_are_checked_before_they_load(tmp_path: Path) -> None:
 def test_a_job_on_tampered_weights_fails(tmp_path: Path) -> None:
     import torch
 
+    from core.store.sqlite import SQLiteStore
     from models.catalog import Catalog
     from models.checkpoint import sha256_of
     from tests.support.jobs import job, put
     from workers.cache import ModelCache
     from workers.runtime import WorkerRuntime
-    from workers.store.sqlite import SQLiteStore
 
     weights = Path(__file__).resolve().parents[2] / "models/weights/lenet5-digits.safetensors"
     tampered = tmp_path / "lenet5.safetensors"

@@ -12,7 +12,7 @@ from tests.fixtures import ROOT
 
 
 def test_two_api_processes_share_the_port_and_accept_jobs(tmp_path: Path) -> None:
-    from workers.contract import EXAMPLE_IMAGE
+    from core.contract import EXAMPLE_IMAGE
 
     port = free_port()
     env = {**os.environ, "CONVOY_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT)}

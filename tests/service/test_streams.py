@@ -7,9 +7,9 @@ import asyncio
 import threading
 from pathlib import Path
 
+from core.store.sqlite import SQLiteStore
 from service.streams import EventHub, Follower
 from tests.support.jobs import job, put
-from workers.store.sqlite import SQLiteStore
 
 
 async def collect(follower: Follower, upto: int, timeout_s: float = 10.0) -> list[int]:

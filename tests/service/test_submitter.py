@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
+from core.settings import Settings
+from core.store import Job, Outcome
+from core.store.base import QueueFull
+from core.store.sqlite import SQLiteStore
 from service.lifecycle import Lifecycle
 from service.streams import EventHub
 from service.submitter import BrokerDown, Submitter
 from service.waiters import Waiters
 from tests.support.jobs import NO_LIMIT, job
-from workers.settings import Settings
-from workers.store import Job, Outcome
-from workers.store.base import QueueFull
-from workers.store.sqlite import SQLiteStore
 
 
 class SlowStore(SQLiteStore):
@@ -57,7 +57,7 @@ def test_submissions_that_arrive_together_share_a_store_step_and_a_message(tmp_p
 
 def test_a_group_enters_the_queue_order_in_one_step_before_its_records(tmp_path: Path
                                                                       ) -> None:
-    from workers.queue_order import open_order
+    from core.queue_order import open_order
 
     store = SlowStore(tmp_path / "s.db")
     order = open_order(store, 300.0)

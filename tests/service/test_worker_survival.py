@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.celery_app import task_message
+from core.dead_letters import DEAD_FOLDER, DEAD_LIST
 from tests.fixtures import ROOT, Service, free_port, wait_status
-from workers.celery_app import task_message
-from workers.dead_letters import DEAD_FOLDER, DEAD_LIST
 
 pytestmark = pytest.mark.slow
 DONE = ("succeeded", "failed", "canceled")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.store import Job, JobStore
-from workers.store.base import now_iso
+from core.store import Job, JobStore
+from core.store.base import now_iso
 
 NO_LIMIT = 1_000_000
 

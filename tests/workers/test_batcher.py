@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
+from core.settings import Settings
+from core.store.sqlite import SQLiteStore
 from models.catalog import Catalog, ModelEntry
 from models.kinds.generate import GenerateArgs
 from models.predictor import Artifact, Predictor, Request, StepCallback
@@ -20,8 +22,6 @@ from tests.support.jobs import job, put
 from workers.batcher import Batcher, Item, Stopped
 from workers.cache import ModelCache
 from workers.runtime import WorkerRuntime
-from workers.settings import Settings
-from workers.store.sqlite import SQLiteStore
 
 
 def model(name: str, family: str = "test-steps", **extra: Any) -> ModelEntry:
@@ -142,8 +142,8 @@ def test_batches_stop_at_max_batch_and_batching_off_runs_one_at_a_time() -> None
 
 def test_a_batch_of_digits_gives_each_job_its_own_prediction() -> None:
     """Distinct inputs in one batch: every job gets what it gets when it runs alone."""
+    from core.contract import prepare
     from tests.helpers import digit_images
-    from workers.contract import prepare
 
     entry = Catalog.load().get("lenet5-digits")
     lenet = ModelCache(torch.device("cpu")).get(entry)

@@ -15,13 +15,13 @@ import httpx
 import pytest
 from PIL import Image
 
+from core.blobs import BlobStore, FolderBlobs, S3Blobs, artifact_key, open_blobs
+from core.errors import InvalidInput
+from core.inputs import load_inputs, stash_inputs
+from core.settings import Settings
 from models.predictor import Artifact
 from tests.support.s3 import S3Server, start_s3
 from workers.artifacts import parameters_text, png_with_text, store_artifacts
-from workers.blobs import BlobStore, FolderBlobs, S3Blobs, artifact_key, open_blobs
-from workers.errors import InvalidInput
-from workers.inputs import load_inputs, stash_inputs
-from workers.settings import Settings
 
 
 @pytest.fixture(scope="module")

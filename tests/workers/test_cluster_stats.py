@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from workers import cluster_stats
-from workers.cluster_stats import merge, open_cluster_stats
+from core import cluster_stats
+from core.cluster_stats import merge, open_cluster_stats
+from core.store import JobStore
+from core.store.sqlite import SQLiteStore
 from workers.stats import WorkerStats
-from workers.store import JobStore
-from workers.store.sqlite import SQLiteStore
 
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
     if request.param == "sqlite":
         return SQLiteStore(tmp_path / "t.db")
-    from workers.store.redis import RedisStore
+    from core.store.redis import RedisStore
 
     return RedisStore(request.getfixturevalue("redis_url"))
 

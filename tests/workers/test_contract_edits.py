@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.contract import GenerateInput, check
+from core.errors import InvalidInput
 from models.catalog import LoraSpec, ModelEntry
 from tests.helpers import b64_png
-from workers.contract import GenerateInput, check
-from workers.errors import InvalidInput
 
 
 def pipeline_entry(tmp_path: Path, class_name: str, **extra: object) -> ModelEntry:
@@ -73,7 +73,7 @@ def test_adapters_must_be_declared_once_each(tmp_path: Path) -> None:
 
 
 def test_listed_inputs_offer_only_the_edits_a_model_can_do(tmp_path: Path) -> None:
-    from workers.model_inputs import kind_schema
+    from core.model_inputs import kind_schema
 
     ddpm = ModelEntry(name="d", family="ddpm", kinds=["generate"], labels=["0", "1"])
     dit = pipeline_entry(tmp_path, "DiTPipeline")

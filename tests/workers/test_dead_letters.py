@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from workers.celery_app import task_message
-from workers.dead_letters import MalformedMessage, read_message
+from core.celery_app import task_message
+from core.dead_letters import MalformedMessage, read_message
 
 
 def _envelope(**change: object) -> bytes:

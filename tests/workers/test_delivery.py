@@ -15,12 +15,12 @@ from typing import Any, cast
 
 import pytest
 
+from core.settings import Settings
+from core.store import JobStore, StoreUnavailable
+from core.store.patient import patient
+from core.store.sqlite import SQLiteStore
 from tests.fixtures import TEST_CATALOG, free_port
 from tests.support.jobs import job, put
-from workers.settings import Settings
-from workers.store import JobStore, StoreUnavailable
-from workers.store.patient import patient
-from workers.store.sqlite import SQLiteStore
 
 
 class Flaky:
@@ -181,7 +181,7 @@ def test_a_job_past_its_deadline_fails_timeout(runtime_for: Any) -> None:
 
 
 def test_the_broker_takes_json_only_and_outwaits_the_longest_job() -> None:
-    from workers.celery_app import broker_options, make_celery
+    from core.celery_app import broker_options, make_celery
 
     settings = Settings(redis_url="redis://127.0.0.1:1/0", max_job_timeout_s=3600)
     app = make_celery(settings)

@@ -20,9 +20,9 @@ pytestmark = [pytest.mark.gpu,
 
 
 def test_float16_channels_last_classify_agrees_with_the_cpu() -> None:
+    from core.contract import prepare
     from models.classification.predictor import ClassifierPredictor
     from tests.helpers import digit_images
-    from workers.contract import prepare
 
     entry = Catalog.load().get("lenet5-digits")
     half = entry.model_copy(update={"dtype": "float16"})

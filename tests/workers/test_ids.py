@@ -1,7 +1,7 @@
 """Job ids are used on command lines (`convoy jobs get ID`): one that starts with `-` would be
 read as an option."""
 
-from workers.settings import new_id
+from core.settings import new_id
 
 
 def test_ids_never_start_like_an_option_and_do_not_repeat() -> None:

@@ -10,8 +10,8 @@ import threading
 import pytest
 from PIL import Image
 
-from workers.errors import InvalidInput
-from workers.images import (
+from core.errors import InvalidInput
+from core.images import (
     INLINE_PIXELS,
     DecodeBudget,
     WouldBlock,

@@ -12,24 +12,24 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
+from core.metering import open_meter, shares
+from core.settings import Settings
+from core.store import JobStore
+from core.store.sqlite import SQLiteStore
 from models.catalog import Catalog
 from models.predictor import Predictor, Request, StepCallback
 from models.registry import register_predictor
 from tests.support.jobs import job, put
 from tests.workers.test_batcher import model
 from workers.cache import ModelCache
-from workers.metering import open_meter, shares
 from workers.runtime import WorkerRuntime
-from workers.settings import Settings
-from workers.store import JobStore
-from workers.store.sqlite import SQLiteStore
 
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
     if request.param == "sqlite":
         return SQLiteStore(tmp_path / "t.db")
-    from workers.store.redis import RedisStore
+    from core.store.redis import RedisStore
 
     return RedisStore(request.getfixturevalue("redis_url"))
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from core.contract import INPUTS, check
+from core.model_inputs import model_inputs, takes_prompt
+from core.settings import Settings
 from models.catalog import Catalog, ModelEntry
 from service.app import create_app
 from tests.helpers import b64_png
-from workers.contract import INPUTS, check
-from workers.model_inputs import model_inputs, takes_prompt
-from workers.settings import Settings
 
 CATALOG = Catalog.load()
 

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from core.queue_order import Entry, QueueOrder, open_order
+from core.store import Job, JobStore, Outcome
+from core.store.sqlite import SQLiteStore
 from tests.support.jobs import job, put
-from workers.queue_order import Entry, QueueOrder, open_order
-from workers.store import Job, JobStore, Outcome
-from workers.store.sqlite import SQLiteStore
 
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
     if request.param == "sqlite":
         return SQLiteStore(tmp_path / "t.db")
-    from workers.store.redis import RedisStore
+    from core.store.redis import RedisStore
 
     return RedisStore(request.getfixturevalue("redis_url"))
 
@@ -152,7 +152,7 @@ def test_a_message_of_several_jobs_picks_as_messages_of_one_would(store: JobStor
 
 def test_redis_picks_a_whole_message_in_one_round_trip(
         redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from workers.store.redis import RedisStore
+    from core.store.redis import RedisStore
 
     store = RedisStore(redis_url)
     order = order_of(store)
@@ -167,7 +167,7 @@ def test_redis_picks_a_whole_message_in_one_round_trip(
 
 def test_queue_estimates_read_each_queued_job_once(store: JobStore,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from workers.queue_eta import QueueEstimator
+    from core.queue_eta import QueueEstimator
 
     order = order_of(store)
     jobs = [submit(store, order, f"q{i}") for i in range(5)]

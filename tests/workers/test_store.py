@@ -8,17 +8,17 @@ from typing import Any
 
 import pytest
 
+from core.store import TERMINAL, Job, JobStore, Outcome, StoreUnavailable
+from core.store.base import QueueFull, StaleClaim
+from core.store.sqlite import SQLiteStore
 from tests.support.jobs import NO_LIMIT, job, put
-from workers.store import TERMINAL, Job, JobStore, Outcome, StoreUnavailable
-from workers.store.base import QueueFull, StaleClaim
-from workers.store.sqlite import SQLiteStore
 
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
     if request.param == "sqlite":
         return SQLiteStore(tmp_path / "t.db")
-    from workers.store.redis import RedisStore
+    from core.store.redis import RedisStore
 
     return RedisStore(request.getfixturevalue("redis_url"))
 
@@ -170,7 +170,7 @@ def test_sqlite_retention_purges_jobs_events_and_artifacts(tmp_path: Path) -> No
 
 
 def test_redis_records_expire_after_retention(redis_url: str) -> None:
-    from workers.store.redis import RedisStore
+    from core.store.redis import RedisStore
 
     store = RedisStore(redis_url, retention_s=1)
     put(store, job("old"))
@@ -278,13 +278,13 @@ def test_the_lua_scripts_ship_and_are_called_by_name() -> None:
     import fnmatch
     import tomllib
 
-    from workers.store.scripts import SCRIPTS, Script
+    from core.store.scripts import SCRIPTS, Script
 
     root = Path(__file__).resolve().parents[2]
-    files = sorted(p.name for p in (root / "workers/store/lua").glob("*.lua"))
+    files = sorted(p.name for p in (root / "core/store/lua").glob("*.lua"))
     assert files == sorted(f"{name}.lua" for name in SCRIPTS)
     shipped = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "package-data"]["workers"]
+        "package-data"]["core"]
     assert all(any(fnmatch.fnmatch(f"store/lua/{f}", p) for p in shipped) for f in files)
     append = Script.load("append")
     assert append.source.startswith("local job = KEYS[1]\nlocal events = KEYS[2]\n")

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from core.store import Job, JobStore, Outcome
+from core.store.sqlite import SQLiteStore
 from tests.support.jobs import NO_LIMIT, job, put
-from workers.store import Job, JobStore, Outcome
-from workers.store.sqlite import SQLiteStore
 
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
     if request.param == "sqlite":
         return SQLiteStore(tmp_path / "t.db")
-    from workers.store.redis import RedisStore
+    from core.store.redis import RedisStore
 
     return RedisStore(request.getfixturevalue("redis_url"))
 
@@ -78,7 +78,7 @@ def test_queued_counts_and_the_cancel_flag_in_the_record(store: JobStore) -> Non
 
 def test_redis_claims_and_finishes_jobs_stored_without_an_owner_field(redis_url: str) -> None:
     """Records written before the owner had a field of its own still leave the queued sets."""
-    from workers.store.redis import RedisStore
+    from core.store.redis import RedisStore
 
     store = RedisStore(redis_url)
     put(store, job("old", owner="carol"))

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from core.store import Job, JobStore, Outcome
+from core.store.base import StaleClaim
+from core.store.sqlite import SQLiteStore
 from tests.support.jobs import job, put
-from workers.store import Job, JobStore, Outcome
-from workers.store.base import StaleClaim
-from workers.store.sqlite import SQLiteStore
 
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
     if request.param == "sqlite":
         return SQLiteStore(tmp_path / "s.db")
-    from workers.store.redis import RedisStore
+    from core.store.redis import RedisStore
 
     return RedisStore(request.getfixturevalue("redis_url"))
 
@@ -44,7 +44,7 @@ def test_delete_removes_record_events_and_listing(store: JobStore, state: str) -
 def test_redis_keeps_no_key_of_a_deleted_job(redis_url: str) -> None:
     import redis
 
-    from workers.store.redis import RedisStore
+    from core.store.redis import RedisStore
 
     store = RedisStore(redis_url)
     put(store, job("zz-gone"))

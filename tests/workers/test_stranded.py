@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import torch
 
+from core.celery_app import make_celery, task_message, waiting_messages
+from core.settings import Settings
+from core.store import Job, JobStore, Outcome, open_store
 from models.catalog import Catalog
 from tests.support.jobs import job, put
 from workers.cache import ModelCache
-from workers.celery_app import make_celery, task_message, waiting_messages
 from workers.runtime import WorkerRuntime
-from workers.settings import Settings
-from workers.store import Job, JobStore, Outcome, open_store
 
 
 def _job(job_id: str, age_s: float, queue: str) -> Job:

@@ -13,19 +13,19 @@ from typing import Any
 
 import pytest
 
+from core.celery_app import TASK, make_celery, task_message
+from core.settings import Settings
+from core.store import Job, JobStore, Outcome
+from core.store.base import QueueFull
+from core.store.sqlite import SQLiteStore
 from tests.support.jobs import job, put
-from workers.celery_app import TASK, make_celery, task_message
-from workers.settings import Settings
-from workers.store import Job, JobStore, Outcome
-from workers.store.base import QueueFull
-from workers.store.sqlite import SQLiteStore
 
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
     if request.param == "sqlite":
         return SQLiteStore(tmp_path / "t.db")
-    from workers.store.redis import RedisStore
+    from core.store.redis import RedisStore
 
     return RedisStore(request.getfixturevalue("redis_url"))
 
@@ -90,7 +90,7 @@ def test_the_message_is_what_celery_itself_sends(redis_url: str) -> None:
 def test_redis_accepts_jobs_with_their_message_in_one_step(redis_url: str) -> None:
     import redis as redis_lib
 
-    from workers.store.redis import RedisStore
+    from core.store.redis import RedisStore
 
     store = RedisStore(redis_url)
     message = task_message(["a", "b"], "q")
@@ -100,7 +100,7 @@ def test_redis_accepts_jobs_with_their_message_in_one_step(redis_url: str) -> No
 
 
 def test_redis_announces_each_finish_with_the_changed_fields(redis_url: str) -> None:
-    from workers.store.redis import RedisStore
+    from core.store.redis import RedisStore
 
     store = RedisStore(redis_url)
     heard: list[tuple[str, dict[str, Any]]] = []

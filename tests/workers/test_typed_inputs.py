@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from core.contract import prepare
 from models.catalog import ModelEntry
 from models.kinds.classify import ClassifyArgs
 from models.kinds.generate import GenerateArgs, LoraChoice
 from models.kinds.sample import SampleArgs
 from tests.helpers import b64_png
-from workers.contract import prepare
 
 DIGITS = ModelEntry(name="d", family="ddpm", kinds=["generate"], labels=[str(i) for i in range(10)],
                     config={"guidance_scale": 2.5})

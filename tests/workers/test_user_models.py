@@ -9,20 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from core.blobs import FolderBlobs
+from core.errors import InvalidInput
+from core.settings import Settings
+from core.store import JobStore
+from core.store.sqlite import SQLiteStore
+from core.user_models import LocalWeights, check_name, open_user_models, resolve
 from models.catalog import Catalog, ModelNotFound
-from workers.blobs import FolderBlobs
-from workers.errors import InvalidInput
-from workers.settings import Settings
-from workers.store import JobStore
-from workers.store.sqlite import SQLiteStore
-from workers.user_models import LocalWeights, check_name, open_user_models, resolve
 
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
     if request.param == "sqlite":
         return SQLiteStore(tmp_path / "t.db")
-    from workers.store.redis import RedisStore
+    from core.store.redis import RedisStore
 
     return RedisStore(request.getfixturevalue("redis_url"))
 

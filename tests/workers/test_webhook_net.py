@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
+from core.webhook_net import MAX_RESPONSE_BYTES, Refused, check_literal, networks, post, refusal
 from tests.support.receiver import Receiver
-from workers.webhook_net import MAX_RESPONSE_BYTES, Refused, check_literal, networks, post, refusal
 
 
 class Recorder:

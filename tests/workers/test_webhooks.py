@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from standardwebhooks import Webhook
 
+from core.outbox import open_outbox
+from core.settings import Settings
+from core.store import Job, JobStore, Outcome
+from core.store.sqlite import SQLiteStore
 from tests.support.jobs import job, put
 from tests.support.receiver import Receiver
-from workers.outbox import open_outbox
-from workers.settings import Settings
-from workers.store import Job, JobStore, Outcome
-from workers.store.sqlite import SQLiteStore
 from workers.webhooks import WebhookSender
 
 
@@ -26,7 +26,7 @@ from workers.webhooks import WebhookSender
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
     if request.param == "sqlite":
         return SQLiteStore(tmp_path / "t.db")
-    from workers.store.redis import RedisStore
+    from core.store.redis import RedisStore
 
     return RedisStore(request.getfixturevalue("redis_url"))
 

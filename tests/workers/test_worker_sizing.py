@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
+from core.settings import Settings
 from models.catalog import Catalog, ModelEntry
-from workers.settings import Settings
 from workers.worker import cpu_threads, job_threads
 
 

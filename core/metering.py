@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from workers.store.base import JobStore, StoreUnavailable
+from core.store.base import JobStore, StoreUnavailable
 
 Charge = tuple[str, str, str, float]  # job id, owner, model, seconds
 
@@ -122,7 +122,7 @@ _P = "convoy:usage:"
 
 class RedisMeter(Meter):
     def __init__(self, client: Any, period_s: int, retention_s: int) -> None:
-        from workers.store.redis_errors import REDIS_ERRORS
+        from core.store.redis_errors import REDIS_ERRORS
 
         super().__init__(period_s)
         self.r = client
@@ -167,11 +167,11 @@ class RedisMeter(Meter):
 
 def open_meter(store: JobStore, period_s: int) -> Meter | None:
     """The meter beside a store (None for a store of another kind)."""
-    from workers.store.sqlite import SQLiteStore
+    from core.store.sqlite import SQLiteStore
 
     if isinstance(store, SQLiteStore):
         return SQLiteMeter(store.path, period_s)
-    from workers.store.redis import RedisStore
+    from core.store.redis import RedisStore
 
     if isinstance(store, RedisStore):
         return RedisMeter(store.r, period_s, store.retention_s)
@@ -180,6 +180,6 @@ def open_meter(store: JobStore, period_s: int) -> Meter | None:
 
 def _store_error(exc: Exception) -> StoreUnavailable:
     """A Redis failure as the store error the API maps (a full Redis is StoreFull)."""
-    from workers.store.redis_errors import store_errors
+    from core.store.redis_errors import store_errors
 
     return store_errors(exc) or StoreUnavailable(f"redis: {exc}")

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from core.errors import InvalidInput
+from core.images import decode_image
 from models.finetune import FAMILIES, can_finetune
 from models.kinds import KIND_SPECS
 from models.kinds.classify import ClassifyInput
@@ -33,8 +35,6 @@ from models.kinds.generate import GenerateInput, LoraChoice
 from models.kinds.reconstruct import ReconstructInput
 from models.kinds.sample import SampleInput
 from models.kinds.segment import SegmentInput
-from workers.errors import InvalidInput
-from workers.images import decode_image
 
 if TYPE_CHECKING:
     from models.catalog import ModelEntry

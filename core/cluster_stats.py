@@ -21,7 +21,7 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any
 
-from workers.store.base import JobStore, StoreUnavailable
+from core.store.base import JobStore, StoreUnavailable
 
 
 def merge(a: Any, b: Any) -> Any:
@@ -110,7 +110,7 @@ class RedisClusterStats(ClusterStats):
     def __init__(self, client: Any) -> None:
         import redis
 
-        from workers.store.redis_errors import REDIS_ERRORS
+        from core.store.redis_errors import REDIS_ERRORS
 
         self.r = client
         self._errors = REDIS_ERRORS
@@ -162,11 +162,11 @@ class RedisClusterStats(ClusterStats):
 
 
 def open_cluster_stats(store: JobStore) -> ClusterStats | None:
-    from workers.store.sqlite import SQLiteStore
+    from core.store.sqlite import SQLiteStore
 
     if isinstance(store, SQLiteStore):
         return SQLiteClusterStats(store.path)
-    from workers.store.redis import RedisStore
+    from core.store.redis import RedisStore
 
     if isinstance(store, RedisStore):
         return RedisClusterStats(store.r)
@@ -175,6 +175,6 @@ def open_cluster_stats(store: JobStore) -> ClusterStats | None:
 
 def _store_error(exc: Exception) -> StoreUnavailable:
     """A Redis failure as the store error the API maps (a full Redis is StoreFull)."""
-    from workers.store.redis_errors import store_errors
+    from core.store.redis_errors import store_errors
 
     return store_errors(exc) or StoreUnavailable(f"redis: {exc}")

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 from PIL import Image
 
-from workers.errors import InvalidInput, Unavailable, UnsupportedMediaType
+from core.errors import InvalidInput, Unavailable, UnsupportedMediaType
 
 ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP", "BMP"}
 INLINE_PIXELS = 128 * 128  # decodes in a fraction of a millisecond: fine on the event loop

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from workers.store.base import (
+from core.store.base import (
     TERMINAL,
     Event,
     Job,
@@ -19,17 +19,17 @@ from workers.store.base import (
 )
 
 if TYPE_CHECKING:
-    from workers.settings import Settings
+    from core.settings import Settings
 
 
 def open_store(settings: Settings) -> JobStore:
     if settings.redis_url:
-        from workers.store.redis import RedisStore
+        from core.store.redis import RedisStore
 
         return RedisStore(settings.redis_url, retention_s=settings.retention_s,
                           max_owner_bytes=settings.max_stored_bytes_per_owner)
-    from workers.settings import private_dir, private_file
-    from workers.store.sqlite import SQLiteStore
+    from core.settings import private_dir, private_file
+    from core.store.sqlite import SQLiteStore
 
     # SQLite gives its -wal and -shm files the mode of the database file.
     db = private_file(private_dir(settings.data_dir) / "convoy.db")

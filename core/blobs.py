@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from workers.settings import Settings
+    from core.settings import Settings
 
 KEPT_PREFIX = "models/"  # blobs that outlive retention (fine-tuned weights)
 CHUNK = 256 * 1024

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from workers.cluster_stats import open_cluster_stats
-from workers.queue_order import QueueOrder
-from workers.store.base import Job, JobStore, StoreUnavailable
+from core.cluster_stats import open_cluster_stats
+from core.queue_order import QueueOrder
+from core.store.base import Job, JobStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 TIDY_EVERY = 60  # reporter rounds between sweeps of the order index

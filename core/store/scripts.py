@@ -55,7 +55,7 @@ class Script:
 
     @classmethod
     def load(cls, name: str) -> Script:
-        text = files("workers.store").joinpath("lua", f"{name}.lua").read_text()
+        text = files("core.store").joinpath("lua", f"{name}.lua").read_text()
         first, second, *_ = text.splitlines()
         keys, args = _names(first, "keys"), _names(second, "args")
         for names in (keys, args):

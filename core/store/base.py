@@ -4,7 +4,7 @@ The interface is narrow and batch-first: one method per transition of a job (acc
 claim, progress, mark_on_device, finish, requeue, cancel), each taking every job of a
 batch at once and writing each job's record and its events in one atomic step; then the
 reads, the event log, artifacts, stored-byte counts and worker heartbeats. Records are
-``workers.job.Job``; outcomes ``workers.job.Outcome``.
+``core.job.Job``; outcomes ``core.job.Outcome``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from workers.job import STATUSES, TERMINAL, Job, Outcome
+from core.job import STATUSES, TERMINAL, Job, Outcome
 
 __all__ = ["STATUSES", "TERMINAL", "Event", "Job", "JobStore", "Outcome", "QueueFull",
            "StaleClaim", "StoreFull", "StoreUnavailable"]

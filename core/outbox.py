@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from workers.store.base import JobStore, StoreUnavailable
+from core.store.base import JobStore, StoreUnavailable
 
 
 @dataclass
@@ -202,7 +202,7 @@ class RedisOutbox(Outbox):
     def __init__(self, client: Any, retention_s: int) -> None:
         import redis
 
-        from workers.store.redis_errors import REDIS_ERRORS
+        from core.store.redis_errors import REDIS_ERRORS
 
         self.r = client
         self.retention_s = retention_s
@@ -277,7 +277,7 @@ class RedisOutbox(Outbox):
 
 def open_outbox(store: JobStore) -> Outbox:
     """The outbox beside a store, in the same backend."""
-    from workers.store.sqlite import SQLiteStore
+    from core.store.sqlite import SQLiteStore
 
     if isinstance(store, SQLiteStore):
         return SQLiteOutbox(store.path, store.retention_s)
@@ -286,6 +286,6 @@ def open_outbox(store: JobStore) -> Outbox:
 
 def _store_error(exc: Exception) -> StoreUnavailable:
     """A Redis failure as the store error the API maps (a full Redis is StoreFull)."""
-    from workers.store.redis_errors import store_errors
+    from core.store.redis_errors import store_errors
 
     return store_errors(exc) or StoreUnavailable(f"redis: {exc}")

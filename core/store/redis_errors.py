@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import redis
 
-from workers.store.base import StoreFull, StoreUnavailable
+from core.store.base import StoreFull, StoreUnavailable
 
 # the exceptions a caller catches before asking store_errors what they mean
 REDIS_ERRORS: tuple[type[Exception], ...] = (

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     header_timeout_s: float = 10.0  # a request's line and headers must arrive within this
     body_timeout_s: float = 60.0  # its body must arrive within this once the headers are in
 
-    # Blobs: inputs, previews and outputs (see workers/blobs.py)
+    # Blobs: inputs, previews and outputs (see core/blobs.py)
     blobs: str | None = None  # s3://bucket/prefix, or a folder; unset: <data_dir>/blobs
     s3_endpoint_url: str | None = None  # unset: AWS_ENDPOINT_URL or AWS S3 itself
     s3_region: str | None = None  # unset: AWS_DEFAULT_REGION / AWS_REGION

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from workers.job import Job
-from workers.store.base import JobStore, StoreUnavailable
+from core.job import Job
+from core.store.base import JobStore, StoreUnavailable
 
 MAX_PRIORITY = 9  # priorities are 0 (default) .. MAX_PRIORITY
 
@@ -283,7 +283,7 @@ return 1
 
 class RedisOrder(QueueOrder):
     def __init__(self, client: Any, starvation_s: float, retention_s: int) -> None:
-        from workers.store.redis_errors import REDIS_ERRORS
+        from core.store.redis_errors import REDIS_ERRORS
 
         super().__init__(starvation_s)
         self.r = client
@@ -364,12 +364,12 @@ class RedisOrder(QueueOrder):
 
 def open_order(store: JobStore, starvation_s: float) -> QueueOrder | None:
     """The order index beside a store (None for a store of another kind: no reordering)."""
-    from workers.store.sqlite import SQLiteStore
+    from core.store.sqlite import SQLiteStore
 
     if isinstance(store, SQLiteStore):
         return SQLiteOrder(store.path, starvation_s)
     try:
-        from workers.store.redis import RedisStore
+        from core.store.redis import RedisStore
     except ImportError:
         return None
     if isinstance(store, RedisStore):
@@ -379,6 +379,6 @@ def open_order(store: JobStore, starvation_s: float) -> QueueOrder | None:
 
 def _store_error(exc: Exception) -> StoreUnavailable:
     """A Redis failure as the store error the API maps (a full Redis is StoreFull)."""
-    from workers.store.redis_errors import store_errors
+    from core.store.redis_errors import store_errors
 
     return store_errors(exc) or StoreUnavailable(f"redis: {exc}")

@@ -5,7 +5,7 @@ The stock channel builds a new ``redis.Redis`` object for every publish and ever
 the client objects are thread-safe views of the same connection pool, so one is kept
 (and rebuilt only when the channel replaces its pool after a connection error).
 
-A queue entry that is not a message (see ``workers.dead_letters``) is pushed onto the
+A queue entry that is not a message (see ``core.dead_letters``) is pushed onto the
 capped ``convoy:dead`` list instead of being handed to Celery.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 from kombu.transport import redis
 from kombu.utils.encoding import bytes_to_str
 
-from workers.dead_letters import DEAD_KEEP, DEAD_LIST, MalformedMessage, read_message, report
+from core.dead_letters import DEAD_KEEP, DEAD_LIST, MalformedMessage, read_message, report
 
 
 class Channel(redis.Channel):

@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from workers.store.base import StoreUnavailable
+from core.store.base import StoreUnavailable
 
 if TYPE_CHECKING:
-    from workers.store.base import JobStore
+    from core.store.base import JobStore
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from core.blobs import BlobStore, check_key, upload_key
+from core.errors import InvalidInput, NotFound
 from models.kinds.common import IMAGE_LISTS
-from workers.blobs import BlobStore, check_key, upload_key
-from workers.errors import InvalidInput, NotFound
 
 
 def _image_slots(data: dict[str, Any], fields: tuple[str, ...]

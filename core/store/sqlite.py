@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from workers.store.base import (
+from core.store.base import (
     QUEUED,
     Accepted,
     Event,

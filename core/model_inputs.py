@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from core.contract import INPUTS
 from models.finetune import can_finetune
 from models.kinds.generate import LoraChoice
-from workers.contract import INPUTS
 
 if TYPE_CHECKING:
     from models.catalog import ModelEntry

@@ -16,7 +16,7 @@ from typing import Any
 
 from celery import Celery
 
-from workers.settings import Settings, private_dir
+from core.settings import Settings, private_dir
 
 TASK = "convoy.run_job"
 
@@ -44,8 +44,8 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
 def make_celery(settings: Settings) -> Celery:
     url, options = broker_options(settings)
     app = Celery("convoy", broker=url, set_as_current=False)
-    app.conf.broker_transport = ("workers.redis_transport:Transport" if settings.redis_url
-                                 else "workers.fs_transport:Transport")
+    app.conf.broker_transport = ("core.redis_transport:Transport" if settings.redis_url
+                                 else "core.fs_transport:Transport")
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

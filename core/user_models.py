@@ -24,10 +24,10 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+from core.blobs import KEPT_PREFIX, BlobStore, check_key
+from core.store.base import JobStore, StoreUnavailable
 from models.catalog import Catalog, ModelEntry, ModelNotFound
 from models.kinds.finetune import NAME_PATTERN
-from workers.blobs import KEPT_PREFIX, BlobStore, check_key
-from workers.store.base import JobStore, StoreUnavailable
 
 _NAME = re.compile(NAME_PATTERN)
 
@@ -103,7 +103,7 @@ _P = "convoy:models:"
 
 class RedisUserModels(UserModels):
     def __init__(self, client: Any) -> None:
-        from workers.store.redis_errors import REDIS_ERRORS
+        from core.store.redis_errors import REDIS_ERRORS
 
         self.r = client
         self._errors = REDIS_ERRORS
@@ -112,7 +112,7 @@ class RedisUserModels(UserModels):
         try:
             return fn(*args)
         except self._errors as e:
-            from workers.store.redis_errors import store_errors
+            from core.store.redis_errors import store_errors
 
             raise (store_errors(e) or StoreUnavailable(f"redis: {e}")) from e
 
@@ -134,11 +134,11 @@ class RedisUserModels(UserModels):
 def open_user_models(store: JobStore) -> UserModels | None:
     """The runtime catalog beside a store (None for a store of another kind: no
     fine-tuned models there)."""
-    from workers.store.sqlite import SQLiteStore
+    from core.store.sqlite import SQLiteStore
 
     if isinstance(store, SQLiteStore):
         return SQLiteUserModels(store.path)
-    from workers.store.redis import RedisStore
+    from core.store.redis import RedisStore
 
     if isinstance(store, RedisStore):
         return RedisUserModels(store.r)
@@ -147,7 +147,7 @@ def open_user_models(store: JobStore) -> UserModels | None:
 
 def check_name(name: str, catalog: Catalog) -> None:
     """A new model's name: lower-case, short, and never one of the file catalog's."""
-    from workers.errors import InvalidInput
+    from core.errors import InvalidInput
 
     if not _NAME.match(name):
         raise InvalidInput(f"model name {name!r} must match {NAME_PATTERN}")

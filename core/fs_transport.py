@@ -5,7 +5,7 @@ The stock transport opens the message file under its final name and then writes 
 consumer polling at that moment can read an empty file and fail. Here a message is written
 under a temporary name and renamed into place: a consumer sees a whole message or none.
 Names carry a zero-padded timestamp so that lexical order is arrival order. A file that is
-not a message (see ``workers.dead_letters``) is moved to the ``dead`` folder beside them.
+not a message (see ``core.dead_letters``) is moved to the ``dead`` folder beside them.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from kombu.transport import filesystem
 from kombu.utils.encoding import str_to_bytes
 from kombu.utils.json import dumps
 
-from workers.dead_letters import DEAD_FOLDER, MalformedMessage, read_message, report
+from core.dead_letters import DEAD_FOLDER, MalformedMessage, read_message, report
 
 
 class Channel(filesystem.Channel):

@@ -1,6 +1,6 @@
 """The distributed store on Redis: job hashes, per-job Streams for events, TTLs for retention.
 
-Transitions run as Lua scripts (``lua/*.lua``, see ``workers.store.scripts``), so a claim,
+Transitions run as Lua scripts (``lua/*.lua``, see ``core.store.scripts``), so a claim,
 a finish or a requeue is one atomic step no matter how many API hosts and workers share
 the Redis; a batch's transitions go in one round trip.
 
@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 
 import redis
 
-from workers.job import MUTABLE
-from workers.store.base import (
+from core.job import MUTABLE
+from core.store.base import (
     QUEUED,
     Accepted,
     Event,
@@ -38,7 +38,7 @@ from workers.store.base import (
     now_iso,
     usage_buckets,
 )
-from workers.store.scripts import SCRIPTS, Script
+from core.store.scripts import SCRIPTS, Script
 
 T = TypeVar("T")
 P = "convoy:"
@@ -69,7 +69,7 @@ def _guard(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 class RedisStore(JobStore):
-    pushes_messages = True  # the broker is the same Redis (see workers.celery_app)
+    pushes_messages = True  # the broker is the same Redis (see core.celery_app)
     announces_finishes = True
 
     def __init__(self, url: str, retention_s: int = 86400, max_owner_bytes: int = 0) -> None:
