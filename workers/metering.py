@@ -7,6 +7,11 @@ and writes them before recording the outcome, in one step: per job (shown on the
 record), per owner and period (``GET /v1/usage`` and quotas) and per owner and model (the
 ``convoy_device_seconds`` counter, which lives in the store so that it never goes backwards
 when a worker exits).
+
+Stored bytes are the other meter (counted by the store in time buckets, see
+``usage_buckets``): ``delete_job`` and ``refund_upload`` give an owner back what a deleted
+job or upload counted, in the buckets it was counted in, so that deleting makes room at
+once rather than when those bytes would have expired.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
-from workers.store.base import JobStore, StoreUnavailable
+from workers.blobs import BlobInfo, BlobStore, job_prefix
+from workers.store.base import JobStore, StoreUnavailable, input_size, usage_buckets
 
 Charge = tuple[str, str, str, float]  # job id, owner, model, seconds
 
@@ -183,3 +190,51 @@ def _store_error(exc: Exception) -> StoreUnavailable:
     from workers.store.redis_errors import store_errors
 
     return store_errors(exc) or StoreUnavailable(f"redis: {exc}")
+
+
+def _moved_inputs(job: dict[str, Any]) -> set[str]:
+    """Blob keys of the job's inputs moved to the blob store (counted with its input)."""
+    data = job.get("input") or {}
+    values = [*data.values(), *(data.get("interpolate_between") or [])]
+    return {v["blob"] for v in values if isinstance(v, dict) and "blob" in v}
+
+
+def counted_bytes(job: dict[str, Any], blobs: Iterable[BlobInfo], retention_s: int
+                  ) -> dict[int, int]:
+    """What a job counted against its owner's stored bytes, by bucket: its input at
+    submission (the bucket of ``created_at``) and each blob its worker wrote (the bucket
+    of the blob's time; the worker counts a blob just before writing it)."""
+    width = usage_buckets(retention_s)[1]
+    counted: dict[int, int] = {}
+
+    def add(when: float, size: int) -> None:
+        bucket = int(when // width)
+        counted[bucket] = counted.get(bucket, 0) + size
+
+    created = job.get("created_at")
+    if created:
+        add(datetime.fromisoformat(str(created)).timestamp(), input_size(job))
+    moved = _moved_inputs(job)
+    for info in blobs:
+        if info.key not in moved:
+            add(info.modified, info.size)
+    return counted
+
+
+def delete_job(store: JobStore, blobs: BlobStore, job: dict[str, Any]) -> None:
+    """Delete a finished job's blobs and record, and give its owner back the bytes they
+    counted. The blobs are listed and deleted before the record and once more after it (a
+    preview written while the job stopped)."""
+    prefix = job_prefix(job["id"])
+    gone = blobs.entries(prefix)
+    blobs.delete([b.key for b in gone])
+    store.delete(job["id"])
+    late = blobs.entries(prefix)
+    blobs.delete([b.key for b in late])
+    store.refund_owner_bytes(job["owner"], counted_bytes(job, [*gone, *late], store.retention_s))
+
+
+def refund_upload(store: JobStore, owner: str, info: BlobInfo) -> None:
+    """Give the owner back a deleted upload's bytes (counted when it was uploaded)."""
+    width = usage_buckets(store.retention_s)[1]
+    store.refund_owner_bytes(owner, {int(info.modified // width): info.size})

@@ -25,7 +25,7 @@ from service.routes.health import NO_WORKER
 from service.routes.webhooks import check_webhook
 from service.schemas import EVENTS_DESCRIPTION, JobList, JobRecord
 from service.submitter import BrokerDown
-from workers.blobs import artifact_key, job_prefix
+from workers.blobs import artifact_key
 from workers.contract import IMAGE_FIELDS, JOB_REQUEST, JobRequest, check, pixel_limit, request_hash
 from workers.errors import (
     BadRequest,
@@ -37,6 +37,7 @@ from workers.errors import (
     Unavailable,
 )
 from workers.inputs import stash_inputs, upload_sizes
+from workers.metering import delete_job as delete_job_data
 from workers.runtime import finish_and_announce
 from workers.settings import new_id
 from workers.store import TERMINAL, StoreUnavailable, public_record
@@ -398,9 +399,7 @@ def delete_job(job_id: str, state: StateDep, caller: CallerDep) -> Response:
         job = state.store.wait_terminal(job_id, DELETE_WAIT_S) or job
         if job["status"] not in TERMINAL:
             raise Conflict(f"job {job_id!r} is still stopping; try again")
-    state.blobs.delete_prefix(job_prefix(job_id))
-    state.store.delete(job_id)
-    state.blobs.delete_prefix(job_prefix(job_id))  # a preview written while it stopped
+    delete_job_data(state.store, state.blobs, job)  # and refund its stored bytes
     return Response(status_code=204)
 
 

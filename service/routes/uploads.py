@@ -24,6 +24,7 @@ from workers.blobs import upload_key
 from workers.errors import InvalidInput, PayloadTooLarge, RateLimited, UnsupportedMediaType
 from workers.images import ALLOWED_FORMATS
 from workers.inputs import owned_upload
+from workers.metering import refund_upload
 from workers.settings import new_id
 from workers.store.base import now_iso, usage_buckets
 
@@ -121,7 +122,10 @@ def get_upload(upload_id: str, state: StateDep, caller: CallerDep) -> dict[str, 
 @router.delete("/{upload_id}", status_code=204, operation_id="deleteUpload",
                response_class=Response)
 def delete_upload(upload_id: str, state: StateDep, caller: CallerDep) -> Response:
-    """Delete the upload now rather than at the end of retention; jobs queued with it fail."""
+    """Delete the upload now rather than at the end of retention (its bytes no longer count
+    against the key's bound); jobs queued with it fail."""
     owned_upload(state.blobs, upload_id, caller.owner)
-    state.blobs.delete([upload_key(upload_id)])
+    info = state.blobs.head(upload_key(upload_id))
+    if state.blobs.delete([upload_key(upload_id)]) and info is not None:
+        refund_upload(state.store, caller.owner, info)
     return Response(status_code=204)

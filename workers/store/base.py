@@ -403,6 +403,12 @@ class JobStore(ABC):
         """Count ``size`` bytes the owner stored (an upload) against their stored bytes."""
         raise NotImplementedError(f"{type(self).__name__} does not count blobs")
 
+    def refund_owner_bytes(self, owner: str, counted: dict[int, int]) -> None:
+        """Give back bytes the owner deleted before they expired: ``counted`` maps each
+        bucket (see ``usage_buckets``) to the bytes counted in it. A bucket never drops
+        below zero, and one already forgotten is left alone."""
+        raise NotImplementedError(f"{type(self).__name__} does not count blobs")
+
     # -- deletion ------------------------------------------------------------------------
     def delete(self, job_id: str) -> bool:
         """Remove the job's record, events and artifacts at once; whether it existed."""

@@ -204,6 +204,17 @@ return 1
 """
 
 
+# KEYS: the owner's stored-bytes buckets. ARGV: the bytes to take from each. A bucket keeps
+# its TTL and never drops below zero; a missing one stays missing.
+_REFUND = """
+for i, key in ipairs(KEYS) do
+  local take = math.min(tonumber(redis.call('GET', key) or '0'), tonumber(ARGV[i]))
+  if take > 0 then redis.call('DECRBY', key, take) end
+end
+return 1
+"""
+
+
 def _guard(fn: Callable[..., T]) -> Callable[..., T]:
     """Turn connection trouble into StoreUnavailable (the API answers 503)."""
 
@@ -240,6 +251,7 @@ class RedisStore(JobStore):
         self._mark = self.r.register_script(_MARK)
         self._put_artifact = self.r.register_script(_PUT_ARTIFACT)
         self._count_blob = self.r.register_script(_COUNT_BLOB)
+        self._refund = self.r.register_script(_REFUND)
 
     @staticmethod
     def _k(job_id: str) -> str:
@@ -662,6 +674,11 @@ class RedisStore(JobStore):
         pipe.incrby(keys[0], size)
         pipe.expire(keys[0], ttl)
         pipe.execute()
+
+    @_guard
+    def refund_owner_bytes(self, owner: str, counted: dict[int, int]) -> None:
+        if counted:
+            self._refund(keys=[f"{USAGE}{owner}:{b}" for b in counted], args=list(counted.values()))
 
     @_guard
     def get_artifact(self, job_id: str, name: str) -> tuple[bytes, str] | None:

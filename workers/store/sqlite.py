@@ -412,6 +412,11 @@ class SQLiteStore(JobStore):
         with self._tx() as db:
             self._count_bytes(db, owner, size)
 
+    def refund_owner_bytes(self, owner: str, counted: dict[int, int]) -> None:
+        with self._tx() as db:
+            db.executemany("UPDATE usage SET bytes = max(0, bytes - ?) WHERE owner = ? AND "
+                           "bucket = ?", [(n, owner, b) for b, n in counted.items()])
+
     def get_artifact(self, job_id: str, name: str) -> tuple[bytes, str] | None:
         row = self._db().execute(
             "SELECT data, content_type FROM artifacts WHERE job_id = ? AND name = ?",
