@@ -24,10 +24,11 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from workers.blobs import BlobInfo, BlobStore, job_prefix
+from workers.blobs import BlobInfo, BlobStore, job_prefix, upload_key
 from workers.store.base import JobStore, StoreUnavailable, input_size, usage_buckets
 
 Charge = tuple[str, str, str, float]  # job id, owner, model, seconds
+SENT_WITH = "job"  # an upload's metadata: the job whose submission carried it
 
 
 def shares(weights: Sequence[float], seconds: float) -> list[float]:
@@ -192,11 +193,12 @@ def _store_error(exc: Exception) -> StoreUnavailable:
     return store_errors(exc) or StoreUnavailable(f"redis: {exc}")
 
 
-def _moved_inputs(job: dict[str, Any]) -> set[str]:
-    """Blob keys of the job's inputs moved to the blob store (counted with its input)."""
+def _refs(job: dict[str, Any], kind: str) -> set[str]:
+    """What the job's input images name by ``kind``: 'blob' (inputs moved to the blob
+    store, counted with the input) or 'upload'."""
     data = job.get("input") or {}
     values = [*data.values(), *(data.get("interpolate_between") or [])]
-    return {v["blob"] for v in values if isinstance(v, dict) and "blob" in v}
+    return {v[kind] for v in values if isinstance(v, dict) and kind in v}
 
 
 def counted_bytes(job: dict[str, Any], blobs: Iterable[BlobInfo], retention_s: int
@@ -214,7 +216,7 @@ def counted_bytes(job: dict[str, Any], blobs: Iterable[BlobInfo], retention_s: i
     created = job.get("created_at")
     if created:
         add(datetime.fromisoformat(str(created)).timestamp(), input_size(job))
-    moved = _moved_inputs(job)
+    moved = _refs(job, "blob")
     for info in blobs:
         if info.key not in moved:
             add(info.modified, info.size)
@@ -222,9 +224,10 @@ def counted_bytes(job: dict[str, Any], blobs: Iterable[BlobInfo], retention_s: i
 
 
 def delete_job(store: JobStore, blobs: BlobStore, job: dict[str, Any]) -> None:
-    """Delete a finished job's blobs and record, and give its owner back the bytes they
-    counted. The blobs are listed and deleted before the record and once more after it (a
-    preview written while the job stopped)."""
+    """Delete a finished job's blobs, record and the uploads sent with it (a multipart
+    submission's files), and give its owner back the bytes they counted. The blobs are
+    listed and deleted before the record and once more after it (a preview written while
+    the job stopped). Uploads the job merely names stay."""
     prefix = job_prefix(job["id"])
     gone = blobs.entries(prefix)
     blobs.delete([b.key for b in gone])
@@ -232,6 +235,11 @@ def delete_job(store: JobStore, blobs: BlobStore, job: dict[str, Any]) -> None:
     late = blobs.entries(prefix)
     blobs.delete([b.key for b in late])
     store.refund_owner_bytes(job["owner"], counted_bytes(job, [*gone, *late], store.retention_s))
+    for upload_id in sorted(_refs(job, "upload")):
+        info = blobs.head(upload_key(upload_id))
+        if (info is not None and info.meta.get("owner") == job["owner"]
+                and info.meta.get(SENT_WITH) == job["id"] and blobs.delete([info.key])):
+            refund_upload(store, job["owner"], info)
 
 
 def refund_upload(store: JobStore, owner: str, info: BlobInfo) -> None:

@@ -82,15 +82,20 @@ def _check_bound(state: State, owner: str, size: int) -> None:
                           retry_after=float(usage_buckets(state.settings.retention_s)[1]))
 
 
-def _store(state: State, owner: str, file: IO[bytes]) -> dict[str, Any]:
+def store_upload(state: State, owner: str, file: IO[bytes], upload_id: str | None = None,
+                 meta: dict[str, str] | None = None) -> dict[str, Any]:
+    """Check a spooled image file (format and pixels from its header, the owner's bound),
+    count it and copy it to the blob store in chunks: the upload's description. ``meta``
+    joins the blob's metadata (a job's files name their job)."""
     fmt, width, height = _header(file, state.settings.max_image_pixels)
     size = file.seek(0, 2)
     file.seek(0)
     _check_bound(state, owner, size)
     state.store.count_owner_bytes(owner, size)
-    upload_id = new_id()
+    upload_id = upload_id or new_id()
     state.blobs.put(upload_key(upload_id), file, _TYPES[fmt], meta={
-        "owner": owner, "width": str(width), "height": str(height), "created_at": now_iso()})
+        **(meta or {}), "owner": owner, "width": str(width), "height": str(height),
+        "created_at": now_iso()})
     return owned_upload(state.blobs, upload_id, owner)
 
 
@@ -110,7 +115,7 @@ async def create_upload(request: Request, state: StateDep, caller: CallerDep) ->
         upload = form.get(FIELD)
         if not isinstance(upload, UploadFile):
             raise InvalidInput(f"send the image as the multipart file field {FIELD!r}")
-        return await anyio.to_thread.run_sync(_store, state, caller.owner, upload.file)
+        return await anyio.to_thread.run_sync(store_upload, state, caller.owner, upload.file)
 
 
 @router.get("/{upload_id}", operation_id="getUpload", response_model=Upload)
