@@ -4,9 +4,11 @@ embedded mode and with Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -132,3 +134,25 @@ def test_a_resubmission_with_its_id_is_idempotent(stack: Stack) -> None:
         other = submit(ann, classify(id="mp-same"), {"digit": PNGS[1]})
         assert other.status_code == 409
         assert stack.store.stored_bytes("ann") == stored
+
+
+def test_the_sdk_sends_files_with_the_job(stack: Stack, tmp_path: Path) -> None:
+    from service.client import AsyncClient, Client
+
+    picture = tmp_path / "digit.png"
+    picture.write_bytes(PNGS[1])
+    with Client(stack.svc.url, "key-ann") as sdk:
+        job = sdk.run("classify", "lenet5-digits", {"image": {"file": "d"}, "top_k": 1},
+                      files={"d": picture}, timeout=60)
+        assert job.status == "succeeded", job
+        assert job.output.predictions[0].label == str(LABELS[1])  # type: ignore[union-attr]
+        sdk.delete(job.id)
+
+    async def from_bytes() -> Any:
+        async with AsyncClient(stack.svc.url, "key-ann") as client:
+            return await client.run("classify", "lenet5-digits",
+                                    {"image": {"file": "d"}, "top_k": 1},
+                                    files={"d": PNGS[2]}, timeout=60)
+
+    job = asyncio.run(from_bytes())
+    assert job.status == "succeeded" and job.output.predictions[0].label == str(LABELS[2])
