@@ -150,13 +150,16 @@ def submit(
         _report(client, job, out, as_json)
 
 
-_NOT_FIGURES = ("epoch", "seconds", "batch", "n_", "lr", "seed", "steps")
+_NOT_FIGURES = ("epoch", "seconds", "batch", "n_", "lr", "seed", "steps", "seen")
+_HEADLINE = ("top1", "mean_iou", "psnr", "shape_kept", "conditional_accuracy")  # shown first
 
 
 def _figures(metrics: dict[str, Any]) -> str:
-    """The held-out figures of a sidecar, without its training settings (epochs, times)."""
-    flat = [f"{k}={v:.4g}" for k, v in metrics.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
+    """The held-out figures of a sidecar, without its training settings (epochs, times);
+    the headline figures first."""
+    keys = sorted(metrics, key=lambda k: _HEADLINE.index(k) if k in _HEADLINE else len(_HEADLINE))
+    flat = [f"{k}={metrics[k]:.4g}" for k in keys
+            if isinstance(metrics[k], int | float) and not isinstance(metrics[k], bool)
             and not any(word in k for word in _NOT_FIGURES)]
     return ", ".join(flat[:2])
 

@@ -116,3 +116,13 @@ def test_submit_and_jobs_commands(service: Service, tmp_path: Path) -> None:
     assert text and all(len(line) <= 100 for line in text) and parked_id in text[0]
     assert convoy("jobs", "delete", job_id, url=url).stdout.strip() == f"job {job_id} deleted"
     one_line_error(convoy("jobs", "get", job_id, url=url), "404", "not_found")
+
+
+def test_the_models_listing_leads_with_the_headline_figures() -> None:
+    from service.cli_client import _figures
+
+    vae = {"epochs": 40, "images_seen": 81920, "kl": 93.1, "mse": 0.004, "psnr": 24.1,
+           "shape_kept": 0.97, "train_seconds": 3000.0}
+    assert _figures(vae) == "psnr=24.1, shape_kept=0.97"
+    assert _figures({"conditional_accuracy": 1.0, "batch_size": 64, "frechet_distance": 3.7}
+                    ) == "conditional_accuracy=1, frechet_distance=3.7"
