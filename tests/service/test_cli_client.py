@@ -61,6 +61,23 @@ def test_inputs_are_typed_from_the_kinds_schema(tmp_path: Path) -> None:
             parse_inputs(kind, items)
 
 
+def test_image_files_become_parts_of_a_multipart_submission(tmp_path: Path) -> None:
+    png = tmp_path / "a.png"
+    png.write_bytes(b"\x89PNG fake")
+    files: dict[str, Path] = {}
+    data = parse_inputs("generate", [f"image=@{png}", f"mask=@{png}", "n=2"], files=files)
+    assert data == {"image": {"file": "image"}, "mask": {"file": "mask"}, "n": 2}
+    assert files == {"image": png, "mask": png}
+    files = {}
+    both = parse_inputs("sample", [f"interpolate_between=@{png}", f"interpolate_between=@{png}"],
+                        files=files)
+    assert both == {"interpolate_between": [{"file": "interpolate_between-0"},
+                                            {"file": "interpolate_between-1"}]}
+    assert list(files) == ["interpolate_between-0", "interpolate_between-1"]
+    with pytest.raises(UsageError, match="no such file"):
+        parse_inputs("classify", ["image=@/no/such.png"], files={})
+
+
 def test_models_listing_fits_80_columns_and_shows_labels() -> None:
     models = [ModelInfo.model_validate(e.public()) for e in Catalog.load()]
     text = format_models(models)
