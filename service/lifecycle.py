@@ -17,7 +17,7 @@ from workers.metering import Meter, open_meter, period_start
 from workers.queue_eta import QueueEstimator
 from workers.queue_order import QueueOrder, created_at, open_order
 from workers.settings import Settings, limits_of
-from workers.store import JobStore, StoreUnavailable
+from workers.store import Job, JobStore, StoreUnavailable
 
 
 @dataclass
@@ -49,20 +49,19 @@ class Lifecycle:
                                   " device-seconds in this period", retry_after=max(1.0, retry))
         return {"priority": priority}
 
-    def enqueued(self, job: dict[str, Any]) -> None:
+    def enqueued(self, job: Job) -> None:
         """Put a created job in its queue's order."""
         if self.order is not None:
-            self.order.add(job.get("queue") or "convoy", job["id"], int(job.get("priority") or 0),
-                           created_at(job))
+            self.order.add(job.queue, job.id, job.priority, created_at(job))
 
-    def decorate(self, records: list[dict[str, Any]], jobs: list[dict[str, Any]]
+    def decorate(self, records: list[dict[str, Any]], jobs: list[Job]
                  ) -> list[dict[str, Any]]:
         """Add queue positions and ETAs (queued jobs) and device-seconds to public records."""
         if self.estimator is not None:
             self.estimator.annotate(records, jobs)
         if self.meter is not None:
             try:
-                spent = self.meter.job_seconds([j["id"] for j in jobs])
+                spent = self.meter.job_seconds([j.id for j in jobs])
             except StoreUnavailable:
                 spent = {}
             for record in records:

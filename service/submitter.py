@@ -20,12 +20,11 @@ from typing import Any
 import anyio
 
 from workers.celery_app import dispatch, task_message
-from workers.runtime import finish_and_announce
-from workers.store import JobStore
-from workers.store.base import QueueFull
+from workers.errors import Internal, job_error
+from workers.store import Job, JobStore, Outcome
+from workers.store.base import Accepted, QueueFull
 
 log = logging.getLogger(__name__)
-Accepted = tuple[dict[str, Any], bool] | QueueFull
 
 
 class BrokerDown(RuntimeError):
@@ -41,7 +40,7 @@ class Submitter:
         self.send = send
         self.max_mine = max_mine
         self.max_all = max_all
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[Accepted]]] = []
+        self._pending: list[tuple[Job, asyncio.Future[Accepted]]] = []
         self._writing = False
         self._drainer: asyncio.Task[None] | None = None
 
@@ -49,7 +48,7 @@ class Submitter:
     def for_celery(cls, store: JobStore, app: Any, max_mine: int, max_all: int) -> Submitter:
         return cls(store, lambda ids, queue: dispatch(app, ids, queue), max_mine, max_all)
 
-    async def submit(self, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    async def submit(self, job: Job) -> tuple[Job, bool]:
         """Record and queue the job; (its record, True), or (the record that holds its id
         already, False). Raises QueueFull, StoreUnavailable or BrokerDown."""
         future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
@@ -83,18 +82,18 @@ class Submitter:
         finally:
             self._writing = False
 
-    def _write(self, jobs: list[dict[str, Any]]) -> list[Accepted | Exception]:
+    def _write(self, jobs: list[Job]) -> list[Accepted | Exception]:
         queues: dict[str, list[str]] = {}
         for job in jobs:
-            queues.setdefault(job["queue"], []).append(job["id"])
+            queues.setdefault(job.queue, []).append(job.id)
         if self.store.pushes_messages:
             # The message lists every job of the group; a job refused at a limit or whose
             # id was taken is skipped by the worker (it is not queued under that message).
             messages = [task_message(ids, queue) for queue, ids in queues.items()]
-            return list(self.store.accept_many(jobs, self.max_mine, self.max_all, messages))
+            return list(self.store.accept(jobs, self.max_mine, self.max_all, messages))
         results: list[Accepted | Exception] = list(
-            self.store.accept_many(jobs, self.max_mine, self.max_all))
-        created = {j["id"] for j, r in zip(jobs, results, strict=True)
+            self.store.accept(jobs, self.max_mine, self.max_all))
+        created = {j.id for j, r in zip(jobs, results, strict=True)
                    if isinstance(r, tuple) and r[1]}
         for queue, ids in queues.items():
             mine = [i for i in ids if i in created]
@@ -104,10 +103,9 @@ class Submitter:
                 self.send(mine, queue)
             except Exception as e:
                 log.warning("could not queue %d jobs: %s", len(mine), e)
-                for job_id in mine:
-                    finish_and_announce(self.store, job_id, None, "failed", error={
-                        "code": "internal", "message": "the job could not be queued"})
+                error = job_error(Internal("the job could not be queued"))
+                self.store.finish([Outcome(j, "failed", error=error) for j in mine])
                 failed = BrokerDown(f"the broker does not answer: {type(e).__name__}")
-                results = [failed if j["id"] in mine else r
+                results = [failed if j.id in mine else r
                            for j, r in zip(jobs, results, strict=True)]
         return results

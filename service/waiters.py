@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import anyio
 
 from service.streams import EventHub
-from workers.store import TERMINAL, JobStore
+from workers.store import TERMINAL, Job, JobStore
 
 
 class Waiters:
@@ -65,34 +66,34 @@ class Waiters:
         if not futures:
             del self._waiting[job_id]
 
-    async def wait(self, job: dict[str, Any], future: asyncio.Future[dict[str, Any]] | None,
-                   timeout_s: float) -> dict[str, Any] | None:
+    async def wait(self, job: Job, future: asyncio.Future[dict[str, Any]] | None,
+                   timeout_s: float) -> Job | None:
         """The job's record once it is terminal, or its latest one when the time is up."""
         if future is None:
             return await self._follow(job, timeout_s)
         deadline = time.monotonic() + timeout_s
-        latest: dict[str, Any] | None = job
+        latest: Job | None = job
         while (left := deadline - time.monotonic()) > 0:
             done, _ = await asyncio.wait((future,), timeout=min(left, self.recheck_s))
             if done:
-                return {**job, **future.result()}
-            latest = await anyio.to_thread.run_sync(self.store.get, job["id"])
-            if latest is None or latest["status"] in TERMINAL:
+                return replace(job, **future.result())
+            latest = await anyio.to_thread.run_sync(self.store.get, job.id)
+            if latest is None or latest.terminal:
                 return latest
         return latest
 
-    async def _follow(self, job: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
+    async def _follow(self, job: Job, timeout_s: float) -> Job | None:
         deadline = time.monotonic() + timeout_s
-        follower = self.hub.follow(job["id"], 1)  # 1: the queued event
-        latest: dict[str, Any] | None = job
+        follower = self.hub.follow(job.id, 1)  # 1: the queued event
+        latest: Job | None = job
         try:
             while (left := deadline - time.monotonic()) > 0:
                 events = await follower.next(min(left, 5.0))
                 if events is not None and not any(e.type == "status" and e.data.get("status") in TERMINAL
                                       for e in events):
                     continue
-                latest = await anyio.to_thread.run_sync(self.store.get, job["id"])
-                if latest is None or latest["status"] in TERMINAL:
+                latest = await anyio.to_thread.run_sync(self.store.get, job.id)
+                if latest is None or latest.terminal:
                     return latest
             return latest
         finally:
@@ -109,3 +110,25 @@ class Waiters:
             for future in self._waiting.get(job_id, ()):
                 if not future.done():
                     future.set_result(changed)
+
+
+def wait_terminal(store: JobStore, job_id: str, timeout_s: float, after: int = 0
+                  ) -> Job | None:
+    """Block (a thread) until the job is terminal or the time is up; return the job.
+
+    It follows the job's events (from ``after``, a sequence number the caller has seen)
+    and reads the record again only when a final status event arrives or none came for
+    a second."""
+    deadline = time.monotonic() + timeout_s
+    job = store.get(job_id)
+    while job is not None and not job.terminal:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return job
+        new = store.events(job_id, after, block_s=min(left, 1.0))
+        if new:
+            after = new[-1].seq
+        if not new or any(e.type == "status" and e.data.get("status") in TERMINAL
+                          for e in new):
+            job = store.get(job_id)
+    return job

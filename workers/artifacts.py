@@ -18,6 +18,7 @@ from workers.blobs import BlobStore, artifact_key
 
 if TYPE_CHECKING:
     from models.catalog import ModelEntry
+    from workers.job import Job
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PARAMETERS_KEY = "parameters"
@@ -59,16 +60,16 @@ def _size(meta: dict[str, Any]) -> str | None:
     return None
 
 
-def generation_parameters(job: dict[str, Any], entry: ModelEntry) -> dict[str, Any] | None:
+def generation_parameters(job: Job, entry: ModelEntry) -> dict[str, Any] | None:
     """What made a ``generate`` or ``sample`` job's images (None for other kinds)."""
-    if job["kind"] not in ("generate", "sample"):
+    if job.kind not in ("generate", "sample"):
         return None
-    data = job.get("input", {})
-    params: dict[str, Any] = {"model": job["model"]}
+    data = job.input
+    params: dict[str, Any] = {"model": job.model}
     for name in ("prompt", "negative_prompt", "class_label", "steps", "scheduler"):
         if data.get(name) is not None:
             params[name] = data[name]
-    if job["kind"] == "generate":
+    if job.kind == "generate":
         guidance = data.get("guidance_scale")
         params["guidance_scale"] = float(entry.config.get("guidance_scale", 3.0)
                                          if guidance is None else guidance)

@@ -1,4 +1,8 @@
-"""convoy's error taxonomy; the service maps each to an HTTP status in one handler."""
+"""convoy's error taxonomy: each error has a ``code`` (what a failed job's ``error.code`` and
+the API's error envelope say) and an HTTP ``status`` (what the service's one handler
+answers). The worker runtime turns whatever ended a run into one of these
+(``workers.runtime.failure``) and records ``job_error`` of it; only ``InvalidInput``
+blames the caller: any other exception from a model is ``Internal``."""
 
 from __future__ import annotations
 
@@ -13,6 +17,10 @@ class ConvoyError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+
+
+class Internal(ConvoyError):
+    """A bug or a failure of the service: not the caller's fault."""
 
 
 class InvalidInput(ConvoyError):
@@ -59,3 +67,21 @@ class Unavailable(ConvoyError):
     def __init__(self, message: str, retry_after: float = 2.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+# The codes only a job's run ends with (never an HTTP answer).
+class GpuOutOfMemory(ConvoyError):
+    code = "gpu_oom"
+
+
+class TimedOut(ConvoyError):
+    code = "timeout"
+
+
+class WorkerLost(ConvoyError):
+    code = "worker_lost"
+
+
+def job_error(error: ConvoyError) -> dict[str, str]:
+    """The ``error`` of a failed job's record."""
+    return {"code": error.code, "message": error.message[:2000]}

@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from workers.blobs import BlobInfo, BlobStore, job_prefix, upload_key
+from workers.job import Job
 from workers.store.base import JobStore, StoreUnavailable, input_size, usage_buckets
 
 Charge = tuple[str, str, str, float]  # job id, owner, model, seconds
@@ -193,15 +194,15 @@ def _store_error(exc: Exception) -> StoreUnavailable:
     return store_errors(exc) or StoreUnavailable(f"redis: {exc}")
 
 
-def _refs(job: dict[str, Any], kind: str) -> set[str]:
+def _refs(job: Job, kind: str) -> set[str]:
     """What the job's input images name by ``kind``: 'blob' (inputs moved to the blob
     store, counted with the input) or 'upload'."""
-    data = job.get("input") or {}
+    data = job.input
     values = [*data.values(), *(data.get("interpolate_between") or [])]
     return {v[kind] for v in values if isinstance(v, dict) and kind in v}
 
 
-def counted_bytes(job: dict[str, Any], blobs: Iterable[BlobInfo], retention_s: int
+def counted_bytes(job: Job, blobs: Iterable[BlobInfo], retention_s: int
                   ) -> dict[int, int]:
     """What a job counted against its owner's stored bytes, by bucket: its input at
     submission (the bucket of ``created_at``) and each blob its worker wrote (the bucket
@@ -213,9 +214,8 @@ def counted_bytes(job: dict[str, Any], blobs: Iterable[BlobInfo], retention_s: i
         bucket = int(when // width)
         counted[bucket] = counted.get(bucket, 0) + size
 
-    created = job.get("created_at")
-    if created:
-        add(datetime.fromisoformat(str(created)).timestamp(), input_size(job))
+    if job.created_at:
+        add(datetime.fromisoformat(job.created_at).timestamp(), input_size(job))
     moved = _refs(job, "blob")
     for info in blobs:
         if info.key not in moved:
@@ -223,23 +223,23 @@ def counted_bytes(job: dict[str, Any], blobs: Iterable[BlobInfo], retention_s: i
     return counted
 
 
-def delete_job(store: JobStore, blobs: BlobStore, job: dict[str, Any]) -> None:
+def delete_job(store: JobStore, blobs: BlobStore, job: Job) -> None:
     """Delete a finished job's blobs, record and the uploads sent with it (a multipart
     submission's files), and give its owner back the bytes they counted. The blobs are
     listed and deleted before the record and once more after it (a preview written while
     the job stopped). Uploads the job merely names stay."""
-    prefix = job_prefix(job["id"])
+    prefix = job_prefix(job.id)
     gone = blobs.entries(prefix)
     blobs.delete([b.key for b in gone])
-    store.delete(job["id"])
+    store.delete(job.id)
     late = blobs.entries(prefix)
     blobs.delete([b.key for b in late])
-    store.refund_owner_bytes(job["owner"], counted_bytes(job, [*gone, *late], store.retention_s))
+    store.refund_owner_bytes(job.owner, counted_bytes(job, [*gone, *late], store.retention_s))
     for upload_id in sorted(_refs(job, "upload")):
         info = blobs.head(upload_key(upload_id))
-        if (info is not None and info.meta.get("owner") == job["owner"]
-                and info.meta.get(SENT_WITH) == job["id"] and blobs.delete([info.key])):
-            refund_upload(store, job["owner"], info)
+        if (info is not None and info.meta.get("owner") == job.owner
+                and info.meta.get(SENT_WITH) == job.id and blobs.delete([info.key])):
+            refund_upload(store, job.owner, info)
 
 
 def refund_upload(store: JobStore, owner: str, info: BlobInfo) -> None:

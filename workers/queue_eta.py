@@ -25,7 +25,7 @@ from typing import Any
 
 from workers.cluster_stats import open_cluster_stats
 from workers.queue_order import QueueOrder
-from workers.store.base import JobStore, StoreUnavailable
+from workers.store.base import Job, JobStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 TIDY_EVERY = 60  # reporter rounds between sweeps of the order index
@@ -114,39 +114,39 @@ class QueueEstimator:
             if worker not in ids:
                 continue
             job = self.store.get(job_id)
-            if job is None or job.get("queue", queue) != queue:
+            if job is None or job.queue != queue:
                 continue
-            started = job.get("started_at")
+            started = job.started_at
             elapsed = now - datetime.fromisoformat(started).timestamp() if started else 0.0
-            progress = job.get("progress") or {}
+            progress = job.progress or {}
             step, total = int(progress.get("step") or 0), int(progress.get("total") or 0)
             if 0 < step <= total:  # an iterative job tells how far it is
                 left = elapsed * (total - step) / step
             else:
-                left = max(0.0, mean_run.get(job["model"], 0.0) - elapsed)
+                left = max(0.0, mean_run.get(job.model, 0.0) - elapsed)
             busy[worker] = max(busy.get(worker, 0.0), left)
         models = {}
         for e in entries:
             job = self.store.get(e.job_id)
             if job is not None:
-                models[e.job_id] = job["model"]
+                models[e.job_id] = job.model
         return QueueState(now, [e.job_id for e in entries], models, mean_job, mean_run,
                           len(workers), sum(busy.values()),
                           created={e.job_id: e.created for e in entries})
 
-    def annotate(self, records: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> None:
+    def annotate(self, records: list[dict[str, Any]], jobs: list[Job]) -> None:
         """Add the ``queue`` field to the public records of queued jobs (in place)."""
         refreshed: set[str] = set()
         for record, job in zip(records, jobs, strict=True):
-            if job.get("status") != "queued":
+            if job.status != "queued":
                 continue
-            queue = job.get("queue") or "convoy"
+            queue = job.queue
             try:
                 state = self.state(queue)
-                if job["id"] not in state.position and queue not in refreshed:
+                if job.id not in state.position and queue not in refreshed:
                     refreshed.add(queue)  # newer than the cached order: read it again
                     state = self.state(queue, fresh=True)
-                record["queue"] = state.info(job["id"], job["model"])
+                record["queue"] = state.info(job.id, job.model)
             except StoreUnavailable:
                 record["queue"] = None
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from workers.job import Job
 from workers.store.base import JobStore, StoreUnavailable
 
 MAX_PRIORITY = 9  # priorities are 0 (default) .. MAX_PRIORITY
@@ -35,10 +36,10 @@ class Entry:
     created: float  # epoch seconds
 
 
-def created_at(job: dict[str, Any]) -> float:
+def created_at(job: Job) -> float:
     """A job's submission time in epoch seconds (now if its record has none)."""
     try:
-        return datetime.fromisoformat(str(job.get("created_at"))).timestamp()
+        return datetime.fromisoformat(job.created_at).timestamp()
     except ValueError:
         return time.time()
 

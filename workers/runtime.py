@@ -25,13 +25,21 @@ from workers.blobs import BlobStore, open_blobs
 from workers.celery_app import dispatch, waiting_messages
 from workers.cluster_stats import open_cluster_stats
 from workers.contract import IMAGE_FIELDS, pixel_limit, prepare
-from workers.errors import ConvoyError
+from workers.errors import (
+    ConvoyError,
+    GpuOutOfMemory,
+    Internal,
+    InvalidInput,
+    TimedOut,
+    WorkerLost,
+    job_error,
+)
 from workers.inputs import load_inputs
 from workers.metering import open_meter, shares
 from workers.queue_order import open_order
 from workers.settings import Settings, new_id
 from workers.stats import WorkerStats
-from workers.store import JobStore, StoreUnavailable
+from workers.store import Job, JobStore, Outcome, StoreUnavailable
 from workers.store.base import StaleClaim
 from workers.store.patient import patient
 
@@ -41,14 +49,6 @@ if TYPE_CHECKING:
     from workers.cache import ModelCache
 
 log = logging.getLogger(__name__)
-
-
-def finish_and_announce(
-    store: JobStore, job_id: str, worker: str | None, status: str,
-    output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
-) -> dict[str, Any] | None:
-    """Record a terminal status and append the events that end the job's stream."""
-    return store.finish_and_announce(job_id, worker, status, output=output, error=error)
 
 
 SAVE_TOTALS_EVERY = 5  # heartbeats between saves of this worker's counters to the store
@@ -65,30 +65,46 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
         return None
 
 
+def failure(e: Exception) -> ConvoyError:
+    """The error of the taxonomy that stands for what ended a run. A model says that a
+    request is the caller's fault with ``InvalidRequest``; any other exception it raises
+    (a bare ValueError, a KeyError) is a bug of the service: ``Internal``."""
+    if isinstance(e, ConvoyError):
+        return e
+    if isinstance(e, InvalidRequest | ModelNotFound):
+        return InvalidInput(str(e))
+    if isinstance(e, OutOfMemory):
+        return GpuOutOfMemory(f"out of device memory at a batch of one: {e}")
+    if isinstance(e, FutureTimeout) or (isinstance(e, Stopped) and e.reason == "timeout"):
+        return TimedOut("the job ran past its deadline")
+    return Internal(f"{type(e).__name__}: {e}")
+
+
 @dataclass
 class _Run:
-    """One job of ``run_jobs`` on its way: claimed, submitted, then ended with a status."""
+    """One job of ``run_jobs`` on its way: claimed, submitted, then ended with an outcome."""
 
     id: str
-    job: dict[str, Any] | None = None
+    worker: str
+    job: Job | None = None
     claimed_at: float | None = None
     deadline: float = 0.0
     future: Future[dict[str, Any]] | None = None
-    outcome: str | None = None  # what run_jobs reports
-    status: str | None = None  # the final status to record
-    output: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
+    report: str | None = None  # what run_jobs reports
+    outcome: Outcome | None = None  # what to record (None: nothing, the claim is over)
 
-    def end(self, outcome: str, status: str, output: dict[str, Any] | None = None,
+    def end(self, report: str, status: str, output: dict[str, Any] | None = None,
             error: dict[str, Any] | None = None) -> None:
-        self.outcome, self.status, self.output, self.error = outcome, status, output, error
+        self.report = report
+        self.outcome = Outcome(self.id, status, output=output, error=error, worker=self.worker,
+                               token=self.token)
 
-    def fail(self, code: str, message: str) -> None:
-        self.end(code, "failed", error={"code": code, "message": message[:2000]})
+    def fail(self, error: ConvoyError) -> None:
+        self.end(error.code, "failed", error=job_error(error))
 
     @property
     def token(self) -> int | None:
-        return None if self.job is None else self.job.get("token")
+        return None if self.job is None else self.job.token
 
 
 class WorkerRuntime:
@@ -137,21 +153,20 @@ class WorkerRuntime:
         tests)."""
         if self.order is not None:  # the best queued jobs, not necessarily the message's
             job_ids = list(dict.fromkeys(self.order.pick(job_ids, self.store)))
-        runs = [_Run(j) for j in job_ids]
+        runs = [_Run(j, self.id) for j in job_ids]
         for run in runs:
             self.batcher.expect()
             self._hold(run.id, +1)
         try:
-            for run, (claimed, why) in zip(runs, self.durable.try_claim_many(job_ids, self.id),
-                                           strict=True):
-                if claimed is None:
-                    run.outcome = "missing" if why == "missing" else f"skipped ({why})"
+            for run, claimed in zip(runs, self.durable.claim(job_ids, self.id), strict=True):
+                if isinstance(claimed, str):
+                    run.report = "missing" if claimed == "missing" else f"skipped ({claimed})"
                 else:
                     run.job, run.claimed_at = claimed, time.monotonic()
                     with self._active_lock:
-                        self._tokens[run.id] = claimed.get("token") or 0
+                        self._tokens[run.id] = claimed.token
                     self._start(run)
-            self._record([r for r in runs if r.status is not None])  # over before starting
+            self._record(runs)  # those over before starting
             waiting = {r.future: r for r in runs if r.future is not None}
             while waiting:  # record each batch's jobs as soon as that batch is over
                 left = min(r.deadline for r in waiting.values()) - time.time()
@@ -175,23 +190,22 @@ class WorkerRuntime:
                 if run.job is not None:
                     self.jobs_done += 1
                     self._count(run)
-        return [r.outcome or "internal" for r in runs]
+        return [r.report or "internal" for r in runs]
 
     def _record(self, runs: list[_Run]) -> None:
-        runs = [r for r in runs if r.status is not None]  # a lost claim records nothing
-        if runs:
-            self._charge_device_s(runs)
-            self.durable.finish_many([(r.id, self.id, r.status, r.output, r.error)
-                                      for r in runs], tokens=[r.token for r in runs])
+        ended = [r for r in runs if r.outcome is not None]  # a lost claim records nothing
+        if ended:
+            self._charge_device_s(ended)
+            self.durable.finish([r.outcome for r in ended if r.outcome is not None])
 
     def _start(self, run: _Run) -> None:
         """Hand a claimed job's request to the batcher, unless it is over before it starts."""
         job = run.job
         assert job is not None
-        if job.get("cancel_requested"):  # the record carries the flag: no extra read
+        if job.cancel_requested:  # the record carries the flag: no extra read
             run.end("canceled", "canceled")
-        elif job["attempts"] > self.settings.max_attempts:
-            run.fail("worker_lost", f"the job ended its worker {job['attempts'] - 1} times")
+        elif job.attempts > self.settings.max_attempts:
+            run.fail(WorkerLost(f"the job ended its worker {job.attempts - 1} times"))
         else:
             try:
                 run.deadline = self._deadline(job)
@@ -207,7 +221,7 @@ class WorkerRuntime:
         try:
             output = run.future.result(timeout=5.0)
             assert run.job is not None
-            params = generation_parameters(run.job, self.catalog.get(run.job["model"]))
+            params = generation_parameters(run.job, self.catalog.get(run.job.model))
             run.end("succeeded", "succeeded", output=store_artifacts(
                 self.blobs, run.id, output, params, charge=self._charge(run.id, run.token)))
         except Exception as e:
@@ -216,27 +230,21 @@ class WorkerRuntime:
     def _failed(self, run: _Run, e: Exception) -> None:
         if isinstance(e, StaleClaim) or (isinstance(e, Stopped) and e.reason == "lost"):
             log.warning("job %s: handed to another run meanwhile; this run stops", run.id)
-            run.outcome, run.status = "lost", None
-        elif isinstance(e, Stopped):
-            if e.reason == "timeout":
-                run.fail("timeout", "the job ran past its deadline")
-            else:
-                run.end("canceled", "canceled")
-        elif isinstance(e, InvalidRequest | ConvoyError | ModelNotFound | ValueError):
-            run.fail("invalid_input", str(e))
-        elif isinstance(e, OutOfMemory):
-            run.fail("gpu_oom", f"out of device memory at a batch of one: {e}")
-        elif isinstance(e, FutureTimeout):
-            run.fail("timeout", "the job ran past its deadline")
+            run.report, run.outcome = "lost", None
+        elif isinstance(e, Stopped) and e.reason == "canceled":
+            run.end("canceled", "canceled")
         else:
-            log.error("job %s failed", run.id, exc_info=e)
-            run.fail("internal", f"{type(e).__name__}: {e}")
+            error = failure(e)
+            if isinstance(error, Internal):
+                log.error("job %s failed", run.id, exc_info=e)
+            run.fail(error)
 
     def _count(self, run: _Run) -> None:
         job = run.job
         assert job is not None
-        wait = _seconds_between(job.get("created_at"), job.get("started_at"))
-        self.stats.job(job["kind"], job["model"], run.status or run.outcome or "failed",
+        wait = _seconds_between(job.created_at, job.started_at)
+        status = run.outcome.status if run.outcome is not None else None
+        self.stats.job(job.kind, job.model, status or run.report or "failed",
                        queue_wait_s=wait,
                        run_s=None if run.claimed_at is None
                        else time.monotonic() - run.claimed_at)
@@ -261,7 +269,7 @@ class WorkerRuntime:
         that a finished record shows them)."""
         with self._active_lock:
             spent = {r.id: self._device_s.pop(r.id, 0.0) for r in runs}
-        charges = [(r.id, r.job["owner"], r.job["model"], spent[r.id]) for r in runs
+        charges = [(r.id, r.job.owner, r.job.model, spent[r.id]) for r in runs
                    if r.job is not None and spent[r.id] > 0]
         if self.meter is not None and charges:
             try:
@@ -276,7 +284,7 @@ class WorkerRuntime:
     def _progress(self, job_ids: list[str], step: int, total: int) -> None:
         claims = self._claims(job_ids)
         try:
-            self.store.progress_many(list(claims), step, total, tokens=list(claims.values()))
+            self.store.progress(claims, step, total)
         except StoreUnavailable as e:
             log.warning("progress %d/%d of %d jobs not recorded (%s)", step, total,
                         len(job_ids), e)
@@ -305,24 +313,29 @@ class WorkerRuntime:
             if self._active[job_id] <= 0:
                 del self._active[job_id]
 
-    def _deadline(self, job: dict[str, Any]) -> float:
-        timeout = job.get("timeout_s") or self.settings.job_timeout_s
+    def _deadline(self, job: Job) -> float:
+        timeout = job.timeout_s or self.settings.job_timeout_s
         return time.time() + min(float(timeout), self.settings.max_job_timeout_s)
 
-    def _item(self, job: dict[str, Any], deadline: float) -> Item:
+    def _item(self, job: Job, deadline: float) -> Item:
         """The job's request for the batcher (its progress goes through ``_progress``, for
-        the whole batch at once)."""
-        job_id = job["id"]
-        entry = self.catalog.get(job["model"])
-        data = prepare(job["kind"], load_inputs(job["input"], IMAGE_FIELDS, self.blobs), entry,
+        the whole batch at once). A model that refuses to load (its weights are not
+        safetensors, its checksum differs: the ``ValueError`` of a load) cannot serve the
+        job: ``InvalidInput``, as for a model the catalog does not have."""
+        job_id = job.id
+        entry = self.catalog.get(job.model)
+        data = prepare(job.kind, load_inputs(job.input, IMAGE_FIELDS, self.blobs), entry,
                        pixel_limit(entry, self.settings.max_image_pixels,
                                    self.settings.input_scale))
-        predictor = self.cache.get(entry)
+        try:
+            predictor = self.cache.get(entry)
+        except ValueError as e:
+            raise InvalidInput(f"model {entry.name} cannot be loaded: {e}") from e
 
         def wanted() -> str | None:  # cancel flags are read by the batcher, once per batch
             return "timeout" if time.time() > deadline else None
 
-        token = job.get("token")
+        token = job.token
 
         def on_preview(artifact: Artifact) -> None:
             try:
@@ -335,7 +348,7 @@ class WorkerRuntime:
                 log.warning("job %s: preview %s not recorded (%s)", job_id, artifact.name, e)
 
         return Item(job_id=job_id, predictor=predictor, entry=entry,
-                    request=Request(job["kind"], data), wanted=wanted, on_preview=on_preview)
+                    request=Request(job.kind, data), wanted=wanted, on_preview=on_preview)
 
     # -- heartbeat and reaping -------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -361,36 +374,28 @@ class WorkerRuntime:
     def reap(self) -> int:
         """Hand back the jobs of workers whose heartbeat stopped, and this worker's own jobs
         that no thread runs any more (a run that could not record its outcome); return how
-        many."""
+        many. A job lost on the device ``max_attempts`` times fails instead."""
         live = {w["id"] for w in self.store.workers()} - {self.id}
-        handed = 0
-        for job_id, worker in self.store.running_jobs():
-            if worker in live:
-                continue
-            if worker == self.id:
-                with self._active_lock:
-                    if job_id in self._active:
-                        continue
-            job = self.store.get(job_id)
-            if job is None:
-                continue
-            charged = job.get("device") == job.get("token")  # lost while on the device
-            if charged and job.get("attempts", 0) >= self.settings.max_attempts:
-                finish_and_announce(self.store, job_id, worker, "failed", error={
-                    "code": "worker_lost",
-                    "message": f"the job's worker was lost {job['attempts']} times"})
-                continue
-            if self.store.requeue(job_id, worker):
-                why = "could not record its outcome" if worker == self.id else "was lost"
-                if not charged:
-                    why += " before the job reached the device (no attempt counted)"
-                self.store.append_event(job_id, "log", {"message": f"worker {worker} {why};"
-                                                        " the job is queued again"})
-                self.store.append_event(job_id, "status", {"status": "queued"})
-                if self.celery is not None:
-                    dispatch(self.celery, job_id, job.get("queue", "convoy"))
-                handed += 1
-        return handed
+        running = self.store.running_jobs()
+        with self._active_lock:
+            held = {job_id: worker for job_id, worker in running
+                    if worker not in live and not (worker == self.id and job_id in self._active)}
+        jobs = {job_id: job for job_id in held if (job := self.store.get(job_id)) is not None}
+        charged = {j for j, job in jobs.items() if job.device == job.token}  # lost on the device
+        spent = [j for j in charged if jobs[j].attempts >= self.settings.max_attempts]
+        self.store.finish([Outcome(j, "failed", worker=held[j], error=job_error(WorkerLost(
+            f"the job's worker was lost {jobs[j].attempts} times"))) for j in spent])
+        handed = self.store.requeue({j: held[j] for j in jobs if j not in spent})
+        for job_id in handed:
+            worker = held[job_id]
+            why = "could not record its outcome" if worker == self.id else "was lost"
+            if job_id not in charged:
+                why += " before the job reached the device (no attempt counted)"
+            self.store.append_event(job_id, "log", {"message": f"worker {worker} {why};"
+                                                    " the job is queued again"})
+            if self.celery is not None:
+                dispatch(self.celery, job_id, jobs[job_id].queue)
+        return len(handed)
 
     def rescue_stranded(self) -> int:
         """Send again the messages of jobs queued for over ``stranded_after_s`` while their

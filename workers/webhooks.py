@@ -30,7 +30,7 @@ from typing import Any
 
 from workers.outbox import Delivery, Outbox, open_outbox
 from workers.settings import Settings
-from workers.store.base import TERMINAL, Event, JobStore, StoreUnavailable, now_iso, public_record
+from workers.store.base import TERMINAL, Event, Job, JobStore, StoreUnavailable, now_iso
 from workers.webhook_net import Connector, Refused, Resolver, connect, networks, post, resolve
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,9 @@ def event_name(event: Event) -> str | None:
     return event.type if event.type in ("progress", "output") else None
 
 
-def deliveries_for(job: dict[str, Any], events: list[Event]) -> list[Delivery]:
+def deliveries_for(job: Job, events: list[Event]) -> list[Delivery]:
     """The deliveries of a job's new events, for the events the job asked for."""
-    wanted = set(job.get("webhook_events") or DEFAULT_EVENTS)
+    wanted = set(job.webhook_events or DEFAULT_EVENTS)
     picked: list[tuple[str, Event]] = []
     for event in events:
         name = event_name(event)
@@ -69,13 +69,13 @@ def deliveries_for(job: dict[str, Any], events: list[Event]) -> list[Delivery]:
             picked[-1] = (name, event)  # only the latest step of a round
         else:
             picked.append((name, event))
-    record = public_record(job)
+    record = job.public()
     out = []
     for name, event in picked:
         body = {"type": f"job.{name}", "timestamp": now_iso(), "data": record,
                 "event": {"seq": event.seq, "type": event.type, "data": event.data}}
-        out.append(Delivery(id=f"msg_{job['id']}_{event.seq}", job_id=job["id"], event=name,
-                            url=str(job["webhook"]), owner=job["owner"],
+        out.append(Delivery(id=f"msg_{job.id}_{event.seq}", job_id=job.id, event=name,
+                            url=str(job.webhook), owner=job.owner,
                             body=json.dumps(body, separators=(",", ":"))))
     return out
 
@@ -103,7 +103,7 @@ class WebhookSender:
                 if time.time() - since > FORGET_UNCREATED_S or cursor > 0:
                     self.outbox.advance(job_id, cursor, done=True)  # never made, or expired
                 continue
-            if not job.get("webhook"):
+            if not job.webhook:
                 self.outbox.advance(job_id, cursor, done=True)
                 continue
             if not events:

@@ -26,6 +26,7 @@ from service.routes.health import NO_WORKER
 from service.routes.webhooks import check_webhook
 from service.schemas import EVENTS_DESCRIPTION, JobList, JobRecord
 from service.submitter import BrokerDown
+from service.waiters import wait_terminal
 from workers.blobs import artifact_key
 from workers.contract import IMAGE_FIELDS, JOB_REQUEST, JobRequest, check, pixel_limit, request_hash
 from workers.errors import (
@@ -39,9 +40,8 @@ from workers.errors import (
 )
 from workers.inputs import stash_inputs, upload_sizes
 from workers.metering import delete_job as delete_job_data
-from workers.runtime import finish_and_announce
 from workers.settings import new_id
-from workers.store import TERMINAL, StoreUnavailable, public_record
+from workers.store import TERMINAL, Job, StoreUnavailable
 from workers.store.base import STATUSES, QueueFull, now_iso, usage_buckets
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,10 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1_ERRORS)
 _WAIT = re.compile(r"wait\s*=\s*(\d+(?:\.\d+)?)")
 
 
-def owned_job(state: State, caller: Caller, job_id: str) -> dict[str, Any]:
+def owned_job(state: State, caller: Caller, job_id: str) -> Job:
     """The caller's job, or 404 (also for someone else's job: its existence is not told)."""
     job = state.store.get(job_id)
-    if job is None or job["owner"] != caller.owner:
+    if job is None or job.owner != caller.owner:
         raise NotFound(f"no job {job_id!r}")
     return job
 
@@ -122,20 +122,20 @@ async def _submit_body(state: State, caller: Caller, raw: bytes, wait: float) ->
         job, existing = await anyio.to_thread.run_sync(_prepare, state, caller, body,
                                                        limiter=CHECKS)
     if job is None:
-        return JSONResponse(public_record(existing), status_code=200)
+        return JSONResponse(existing.public(), status_code=200)
     with state.open_per_key.hold(caller.key) if wait > 0 else nullcontext():
-        waiter = state.waiters.expect(job["id"]) if wait > 0 else None
+        waiter = state.waiters.expect(job.id) if wait > 0 else None
         try:
             return await _accept(state, caller, body, job, wait, waiter)
         finally:
-            state.waiters.forget(job["id"], waiter)
+            state.waiters.forget(job.id, waiter)
 
 
-async def _accept(state: State, caller: Caller, body: JobRequest, job: dict[str, Any],
+async def _accept(state: State, caller: Caller, body: JobRequest, job: Job,
                   wait: float, waiter: Any) -> JSONResponse:
     settings = state.settings
-    if job.get("webhook"):
-        await anyio.to_thread.run_sync(state.outbox.watch, job["id"])  # before the job exists
+    if job.webhook:
+        await anyio.to_thread.run_sync(state.outbox.watch, job.id)  # before the job exists
     await anyio.to_thread.run_sync(state.lifecycle.enqueued, job)  # before its message exists
     try:
         record, created = await state.submitter.submit(job)
@@ -154,15 +154,15 @@ async def _accept(state: State, caller: Caller, body: JobRequest, job: dict[str,
     except BrokerDown as e:
         raise Unavailable(str(e)) from e
     if not created:
-        return JSONResponse(public_record(
-            _resubmitted(record, caller, job["request_hash"])), status_code=200)
-    JOBS_SUBMITTED.labels(kind=body.kind, model=job["model"]).inc()
+        return JSONResponse(_resubmitted(record, caller, job.request_hash).public(),
+                            status_code=200)
+    JOBS_SUBMITTED.labels(kind=body.kind, model=job.model).inc()
     if wait > 0:
         done = await state.waiters.wait(record, waiter, wait)
-        if done is not None and done["status"] in TERMINAL:
-            return JSONResponse(public_record(done), status_code=200)
+        if done is not None and done.terminal:
+            return JSONResponse(done.public(), status_code=200)
         record = done or record
-    return JSONResponse(public_record(record), status_code=202)
+    return JSONResponse(record.public(), status_code=202)
 
 
 def _has_images(body: JobRequest) -> bool:
@@ -210,7 +210,7 @@ def _mostly_structure(raw: bytes) -> bool:
 
 
 def _prepare(state: State, caller: Caller, body: JobRequest
-             ) -> tuple[dict[str, Any], None] | tuple[None, dict[str, Any]]:
+             ) -> tuple[Job, None] | tuple[None, Job]:
     """Check the input and build the job; (job, None), or (None, the existing record) for
     the idempotent resubmission of a job id."""
     settings = state.settings
@@ -230,18 +230,16 @@ def _prepare(state: State, caller: Caller, body: JobRequest
     job_id = body.id or new_id()
     data = stash_inputs(data, IMAGE_FIELDS, job_id, caller.owner, state.blobs,
                         settings.inline_image_bytes, max_pixels)
-    return {
-        "id": job_id, "owner": caller.owner, "kind": body.kind,
-        "model": entry.name, "queue": entry.queue, "input": data,
-        "request_hash": fingerprint, "webhook": body.webhook, "timeout_s": body.timeout_s,
-        "created_at": now_iso(), "status": "queued", "attempts": 0,
-        **webhook_events, **state.lifecycle.admit(caller.owner, body.priority),
-    }, None
+    return Job(
+        id=job_id, owner=caller.owner, kind=body.kind, model=entry.name, queue=entry.queue,
+        input=data, request_hash=fingerprint, created_at=now_iso(), timeout_s=body.timeout_s,
+        webhook=body.webhook, **webhook_events, **state.lifecycle.admit(caller.owner,
+                                                                         body.priority)), None
 
 
-def _resubmitted(existing: dict[str, Any], caller: Caller, fingerprint: str) -> dict[str, Any]:
-    if existing["owner"] != caller.owner or existing.get("request_hash") != fingerprint:
-        raise Conflict(f"job id {existing['id']!r} is taken by a different submission")
+def _resubmitted(existing: Job, caller: Caller, fingerprint: str) -> Job:
+    if existing.owner != caller.owner or existing.request_hash != fingerprint:
+        raise Conflict(f"job id {existing.id!r} is taken by a different submission")
     return existing
 
 
@@ -264,7 +262,7 @@ def list_jobs(
     if status is not None and status not in STATUSES:
         raise InvalidInput(f"status must be one of {list(STATUSES)}")
     jobs, next_cursor = state.store.list(caller.owner, status, kind, limit, cursor)
-    records = state.lifecycle.decorate([public_record(j) for j in jobs], jobs)
+    records = state.lifecycle.decorate([j.public() for j in jobs], jobs)
     return {"jobs": records, "next_cursor": next_cursor}
 
 
@@ -273,7 +271,7 @@ def get_job(job_id: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
     """The job record (404 for an unknown id and for another owner's job); a queued job
     while no worker lives says so in ``waiting``."""
     job = owned_job(state, caller, job_id)
-    record = state.lifecycle.decorate([public_record(job)], [job])[0]
+    record = state.lifecycle.decorate([job.public()], [job])[0]
     if record["status"] == "queued" and not state.store.workers():
         record["waiting"] = NO_WORKER
     return record
@@ -283,12 +281,9 @@ def get_job(job_id: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
 def cancel_job(job_id: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
     """Cancel a queued or running job; a finished job is returned unchanged."""
     job = owned_job(state, caller, job_id)
-    if job["status"] in TERMINAL:
-        return public_record(job)
-    state.store.request_cancel(job_id)
-    if job["status"] == "queued":
-        finish_and_announce(state.store, job_id, None, "canceled")
-    return public_record(owned_job(state, caller, job_id))
+    if job.terminal:
+        return job.public()
+    return (state.store.cancel(job_id) or job).public()
 
 
 _EVENT_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits that fit a 64-bit sequence number
@@ -320,7 +315,7 @@ async def job_events(
     after = last_event_id(last_event_id_)
     job = await anyio.to_thread.run_sync(owned_job, state, caller, job_id)
     release = state.open_per_key.acquire(caller.key)
-    ended = job["status"] in TERMINAL
+    ended = job.terminal
     return EventSourceResponse(_stream(state, job_id, after, ended, release), ping=15,
                                background=BackgroundTask(release))
 
@@ -350,7 +345,7 @@ async def _stream(state: State, job_id: str, after: int, ended: bool,
             job = await anyio.to_thread.run_sync(state.store.get, job_id)
             if job is None:
                 return
-            ended = job["status"] in TERMINAL
+            ended = job.terminal
             if ended and follower.caught_up and follower.queue.empty():
                 tail = await anyio.to_thread.run_sync(state.store.events, job_id,
                                                       follower.after, 0.0)
@@ -401,12 +396,10 @@ def delete_job(job_id: str, state: StateDep, caller: CallerDep) -> Response:
     or running job is canceled first (409 if a running job has not stopped within 10 s;
     try again)."""
     job = owned_job(state, caller, job_id)
-    if job["status"] not in TERMINAL:
-        state.store.request_cancel(job_id)
-        if job["status"] == "queued":
-            finish_and_announce(state.store, job_id, None, "canceled")
-        job = state.store.wait_terminal(job_id, DELETE_WAIT_S) or job
-        if job["status"] not in TERMINAL:
+    if not job.terminal:
+        state.store.cancel(job_id)
+        job = wait_terminal(state.store, job_id, DELETE_WAIT_S) or job
+        if not job.terminal:
             raise Conflict(f"job {job_id!r} is still stopping; try again")
     delete_job_data(state.store, state.blobs, job)  # and refund its stored bytes
     return Response(status_code=204)

@@ -60,10 +60,10 @@ def test_a_crash_charges_only_the_jobs_on_the_device(fresh_service: Service) -> 
 
         _wait(some_held_behind_a_running_batch, "the worker never held jobs behind a batch")
         svc.kill_workers(signal.SIGKILL)
-        at_kill = [store.get(j) or {} for j in ids]
-        stepped = {j["id"] for j in at_kill if j.get("progress")}
+        at_kill = [j for j in map(store.get, ids) if j is not None]
+        stepped = {j.id for j in at_kill if j.progress}
         # the runs that reached the device, as the store recorded them before the kill
-        ran = {j["id"] for j in at_kill if j.get("device") and j["device"] == j.get("token")}
+        ran = {j.id for j in at_kill if j.device and j.device == j.token}
         svc.start_worker()
         finished = [wait_status(c, j, DONE, timeout=300) for j in ids]
     assert stepped and stepped <= ran and len(ran) < len(ids)

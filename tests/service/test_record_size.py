@@ -44,10 +44,10 @@ def measure(redis_url: str, tmp: Path, jobs: int, steps: int, side: int = 512
     import torch
 
     from models.catalog import Catalog
+    from tests.support.jobs import job, put
     from workers.cache import ModelCache
     from workers.runtime import WorkerRuntime
     from workers.settings import Settings
-    from workers.store.base import now_iso
     from workers.store.redis import RedisStore
 
     save_sd_shaped_pipeline(tmp / "tiny-sd")
@@ -61,24 +61,21 @@ def measure(redis_url: str, tmp: Path, jobs: int, steps: int, side: int = 512
     store = RedisStore(redis_url)
     runtime = WorkerRuntime(settings, store, Catalog.load(settings.catalog),
                             ModelCache(torch.device("cpu")))
-    store.create_and_announce({"id": "warm", "owner": "m", "kind": "generate",
-                               "model": "tiny-sd", "queue": "convoy", "created_at": now_iso(),
-                               "input": {"prompt": "x", "n": 1, "steps": 1, "seed": 0,
-                                         "preview_every": 0, "height": 64, "width": 64,
-                                         "scheduler": "dpmpp", "guidance_scale": None,
-                                         "negative_prompt": None, "class_label": None},
-                               "status": "queued", "attempts": 0})
+    put(store, job("warm", owner="m", kind="generate", model="tiny-sd", request_hash="",
+                   input={"prompt": "x", "n": 1, "steps": 1, "seed": 0, "preview_every": 0,
+                          "height": 64, "width": 64, "scheduler": "dpmpp",
+                          "guidance_scale": None, "negative_prompt": None,
+                          "class_label": None}))
     assert runtime.run_job("warm") == "succeeded"
     r.delete(*[k.format("warm") for k in KEYS])
     before = int(r.info("memory")["used_memory"])
     for i in range(jobs):
-        store.create_and_announce({
-            "id": f"job-{i}", "owner": "m", "kind": "generate", "model": "tiny-sd",
-            "queue": "convoy", "created_at": now_iso(), "status": "queued", "attempts": 0,
-            "input": {"prompt": "a red circle on a blue square", "negative_prompt": None,
-                      "n": 4, "steps": steps, "seed": i, "preview_every": 1, "height": side,
-                      "width": side, "scheduler": "dpmpp", "guidance_scale": None,
-                      "class_label": None}})
+        put(store, job(
+            f"job-{i}", owner="m", kind="generate", model="tiny-sd", request_hash="",
+            input={"prompt": "a red circle on a blue square", "negative_prompt": None,
+                   "n": 4, "steps": steps, "seed": i, "preview_every": 1, "height": side,
+                   "width": side, "scheduler": "dpmpp", "guidance_scale": None,
+                   "class_label": None}))
         outcome = runtime.run_job(f"job-{i}")
         assert outcome == "succeeded", outcome
     after = int(r.info("memory")["used_memory"])

@@ -326,9 +326,9 @@ def test_a_job_on_tampered_weights_fails(tmp_path: Path) -> None:
 
     from models.catalog import Catalog
     from models.checkpoint import sha256_of
+    from tests.support.jobs import job, put
     from workers.cache import ModelCache
     from workers.runtime import WorkerRuntime
-    from workers.store.base import now_iso
     from workers.store.sqlite import SQLiteStore
 
     weights = Path(__file__).resolve().parents[2] / "models/weights/lenet5-digits.safetensors"
@@ -348,14 +348,12 @@ def test_a_job_on_tampered_weights_fails(tmp_path: Path) -> None:
                             ModelCache(torch.device("cpu")))
     image = digit_images(1)[0][0]
     for model in ("pinned", "tampered"):
-        store.create({"id": model, "owner": "local", "kind": "classify", "model": model,
-                      "queue": "convoy", "input": {"image": image, "top_k": 1},
-                      "created_at": now_iso(), "status": "queued", "attempts": 0})
+        put(store, job(model, owner="local", model=model, input={"image": image, "top_k": 1}))
     assert runtime.run_job("pinned") == "succeeded"
     assert runtime.run_job("tampered") == "invalid_input"
-    job = store.get("tampered")
-    assert job is not None and job["status"] == "failed"
-    assert "checksum mismatch" in job["error"]["message"]
+    failed = store.get("tampered")
+    assert failed is not None and failed.status == "failed"
+    assert failed.error is not None and "checksum mismatch" in failed.error["message"]
 
 
 def test_a_pickle_message_is_refused_by_the_worker(service: Service, tmp_path: Path) -> None:

@@ -8,14 +8,8 @@ import threading
 from pathlib import Path
 
 from service.streams import EventHub, Follower
-from workers.store.base import now_iso
+from tests.support.jobs import job, put
 from workers.store.sqlite import SQLiteStore
-
-
-def job(jid: str) -> dict[str, object]:
-    return {"id": jid, "owner": "alice", "kind": "generate", "model": "m", "queue": "convoy",
-            "input": {}, "request_hash": "h", "created_at": now_iso(), "status": "queued",
-            "attempts": 0}
 
 
 async def collect(follower: Follower, upto: int, timeout_s: float = 10.0) -> list[int]:
@@ -30,8 +24,7 @@ async def collect(follower: Follower, upto: int, timeout_s: float = 10.0) -> lis
 
 def test_followers_get_every_event_once_in_order_however_they_join(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "s.db")
-    for jid in ("a", "b"):
-        store.create(job(jid))
+    put(store, job("a"), job("b"))  # each with its queued event, seq 1
     for i in range(5):
         store.append_event("a", "progress", {"step": i})
 
@@ -40,16 +33,16 @@ def test_followers_get_every_event_once_in_order_however_they_join(tmp_path: Pat
         hub.start()
         try:
             early = hub.follow("a", 0)
-            assert await collect(early, 5) == [1, 2, 3, 4, 5]
+            assert await collect(early, 6) == [1, 2, 3, 4, 5, 6]
             writer = threading.Thread(target=lambda: [
                 store.append_event(j, "progress", {"step": i})
                 for i in range(20) for j in ("a", "b")])
             writer.start()
-            late = hub.follow("a", 2)  # behind the shared cursor: its own first read
+            late = hub.follow("a", 3)  # behind the shared cursor: its own first read
             other = hub.follow("b", 0)
-            resumed = hub.follow("a", 24)
-            results = await asyncio.gather(collect(early, 25), collect(late, 25),
-                                           collect(other, 20), collect(resumed, 25))
+            resumed = hub.follow("a", 25)
+            results = await asyncio.gather(collect(early, 26), collect(late, 26),
+                                           collect(other, 21), collect(resumed, 26))
             writer.join()
             threads = sum(1 for t in threading.enumerate() if t.name == "convoy-events")
             for f in (early, late, other, resumed):
@@ -60,8 +53,8 @@ def test_followers_get_every_event_once_in_order_however_they_join(tmp_path: Pat
             hub.stop()
 
     early, late, other, resumed, threads = asyncio.run(main())
-    assert early == list(range(6, 26))
-    assert late == list(range(3, 26))
-    assert other == list(range(1, 21))
-    assert resumed == [25]
+    assert early == list(range(7, 27))
+    assert late == list(range(4, 27))
+    assert other == list(range(1, 22))
+    assert resumed == [26]
     assert threads == 1  # four followers, one reader

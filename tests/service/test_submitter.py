@@ -14,7 +14,8 @@ import pytest
 from service.streams import EventHub
 from service.submitter import BrokerDown, Submitter
 from service.waiters import Waiters
-from tests.workers.test_store import job
+from tests.support.jobs import NO_LIMIT, job
+from workers.store import Job, Outcome
 from workers.store.base import QueueFull
 from workers.store.sqlite import SQLiteStore
 
@@ -26,10 +27,10 @@ class SlowStore(SQLiteStore):
         super().__init__(path)
         self.groups: list[int] = []
 
-    def accept_many(self, jobs: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
+    def accept(self, jobs: list[Job], *args: Any, **kwargs: Any) -> Any:
         self.groups.append(len(jobs))
         time.sleep(0.05)
-        return super().accept_many(jobs, *args, **kwargs)
+        return super().accept(jobs, *args, **kwargs)
 
 
 def test_submissions_that_arrive_together_share_a_store_step_and_a_message(tmp_path: Path
@@ -38,14 +39,14 @@ def test_submissions_that_arrive_together_share_a_store_step_and_a_message(tmp_p
     sent: list[tuple[list[str], str]] = []
     submitter = Submitter(store, lambda ids, queue: sent.append((ids, queue)), 100, 100)
 
-    async def main() -> list[tuple[dict[str, Any], bool]]:
+    async def main() -> list[tuple[Job, bool]]:
         first = asyncio.ensure_future(submitter.submit(job("j0")))
         await asyncio.sleep(0.01)  # j0's group is being written ...
         rest = [asyncio.ensure_future(submitter.submit(job(f"j{i}"))) for i in range(1, 11)]
         return [await first] + [await r for r in rest]  # ... the others wait for the next
 
     results = asyncio.run(main())
-    assert [r[0]["id"] for r in results] == [f"j{i}" for i in range(11)]
+    assert [r[0].id for r in results] == [f"j{i}" for i in range(11)]
     assert all(created for _, created in results)
     assert store.groups == [1, 10]
     assert sent == [(["j0"], "convoy"), ([f"j{i}" for i in range(1, 11)], "convoy")]
@@ -79,8 +80,8 @@ def test_jobs_whose_message_cannot_be_sent_fail(tmp_path: Path) -> None:
     with pytest.raises(BrokerDown):
         asyncio.run(submitter.submit(job("a")))
     failed = store.get("a")
-    assert failed is not None and failed["status"] == "failed"
-    assert failed["error"]["code"] == "internal"
+    assert failed is not None and failed.status == "failed"
+    assert failed.error is not None and failed.error["code"] == "internal"
 
 
 class AnnouncingStore(SQLiteStore):
@@ -101,10 +102,10 @@ class AnnouncingStore(SQLiteStore):
 
 def test_a_finish_wakes_its_waiting_request(tmp_path: Path) -> None:
     store = AnnouncingStore(tmp_path / "s.db")
-    record, _ = store.create_and_announce(job("a"))
+    ((record, _),) = store.accept([job("a")], NO_LIMIT, NO_LIMIT)
     waiters = Waiters(store, EventHub(store))
 
-    async def main() -> tuple[dict[str, Any] | None, float]:
+    async def main() -> tuple[Job | None, float]:
         waiters.start()
         assert await asyncio.to_thread(store.listening.wait, 5)
         future = waiters.expect("a")
@@ -118,24 +119,24 @@ def test_a_finish_wakes_its_waiting_request(tmp_path: Path) -> None:
 
     done, took = asyncio.run(main())
     waiters.stop()
-    assert done is not None and done["status"] == "succeeded" and done["output"] == {"k": 1}
-    assert done["id"] == "a" and done["kind"] == "classify"  # the fixed fields are kept
+    assert done is not None and done.status == "succeeded" and done.output == {"k": 1}
+    assert done.id == "a" and done.kind == "classify"  # the fixed fields are kept
     assert took < 1.0  # woken by the announcement, not by a recheck
     assert not waiters._waiting
 
 
 def test_a_missed_announcement_only_delays_the_answer(tmp_path: Path) -> None:
     store = AnnouncingStore(tmp_path / "s.db")
-    record, _ = store.create_and_announce(job("a"))
-    store.claim("a", "w1")
+    ((record, _),) = store.accept([job("a")], NO_LIMIT, NO_LIMIT)
+    store.claim(["a"], "w1")
     waiters = Waiters(store, EventHub(store))
     waiters.recheck_s = 0.2
 
-    async def main() -> dict[str, Any] | None:
+    async def main() -> Job | None:
         waiters.start()
         future = waiters.expect("a")
-        threading.Timer(0.1, store.finish_and_announce, args=("a", "w1", "failed"),
-                        kwargs={"error": {"code": "internal", "message": "x"}}).start()
+        threading.Timer(0.1, store.finish, args=([Outcome(
+            "a", "failed", error={"code": "internal", "message": "x"}, worker="w1")],)).start()
         try:
             return await waiters.wait(record, future, 10)  # never announced: found on a recheck
         finally:
@@ -143,16 +144,16 @@ def test_a_missed_announcement_only_delays_the_answer(tmp_path: Path) -> None:
 
     done = asyncio.run(main())
     waiters.stop()
-    assert done is not None and done["status"] == "failed"
+    assert done is not None and done.status == "failed"
 
 
 def test_a_wait_that_runs_out_answers_the_latest_record(tmp_path: Path) -> None:
     store = AnnouncingStore(tmp_path / "s.db")
-    record, _ = store.create_and_announce(job("a"))
+    ((record, _),) = store.accept([job("a")], NO_LIMIT, NO_LIMIT)
     waiters = Waiters(store, EventHub(store))
     waiters.recheck_s = 0.1
 
-    async def main() -> dict[str, Any] | None:
+    async def main() -> Job | None:
         waiters.start()
         future = waiters.expect("a")
         try:
@@ -162,4 +163,4 @@ def test_a_wait_that_runs_out_answers_the_latest_record(tmp_path: Path) -> None:
 
     done = asyncio.run(main())
     waiters.stop()
-    assert done is not None and done["status"] == "queued"
+    assert done is not None and done.status == "queued"

@@ -15,11 +15,11 @@ import torch
 from models.catalog import Catalog, ModelEntry
 from models.predictor import Artifact, Predictor, Request, StepCallback
 from models.registry import register_predictor
+from tests.support.jobs import job, put
 from workers.batcher import Batcher, Item, Stopped
 from workers.cache import ModelCache
 from workers.runtime import WorkerRuntime
 from workers.settings import Settings
-from workers.store.base import now_iso
 from workers.store.sqlite import SQLiteStore
 
 
@@ -218,10 +218,8 @@ def test_out_of_memory_splits_the_batch_and_fails_only_the_job_that_does_not_fit
 
     def submit(name: str, seed: int, n: int = 1) -> str:
         jid = f"{name}-{seed}"
-        store.create({"id": jid, "owner": "o", "kind": "generate", "model": name,
-                      "queue": "convoy", "request_hash": "h", "created_at": now_iso(),
-                      "status": "queued", "attempts": 0,
-                      "input": {"n": n, "seed": seed, "steps": 1, "scheduler": "ddpm"}})
+        put(store, job(jid, owner="o", kind="generate", model=name,
+                       input={"n": n, "seed": seed, "steps": 1, "scheduler": "ddpm"}))
         return jid
 
     outcomes: dict[str, str] = {}
@@ -249,12 +247,12 @@ def test_out_of_memory_splits_the_batch_and_fails_only_the_job_that_does_not_fit
     sizes = [len(b) for b in OutOfMemoryAbove.batches]
     assert sizes[0] == 4 and sorted(sizes) == [1, 1, 2, 2, 4]  # halves, then halves again
     failed = store.get("oomy-2")
-    assert failed is not None and failed["status"] == "failed"
-    assert failed["error"]["code"] == "gpu_oom"
-    assert store.get("oomy-3")["output"] == {"seed": 3}  # type: ignore[index]
+    assert failed is not None and failed.status == "failed"
+    assert failed.error is not None and failed.error["code"] == "gpu_oom"
+    assert store.get("oomy-3").output == {"seed": 3}  # type: ignore[union-attr]
     # the worker stays up: the next job runs
     assert runtime.run_job(submit("oomy", 5)) == "succeeded"
-    assert store.get("oomy-5")["output"] == {"seed": 5}  # type: ignore[index]
+    assert store.get("oomy-5").output == {"seed": 5}  # type: ignore[union-attr]
 
 
 def test_a_lone_job_of_a_slow_model_waits_max_wait_for_company_and_of_a_fast_one_does_not(

@@ -16,9 +16,9 @@ from typing import Any, cast
 import pytest
 
 from tests.fixtures import TEST_CATALOG, free_port
+from tests.support.jobs import job, put
 from workers.settings import Settings
 from workers.store import JobStore, StoreUnavailable
-from workers.store.base import now_iso
 from workers.store.patient import patient
 from workers.store.sqlite import SQLiteStore
 
@@ -86,11 +86,19 @@ def runtime_for(tmp_path: Path) -> Iterator[Any]:
 
 
 def _submit(store: JobStore, job_id: str, steps: int, timeout_s: float | None = None) -> None:
-    store.create({"id": job_id, "owner": "local", "kind": "generate", "model": "sleepy",
-                  "queue": "convoy", "input": {"steps": steps, "n": 1, "seed": 1,
-                                               "scheduler": "dpmpp", "preview_every": 0},
-                  "created_at": now_iso(), "status": "queued", "attempts": 0,
-                  "timeout_s": timeout_s})
+    put(store, job(job_id, owner="local", kind="generate", model="sleepy", timeout_s=timeout_s,
+                   input={"steps": steps, "n": 1, "seed": 1, "scheduler": "dpmpp",
+                          "preview_every": 0}))
+
+
+def _status(store: JobStore, job_id: str) -> str | None:
+    found = store.get(job_id)
+    return None if found is None else found.status
+
+
+def _step(store: JobStore, job_id: str) -> int:
+    found = store.get(job_id)
+    return 0 if found is None or found.progress is None else found.progress["step"]
 
 
 def _types(store: JobStore, job_id: str) -> list[str]:
@@ -104,7 +112,7 @@ def test_a_store_outage_mid_job_loses_nothing(runtime_for: Any) -> None:
     runner = threading.Thread(target=lambda: result.append(rt.run_job("j")))
     runner.start()
     deadline = time.monotonic() + 120
-    while ((store.get("j") or {}).get("progress") or {}).get("step", 0) < 3:
+    while _step(store, "j") < 3:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     flaky.down.set()  # the store goes away mid-job ...
@@ -113,26 +121,26 @@ def test_a_store_outage_mid_job_loses_nothing(runtime_for: Any) -> None:
     runner.join(60)
     job = store.get("j")
     assert result == ["succeeded"] and flaky.refused > 0
-    assert job is not None and job["status"] == "succeeded" and job["attempts"] == 1
+    assert job is not None and job.status == "succeeded" and job.attempts == 1
     assert _types(store, "j").count("output") == 1
     assert [b.key for b in rt.blobs.entries("jobs/j/")] == ["jobs/j/image-0.png"]
 
 
 def test_a_run_that_could_not_record_is_handed_back(runtime_for: Any) -> None:
-    rt, store, flaky = runtime_for(lambda s: Flaky(s, only={"finish_many"}), store_patience_s=0.2)
+    rt, store, flaky = runtime_for(lambda s: Flaky(s, only={"finish"}), store_patience_s=0.2)
     _submit(store, "j", steps=2)
     flaky.down.set()
     with pytest.raises(StoreUnavailable):
         rt.run_job("j")
     job = store.get("j")
-    assert job is not None and job["status"] == "running" and job["worker"] == rt.id
+    assert job is not None and job.status == "running" and job.worker == rt.id
     flaky.down.clear()
     assert rt.reap() == 1  # its own job, which no thread runs any more
     job = store.get("j")
-    assert job is not None and job["status"] == "queued"
+    assert job is not None and job.status == "queued"
     assert rt.run_job("j") == "succeeded"
     job = store.get("j")
-    assert job is not None and job["attempts"] == 2
+    assert job is not None and job.attempts == 2
     assert _types(store, "j").count("output") == 1
 
 
@@ -142,13 +150,13 @@ def test_a_running_job_of_this_worker_is_not_reaped(runtime_for: Any) -> None:
     runner = threading.Thread(target=rt.run_job, args=("j",))
     runner.start()
     deadline = time.monotonic() + 120
-    while (store.get("j") or {}).get("status") != "running":
+    while _status(store, "j") != "running":
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert rt.reap() == 0
     runner.join(60)
     job = store.get("j")
-    assert job is not None and job["status"] == "succeeded" and job["attempts"] == 1
+    assert job is not None and job.status == "succeeded" and job.attempts == 1
 
 
 def test_a_redelivered_finished_job_is_not_run_again(runtime_for: Any) -> None:
@@ -167,9 +175,9 @@ def test_a_job_past_its_deadline_fails_timeout(runtime_for: Any) -> None:
     for job_id in ("asked", "bounded"):
         assert rt.run_job(job_id) == "timeout"
         job = store.get(job_id)
-        assert job is not None and job["status"] == "failed"
-        assert job["error"]["code"] == "timeout"
-        assert (job.get("progress") or {}).get("step", 0) < 500
+        assert job is not None and job.status == "failed"
+        assert job.error["code"] == "timeout"
+        assert _step(store, job_id) < 500
 
 
 def test_the_broker_takes_json_only_and_outwaits_the_longest_job() -> None:
@@ -227,13 +235,13 @@ def test_jobs_of_one_message_are_claimed_batched_and_recorded_together(runtime_f
     rt, store, _ = runtime_for()
     for j in ("a", "b", "c"):
         _submit(store, j, steps=2)
-    store.finish_and_announce("c", None, "canceled")  # canceled while queued
+    store.cancel("c")  # canceled while queued
     outcomes = rt.run_jobs(["a", "b", "c", "gone"])
     assert outcomes == ["succeeded", "succeeded", "skipped (canceled)", "missing"]
     assert rt.batcher.stats.batches == 1 and rt.batcher.stats.items == 2  # a and b together
     for j in ("a", "b"):
         job = store.get(j)
-        assert job is not None and job["status"] == "succeeded" and job["worker"] == "w1"
+        assert job is not None and job.status == "succeeded" and job.worker == "w1"
         assert _types(store, j)[-2:] == ["output", "status"]
         assert [b.key for b in rt.blobs.entries(f"jobs/{j}/")] == [f"jobs/{j}/image-0.png"]
     assert rt.jobs_done == 2
@@ -242,13 +250,11 @@ def test_jobs_of_one_message_are_claimed_batched_and_recorded_together(runtime_f
 def test_a_job_that_fails_to_start_leaves_the_others_of_its_message(runtime_for: Any) -> None:
     rt, store, _ = runtime_for()
     _submit(store, "good", steps=2)
-    store.create({"id": "bad", "owner": "local", "kind": "generate", "model": "no-such-model",
-                  "queue": "convoy", "input": {}, "created_at": now_iso(), "status": "queued",
-                  "attempts": 0})
+    put(store, job("bad", owner="local", kind="generate", model="no-such-model", input={}))
     assert rt.run_jobs(["bad", "good"]) == ["invalid_input", "succeeded"]
     bad = store.get("bad")
-    assert bad is not None and bad["status"] == "failed"
-    assert bad["error"]["code"] == "invalid_input"
+    assert bad is not None and bad.status == "failed"
+    assert bad.error["code"] == "invalid_input"
 
 
 def test_jobs_of_one_message_in_different_batches_end_as_their_batch_ends(runtime_for: Any
@@ -262,9 +268,47 @@ def test_jobs_of_one_message_in_different_batches_end_as_their_batch_ends(runtim
     runner = threading.Thread(target=rt.run_jobs, args=(ids,))
     runner.start()
     deadline = time.monotonic() + 60
-    while (store.get("j0") or {}).get("status") != "succeeded":
+    while _status(store, "j0") != "succeeded":
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    assert [store.get(j)["status"] for j in ids[4:]] == ["running", "running"]  # type: ignore[index]
+    assert [store.get(j).status for j in ids[4:]] == ["running", "running"]  # type: ignore[union-attr]
     runner.join(60)
-    assert all(store.get(j)["status"] == "succeeded" for j in ids)  # type: ignore[index]
+    assert all(store.get(j).status == "succeeded" for j in ids)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("bug", [ValueError("negative dimension"), KeyError("steps")])
+def test_a_bug_inside_a_predictor_fails_the_job_internal(runtime_for: Any, bug: Exception,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """Only the model's explicit InvalidRequest blames the caller; a bare ValueError or
+    KeyError from a model is the service's fault."""
+    from tests.support.plugins import SleepyPredictor
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise bug
+
+    monkeypatch.setattr(SleepyPredictor, "predict", broken)
+    rt, store, _ = runtime_for()
+    _submit(store, "j", steps=2)
+    assert rt.run_job("j") == "internal"
+    failed = store.get("j")
+    assert failed is not None and failed.status == "failed"
+    assert failed.error is not None and failed.error["code"] == "internal"
+    assert type(bug).__name__ in failed.error["message"]
+
+
+def test_the_models_invalid_request_fails_the_job_invalid_input(
+        runtime_for: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.predictor import InvalidRequest
+    from tests.support.plugins import SleepyPredictor
+
+    def refuses(*_: Any, **__: Any) -> Any:
+        raise InvalidRequest("the prompt is over the model's 77 tokens")
+
+    monkeypatch.setattr(SleepyPredictor, "predict", refuses)
+    rt, store, _ = runtime_for()
+    _submit(store, "j", steps=2)
+    assert rt.run_job("j") == "invalid_input"
+    failed = store.get("j")
+    assert failed is not None and failed.error == {
+        "code": "invalid_input", "message": "the prompt is over the model's 77 tokens"}

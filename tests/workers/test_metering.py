@@ -15,13 +15,13 @@ import torch
 from models.catalog import Catalog
 from models.predictor import Predictor, Request, StepCallback
 from models.registry import register_predictor
+from tests.support.jobs import job, put
 from tests.workers.test_batcher import model
 from workers.cache import ModelCache
 from workers.metering import open_meter, shares
 from workers.runtime import WorkerRuntime
 from workers.settings import Settings
 from workers.store import JobStore
-from workers.store.base import now_iso
 from workers.store.sqlite import SQLiteStore
 
 
@@ -68,10 +68,8 @@ def test_a_batchs_device_seconds_add_up_to_its_measured_time(store: JobStore,
     Timed.measured.clear()
 
     def submit(jid: str, n: int, owner: str) -> str:
-        store.create({"id": jid, "owner": owner, "kind": "generate", "model": "timed",
-                      "queue": "convoy", "request_hash": "h", "created_at": now_iso(),
-                      "status": "queued", "attempts": 0,
-                      "input": {"n": n, "seed": 1, "steps": 1, "scheduler": "ddpm"}})
+        put(store, job(jid, owner=owner, kind="generate", model="timed",
+                       input={"n": n, "seed": 1, "steps": 1, "scheduler": "ddpm"}))
         return jid
 
     first = submit("first", 1, "alice")

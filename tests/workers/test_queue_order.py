@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.jobs import job, put
 from workers.queue_order import QueueOrder, open_order
-from workers.store import JobStore
-from workers.store.base import now_iso
+from workers.store import Job, JobStore, Outcome
 from workers.store.sqlite import SQLiteStore
 
 
@@ -34,9 +34,7 @@ def order_of(store: JobStore, starvation_s: float = 300.0) -> QueueOrder:
 
 def submit(store: JobStore, order: QueueOrder, jid: str, priority: int = 0,
            created: float | None = None, index: bool = True) -> str:
-    store.create({"id": jid, "owner": "o", "kind": "generate", "model": "m", "queue": "convoy",
-                  "input": {}, "request_hash": "h", "created_at": now_iso(), "status": "queued",
-                  "attempts": 0, "priority": priority})
+    put(store, job(jid, owner="o", kind="generate", input={}, priority=priority))
     if index:
         order.add("convoy", jid, priority, time.time() if created is None else created)
     return jid
@@ -45,7 +43,7 @@ def submit(store: JobStore, order: QueueOrder, jid: str, priority: int = 0,
 def run_message(store: JobStore, order: QueueOrder, jid: str, worker: str = "w") -> str | None:
     """What a worker does with a message: pick, then claim; the job it started."""
     picked = order.pick([jid], store)[0]
-    return picked if store.claim(picked, worker) is not None else None
+    return picked if isinstance(store.claim([picked], worker)[0], Job) else None
 
 
 def test_a_high_priority_job_submitted_after_30_low_ones_starts_next(store: JobStore) -> None:
@@ -121,15 +119,15 @@ def test_a_job_queued_again_runs_from_its_new_message(store: JobStore) -> None:
     order = order_of(store)
     a = submit(store, order, "a")
     assert run_message(store, order, a, "dead") == a
-    assert store.requeue(a, "dead")
+    assert store.requeue({a: "dead"}) == {a}
     assert run_message(store, order, a, "w2") == a  # the reaper's message
 
 
 def test_tidy_drops_entries_of_finished_jobs(store: JobStore) -> None:
     order = order_of(store)
     a = submit(store, order, "a")
-    store.claim(a, "w")
-    store.finish(a, "w", "succeeded")
+    store.claim([a], "w")
+    store.finish([Outcome(a, "succeeded", worker="w")])
     submit(store, order, "b")
     order.tidy()
     assert order.positions("convoy") == {"b": 1}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.workers.test_store import job
-from workers.store import JobStore
+from tests.support.jobs import job, put
+from workers.store import Job, JobStore, Outcome
 from workers.store.base import StaleClaim
 from workers.store.sqlite import SQLiteStore
 
@@ -25,17 +25,16 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
 
 @pytest.mark.parametrize("state", ["queued", "running", "succeeded"])
 def test_delete_removes_record_events_and_listing(store: JobStore, state: str) -> None:
-    store.create_and_announce(job("gone"))
-    store.create_and_announce(job("kept"))
+    put(store, job("gone"), job("kept"))
     if state != "queued":
-        store.claim_and_announce("gone", "w1")
+        store.claim(["gone"], "w1")
     if state == "succeeded":
-        store.finish_and_announce("gone", "w1", "succeeded", output={"x": 1})
+        store.finish([Outcome("gone", "succeeded", output={"x": 1}, worker="w1")])
     store.put_artifact("gone", "old.png", b"png", "image/png")
     assert store.delete("gone") is True
     assert store.get("gone") is None and store.events("gone") == []
     assert store.get_artifact("gone", "old.png") is None
-    assert [j["id"] for j in store.list("alice", None, None, 10, None)[0]] == ["kept"]
+    assert [j.id for j in store.list("alice", None, None, 10, None)[0]] == ["kept"]
     assert store.count_queued("alice") == 1 and store.count_queued() == 1
     assert "gone" not in [j for j, _ in store.running_jobs()]
     assert store.delete("gone") is False
@@ -48,7 +47,7 @@ def test_redis_keeps_no_key_of_a_deleted_job(redis_url: str) -> None:
     from workers.store.redis import RedisStore
 
     store = RedisStore(redis_url)
-    store.create_and_announce(job("zz-gone"))
+    put(store, job("zz-gone"))
     store.append_event("zz-gone", "log", {"message": "hi"})
     store.put_artifact("zz-gone", "a.png", b"png", "image/png")
     store.delete("zz-gone")
@@ -61,15 +60,14 @@ def test_redis_keeps_no_key_of_a_deleted_job(redis_url: str) -> None:
 
 
 def test_blobs_count_against_the_owners_stored_bytes_under_the_claim(store: JobStore) -> None:
-    store.create_and_announce(job("counted"))
-    claimed = store.claim_and_announce("counted", "w1")
-    assert claimed is not None
+    put(store, job("counted"))
+    (claimed,) = store.claim(["counted"], "w1")
+    assert isinstance(claimed, Job)
     before = store.stored_bytes("alice")
-    store.count_blob("counted", 5000, token=claimed.get("token"))
+    store.count_blob("counted", 5000, token=claimed.token)
     assert store.stored_bytes("alice") == before + 5000
     store.count_owner_bytes("alice", 700)  # an upload
     assert store.stored_bytes("alice") == before + 5700 and store.stored_bytes("bob") == 0
-    if claimed.get("token") is not None:  # a run whose claim is over counts (writes) nothing
-        with pytest.raises(StaleClaim):
-            store.count_blob("counted", 10, token=claimed["token"] + 1)
-        assert store.stored_bytes("alice") == before + 5700
+    with pytest.raises(StaleClaim):  # a run whose claim is over counts (writes) nothing
+        store.count_blob("counted", 10, token=claimed.token + 1)
+    assert store.stored_bytes("alice") == before + 5700

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.workers.test_store import job
+from tests.support.jobs import job, put
 from workers.blobs import BlobInfo, FolderBlobs
 from workers.metering import counted_bytes, delete_job
 from workers.store import JobStore
@@ -44,8 +44,8 @@ def test_a_refund_takes_from_its_buckets_only_and_never_below_zero(store: JobSto
 def test_counted_bytes_are_the_input_and_the_written_blobs_by_bucket() -> None:
     width = usage_buckets(DAY)[1]
     submitted = 1767225600.0 + 7 * width - 1  # the last second of a bucket
-    record = {**job("j"), "created_at": "2026-01-01T06:59:59.000Z",
-              "input": {"image": {"blob": "jobs/j/inputs/image", "bytes": 900}}}
+    record = job("j", created_at="2026-01-01T06:59:59.000Z",
+                 input={"image": {"blob": "jobs/j/inputs/image", "bytes": 900}})
     blobs = [BlobInfo("jobs/j/inputs/image", 900, "text/plain", "", modified=submitted),
              BlobInfo("jobs/j/preview-1.png", 300, "image/png", "", modified=submitted + 0.5),
              BlobInfo("jobs/j/image-0.png", 4000, "image/png", "", modified=submitted + 2)]
@@ -59,7 +59,8 @@ def test_counted_bytes_are_the_input_and_the_written_blobs_by_bucket() -> None:
 def test_delete_job_gives_back_what_the_job_counted(store: JobStore, tmp_path: Path) -> None:
     blobs = FolderBlobs(tmp_path / "blobs")
     store.count_owner_bytes("alice", 123)  # an upload of hers, which stays
-    record, _ = store.create_and_announce(job("gone"))
+    record = job("gone")
+    put(store, record)
     for name, data in (("preview-1.png", b"p" * 300), ("image-0.png", b"i" * 4000)):
         store.count_blob("gone", len(data))
         blobs.put(f"jobs/gone/{name}", data, "image/png")

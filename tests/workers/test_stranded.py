@@ -12,17 +12,17 @@ import pytest
 import torch
 
 from models.catalog import Catalog
+from tests.support.jobs import job, put
 from workers.cache import ModelCache
 from workers.celery_app import make_celery, task_message, waiting_messages
 from workers.runtime import WorkerRuntime
 from workers.settings import Settings
-from workers.store import JobStore, open_store
+from workers.store import Job, JobStore, Outcome, open_store
 
 
-def _job(job_id: str, age_s: float, queue: str) -> dict[str, Any]:
+def _job(job_id: str, age_s: float, queue: str) -> Job:
     created = (datetime.now(UTC) - timedelta(seconds=age_s)).isoformat().replace("+00:00", "Z")
-    return {"id": job_id, "owner": "local", "kind": "classify", "model": "m", "queue": queue,
-            "input": {}, "created_at": created, "status": "queued", "attempts": 0}
+    return job(job_id, owner="local", queue=queue, input={}, created_at=created)
 
 
 @pytest.fixture
@@ -50,8 +50,7 @@ def _runtime(settings: Settings, queue: str) -> tuple[WorkerRuntime, JobStore, A
 
 def test_a_stale_job_with_no_message_is_sent_again_once(settings: Settings, q: str) -> None:
     rt, store, app = _runtime(settings, q)
-    store.create_and_announce(_job("stale", 120, q))
-    store.create_and_announce(_job("young", 1, q))
+    put(store, _job("stale", 120, q), _job("young", 1, q))
     assert store.stale_queued(60) == [("stale", q)]
     assert rt.rescue_stranded() == 1
     assert waiting_messages(app, q) == 1
@@ -65,7 +64,7 @@ def test_a_stale_job_with_no_message_is_sent_again_once(settings: Settings, q: s
 def test_a_stale_job_whose_queue_holds_messages_waits_for_it_to_drain(settings: Settings,
                                                                       q: str) -> None:
     rt, store, app = _runtime(settings, q)
-    store.create_and_announce(_job("stale", 120, q))
+    put(store, _job("stale", 120, q))
     with app.connection_for_write() as conn:
         conn.SimpleQueue(q).put("some other job's message")
     assert rt.rescue_stranded() == 0
@@ -76,10 +75,9 @@ def test_a_stale_job_whose_queue_holds_messages_waits_for_it_to_drain(settings: 
 
 def test_a_running_or_finished_job_is_never_sent_again(settings: Settings, q: str) -> None:
     rt, store, _ = _runtime(settings, q)
-    store.create_and_announce(_job("running", 120, q))
-    store.create_and_announce(_job("done", 120, q))
-    store.claim("running", "w9")
-    store.finish_and_announce("done", None, "canceled")
+    put(store, _job("running", 120, q), _job("done", 120, q))
+    store.claim(["running"], "w9")
+    store.finish([Outcome("done", "canceled")])
     assert store.stale_queued(60) == []
     assert rt.rescue_stranded() == 0
 
@@ -98,6 +96,6 @@ def test_the_message_built_for_redis_counts_as_waiting(redis_url: str, tmp_path:
 def test_a_queue_outside_the_workers_catalog_is_left_to_its_own_workers(settings: Settings,
                                                                          q: str) -> None:
     rt, store, _ = _runtime(settings, q)
-    store.create_and_announce(_job("elsewhere", 120, f"{q}-other"))
+    put(store, _job("elsewhere", 120, f"{q}-other"))
     assert store.stale_queued(60) == [("elsewhere", f"{q}-other")]
     assert rt.rescue_stranded() == 0

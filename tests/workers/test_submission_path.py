@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from tests.workers.test_store import job
+from tests.support.jobs import job, put
 from workers.celery_app import TASK, make_celery, task_message
 from workers.settings import Settings
-from workers.store import JobStore
+from workers.store import Job, JobStore, Outcome
 from workers.store.base import QueueFull
 from workers.store.sqlite import SQLiteStore
 
@@ -30,38 +30,39 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
     return RedisStore(request.getfixturevalue("redis_url"))
 
 
-def test_accept_many_records_each_job_and_refuses_those_over_a_limit(store: JobStore) -> None:
-    store.create_and_announce(job("old", owner="bob"))
+def test_accept_records_each_job_and_refuses_those_over_a_limit(store: JobStore) -> None:
+    put(store, job("old", owner="bob"))
     jobs = [job("a"), job("b"), job("c"), job("old", owner="bob"), job("d", owner="bob")]
-    results = store.accept_many(jobs, max_mine=2, max_all=3)
+    results = store.accept(jobs, max_mine=2, max_all=3)
     a, b, c, old, d = results
-    assert isinstance(a, tuple) and a[1] and a[0]["status"] == "queued"
+    assert isinstance(a, tuple) and a[1] and a[0].status == "queued"
     assert isinstance(b, tuple) and b[1]
     assert isinstance(c, QueueFull) and c.whose == "owner"  # alice has 2 queued
-    assert isinstance(old, tuple) and not old[1] and old[0]["owner"] == "bob"  # id taken
+    assert isinstance(old, tuple) and not old[1] and old[0].owner == "bob"  # id taken
     assert isinstance(d, QueueFull) and d.whose == "all"  # 3 queued of 3
     assert store.get("c") is None and store.get("d") is None
-    assert store.queued_counts("alice") == (2, 3)
+    assert (store.count_queued("alice"), store.count_queued()) == (2, 3)
     assert [e.data for e in store.events("a")] == [{"status": "queued"}]
 
 
 def test_claims_and_finishes_of_many_jobs_say_what_became_of_each(store: JobStore) -> None:
-    for j in ("a", "b", "c"):
-        store.create_and_announce(job(j))
-    store.finish_and_announce("c", None, "canceled")
-    claims = store.try_claim_many(["a", "b", "c", "nope"], "w1")
-    assert [why for _, why in claims] == ["running", "running", "canceled", "missing"]
-    assert claims[0][0] is not None and claims[0][0]["attempts"] == 1
-    assert store.try_claim_many(["a"], "w2") == [(None, "running")]
-    store.request_cancel("b")
-    assert store.canceled_among(["a", "b", "c"]) == {"b"}
-    done = store.finish_many([("a", "w1", "succeeded", {"x": 1}, None),
-                              ("b", "w1", "canceled", None, None),
-                              ("c", "w1", "succeeded", {"x": 2}, None)])  # c: already over
+    put(store, job("a"), job("b"), job("c"))
+    store.cancel("c")
+    claims = store.claim(["a", "b", "c", "nope"], "w1")
+    assert [c.status if isinstance(c, Job) else c for c in claims] == [
+        "running", "running", "canceled", "missing"]
+    assert isinstance(claims[0], Job) and claims[0].attempts == 1
+    assert store.claim(["a"], "w2") == ["running"]
+    tokens = {c.id: c.token for c in claims if isinstance(c, Job)}
+    store.cancel("b")
+    assert store.stopped_among(tokens) == {"b": "canceled"}
+    done = store.finish([Outcome("a", "succeeded", output={"x": 1}, worker="w1"),
+                         Outcome("b", "canceled", worker="w1"),
+                         Outcome("c", "succeeded", output={"x": 2}, worker="w1")])  # c: over
     assert done == [True, True, False]
-    assert store.get("a")["output"] == {"x": 1}  # type: ignore[index]
-    assert store.get("b")["status"] == "canceled"  # type: ignore[index]
-    assert store.get("c")["status"] == "canceled"  # type: ignore[index]
+    assert store.get("a").output == {"x": 1}  # type: ignore[union-attr]
+    assert store.get("b").status == "canceled"  # type: ignore[union-attr]
+    assert store.get("c").status == "canceled"  # type: ignore[union-attr]
     assert [e.type for e in store.events("a")] == ["status", "status", "output", "status"]
 
 
@@ -93,7 +94,7 @@ def test_redis_accepts_jobs_with_their_message_in_one_step(redis_url: str) -> No
 
     store = RedisStore(redis_url)
     message = task_message(["a", "b"], "q")
-    results = store.accept_many([job("a"), job("b")], 10, 10, [message])
+    results = store.accept([job("a"), job("b")], 10, 10, [message])
     assert all(isinstance(r, tuple) and r[1] for r in results)
     assert redis_lib.Redis.from_url(redis_url).lrange("q", 0, -1) == [message[1].encode()]
 
@@ -108,17 +109,17 @@ def test_redis_announces_each_finish_with_the_changed_fields(redis_url: str) -> 
                                 args=(heard.extend, stop), daemon=True)
     listener.start()
     try:
-        store.create_and_announce(job("a"))
-        store.create_and_announce(job("b"))
-        deadline = time.monotonic() + 10
+        put(store, job("a"))
+        deadline, probes = time.monotonic() + 10, 0
         while not heard and time.monotonic() < deadline:  # until the subscription is live
-            store.finish_and_announce("b", None, "canceled")
-            store.create_and_announce(job(f"probe{len(heard)}"))
+            probes += 1
+            put(store, job(f"probe{probes}"))
+            store.finish([Outcome(f"probe{probes}", "canceled")])
             time.sleep(0.05)
         heard.clear()
         store.r.publish("convoy:finished", "not json")  # skipped, and the listener goes on
-        store.claim("a", "w1")
-        store.finish_and_announce("a", "w1", "succeeded", output={"label": "cat"})
+        store.claim(["a"], "w1")
+        store.finish([Outcome("a", "succeeded", output={"label": "cat"}, worker="w1")])
         deadline = time.monotonic() + 5
         while not heard and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -133,11 +134,10 @@ def test_redis_announces_each_finish_with_the_changed_fields(redis_url: str) -> 
 
 
 def test_a_batch_step_is_reported_for_all_its_jobs_at_once(store: JobStore) -> None:
+    put(store, job("a"), job("b"))
+    claims = {c.id: c.token for c in store.claim(["a", "b"], "w1") if isinstance(c, Job)}
+    store.progress(claims, 3, 20)
     for j in ("a", "b"):
-        store.create_and_announce(job(j))
-        store.claim_and_announce(j, "w1")
-    store.progress_many(["a", "b"], 3, 20)
-    for j in ("a", "b"):
-        assert store.get(j)["progress"] == {"step": 3, "total": 20}  # type: ignore[index]
+        assert store.get(j).progress == {"step": 3, "total": 20}  # type: ignore[union-attr]
         assert store.events(j)[-1].data == {"step": 3, "total": 20}
         assert store.events(j)[-1].type == "progress"

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from standardwebhooks import Webhook
 
+from tests.support.jobs import job, put
 from tests.support.receiver import Receiver
 from workers.outbox import open_outbox
 from workers.settings import Settings
-from workers.store import JobStore
-from workers.store.base import now_iso
+from workers.store import Job, JobStore, Outcome
 from workers.store.sqlite import SQLiteStore
 from workers.webhooks import WebhookSender
 
@@ -47,17 +47,16 @@ def settings(**kw: object) -> Settings:
 
 def submit(store: JobStore, jid: str, url: str, events: list[str] | None = None) -> None:
     open_outbox(store).watch(jid)
-    store.create_and_announce({
-        "id": jid, "owner": "alice", "kind": "generate", "model": "m", "queue": "convoy",
-        "input": {"steps": 3}, "request_hash": "h", "created_at": now_iso(), "status": "queued",
-        "attempts": 0, "webhook": url, "webhook_events": events or ["completed"]})
+    put(store, job(jid, kind="generate", input={"steps": 3}, webhook=url,
+                   webhook_events=events or ["completed"]))
 
 
 def run_job(store: JobStore, jid: str) -> None:
-    store.claim_and_announce(jid, "w1")
-    store.progress_many([jid], 1, 3)
-    store.progress_many([jid], 2, 3)
-    store.finish_and_announce(jid, "w1", "succeeded", output={"images": []})
+    (claimed,) = store.claim([jid], "w1")
+    assert isinstance(claimed, Job)
+    store.progress({jid: claimed.token}, 1, 3)
+    store.progress({jid: claimed.token}, 2, 3)
+    store.finish([Outcome(jid, "succeeded", output={"images": []}, worker="w1")])
 
 
 def pump(sender: WebhookSender, until: object, timeout: float = 30.0) -> None:

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 from workers.store.base import (
     TERMINAL,
     Event,
+    Job,
     JobStore,
+    Outcome,
     StoreFull,
     StoreUnavailable,
-    public_record,
 )
 
 if TYPE_CHECKING:
@@ -36,5 +37,5 @@ def open_store(settings: Settings) -> JobStore:
                        max_owner_bytes=settings.max_stored_bytes_per_owner)
 
 
-__all__ = ["TERMINAL", "Event", "JobStore", "StoreFull", "StoreUnavailable", "open_store",
-           "public_record"]
+__all__ = ["TERMINAL", "Event", "Job", "JobStore", "Outcome", "StoreFull", "StoreUnavailable",
+           "open_store"]

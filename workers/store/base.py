@@ -1,4 +1,11 @@
-"""The store interface and the pieces both implementations share."""
+"""The store interface and the pieces both implementations share.
+
+The interface is narrow and batch-first: one method per transition of a job (accept,
+claim, progress, mark_on_device, finish, requeue, cancel), each taking every job of a
+batch at once and writing each job's record and its events in one atomic step; then the
+reads, the event log, artifacts, stored-byte counts and worker heartbeats. Records are
+``workers.job.Job``; outcomes ``workers.job.Outcome``.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +13,15 @@ import json
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-TERMINAL = frozenset({"succeeded", "failed", "canceled"})
-STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+from workers.job import STATUSES, TERMINAL, Job, Outcome
 
-# Fields of a job that change while it lives; everything else is fixed at submission.
-# ``token`` counts the claims (it fences the writes of a run: see ``StaleClaim``);
-# ``device`` is the token of the last claim whose run reached the device.
-MUTABLE = ("status", "worker", "attempts", "started_at", "finished_at", "progress", "output",
-           "error", "cancel_requested", "token", "device")
+__all__ = ["STATUSES", "TERMINAL", "Event", "Job", "JobStore", "Outcome", "QueueFull",
+           "StaleClaim", "StoreFull", "StoreUnavailable"]
 
 
 class StoreUnavailable(RuntimeError):
@@ -53,6 +56,9 @@ class Event:
 
 
 QUEUED: tuple[str, dict[str, Any]] = ("status", {"status": "queued"})
+# What ``accept`` answers for each job: (its record, whether this call created it), or the
+# limit it is over.
+Accepted = tuple[Job, bool] | QueueFull
 USAGE_BUCKETS = 24  # an owner's stored bytes are counted in this many buckets of retention
 
 
@@ -65,11 +71,11 @@ def usage_buckets(retention_s: int, now: float | None = None) -> tuple[list[int]
     return [current - i for i in range(retention_s // width + 2)], width
 
 
-def input_size(job: dict[str, Any]) -> int:
+def input_size(job: Job) -> int:
     """The bytes a job's submission stores: its input as JSON, and the images of its input
     moved to the blob store (``{"blob": key, "bytes": n}``; uploads were counted when
     uploaded)."""
-    data = job.get("input", {})
+    data = job.input
     moved = sum(v.get("bytes", 0) for v in [*data.values(), *(data.get("interpolate_between")
                                                                or [])]
                 if isinstance(v, dict) and "blob" in v)
@@ -92,51 +98,18 @@ def age_s(iso: str | None) -> float:
         return 0.0
 
 
-def _summarise(value: Any) -> Any:
-    """Input as the record shows it: base64 images replaced by their size."""
-    if isinstance(value, str) and len(value) > 256:
-        return f"<{len(value)} characters>"
-    if isinstance(value, list):
-        return [_summarise(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _summarise(v) for k, v in value.items()}
-    return value
-
-
-def public_record(job: dict[str, Any]) -> dict[str, Any]:
-    """The job record of the API (``GET /v1/jobs/{id}``)."""
-    jid = job["id"]
-    return {
-        "id": jid,
-        "kind": job["kind"],
-        "model": job["model"],
-        "status": job["status"],
-        "created_at": job["created_at"],
-        "started_at": job.get("started_at"),
-        "finished_at": job.get("finished_at"),
-        "progress": job.get("progress"),
-        "input": _summarise(job.get("input", {})),
-        "output": job.get("output"),
-        "error": job.get("error"),
-        "attempts": job.get("attempts", 0),
-        "priority": job.get("priority", 0),
-        "webhook": job.get("webhook"),
-        "webhook_events": job.get("webhook_events") if job.get("webhook") else None,
-        "links": {
-            "self": f"/v1/jobs/{jid}",
-            "events": f"/v1/jobs/{jid}/events",
-            "cancel": f"/v1/jobs/{jid}/cancel",
-        },
-    }
-
-
 class JobStore(ABC):
     """Jobs, their events and artifacts, cancel flags, and worker heartbeats.
 
-    A job dict holds the fixed fields (id, owner, kind, model, queue, input, request_hash,
-    timeout_s, created_at) and the MUTABLE ones. Transitions are atomic: ``claim`` moves a
-    queued job to running for one worker; ``finish`` records the outcome only while that
-    worker still holds the job; ``requeue`` hands a dead worker's job back.
+    Every transition is atomic per job and takes effect only from the state it leaves:
+    ``claim`` moves a queued job to running for one worker; ``finish`` records an outcome
+    only while the job is not terminal (and, for a run's outcome, while that run's claim
+    holds); ``requeue`` hands a lost worker's job back. Each appends the events that tell
+    it (the status, then an outcome's output or error) in the same step.
+
+    A claim's ``token`` fences its run: the writes given it are refused with
+    ``StaleClaim`` (or skipped, for the batch calls) once the job is no longer running
+    under that claim.
     """
 
     retention_s: int
@@ -147,57 +120,64 @@ class JobStore(ABC):
     # Whether ``listen_finished`` announces finished jobs (else waiters follow events).
     announces_finishes: bool = False
 
-    # -- records -----------------------------------------------------------------------
+    # -- transitions -----------------------------------------------------------------------
     @abstractmethod
-    def create(self, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Insert a queued job; if the id exists, return (existing, False)."""
-
-    def create_and_announce(self, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """``create``, and if it created the job, append its first event (``QUEUED``, seq 1)."""
-        record, created = self.create(job)
-        if created:
-            self.append_event(job["id"], *QUEUED)
-        return record, created
-
-    def accept(self, job: dict[str, Any], max_mine: int, max_all: int
-               ) -> tuple[dict[str, Any], bool]:
-        """``create_and_announce`` a submitted job unless the owner already has ``max_mine``
-        queued jobs or everyone ``max_all`` (``QueueFull``); a taken id is answered first
-        with its record: (existing, False)."""
-        existing = self.get(job["id"])
-        if existing is not None:
-            return existing, False
-        mine, everyone = self.queued_counts(job["owner"])
-        if mine >= max_mine:
-            raise QueueFull("owner")
-        if everyone >= max_all:
-            raise QueueFull("all")
-        if self.max_owner_bytes:
-            size = input_size(job)
-            if size > self.max_owner_bytes:
-                raise QueueFull("size")
-            if self.stored_bytes(job["owner"]) + size > self.max_owner_bytes:
-                raise QueueFull("bytes")
-        return self.create_and_announce(job)
-
-    def accept_many(self, jobs: list[dict[str, Any]], max_mine: int, max_all: int,
-                    messages: list[tuple[str, str]] | None = None
-                    ) -> list[tuple[dict[str, Any], bool] | QueueFull]:
-        """``accept`` each job (a QueueFull in place of those over a limit). ``messages``
-        (broker list, message) are pushed in the same atomic step where
-        ``pushes_messages``; elsewhere sending them is the caller's part."""
-        if messages:
-            raise NotImplementedError(f"{type(self).__name__} does not push messages")
-        out: list[tuple[dict[str, Any], bool] | QueueFull] = []
-        for job in jobs:
-            try:
-                out.append(self.accept(job, max_mine, max_all))
-            except QueueFull as e:
-                out.append(e)
-        return out
+    def accept(self, jobs: list[Job], max_mine: int, max_all: int,
+               messages: list[tuple[str, str]] | None = None) -> list[Accepted]:
+        """Record each submitted job (queued, with its first event ``QUEUED``) unless the
+        owner has ``max_mine`` queued jobs, everyone ``max_all``, or the owner's stored
+        bytes would pass ``max_owner_bytes`` (a QueueFull in its place). A taken id is
+        answered with the record that holds it: (existing, False). ``messages`` (broker
+        list, message) are pushed in the same atomic step where ``pushes_messages``;
+        elsewhere sending them is the caller's part."""
 
     @abstractmethod
-    def get(self, job_id: str) -> dict[str, Any] | None: ...
+    def claim(self, job_ids: list[str], worker: str) -> list[Job | str]:
+        """queued → running for ``worker`` (attempts + 1, token + 1), with the status
+        event of the start. For each id: the claimed job, or why not (the job's status,
+        or 'missing')."""
+
+    @abstractmethod
+    def progress(self, claims: dict[str, int], step: int, total: int) -> None:
+        """A batch's step: the progress of each run of ``claims`` (job id → token) and its
+        ``progress`` event; a job whose claim is over is skipped."""
+
+    @abstractmethod
+    def mark_on_device(self, claims: dict[str, int]) -> set[str]:
+        """Record that the runs of ``claims`` (job id → token) reach the device now: a
+        worker lost from here on is charged an attempt for them (``requeue``). Returns the
+        ids whose claim is over (those runs must not start)."""
+
+    @abstractmethod
+    def finish(self, outcomes: list[Outcome]) -> list[bool]:
+        """Record each outcome (see ``Outcome`` for when one takes effect) with its final
+        events (``Outcome.events``); whether each took effect."""
+
+    @abstractmethod
+    def requeue(self, held: dict[str, str]) -> set[str]:
+        """running → queued for the jobs of ``held`` (job id → the worker that holds it),
+        with a ``queued`` status event; returns those handed back (the others moved on
+        meanwhile). A run that never reached the device (``mark_on_device``) is not
+        charged: the claim's attempt is given back."""
+
+    @abstractmethod
+    def cancel(self, job_id: str) -> Job | None:
+        """Ask the job to stop: a queued one ends ``canceled`` at once, a running one's
+        run stops at its next step (``stopped_among``). Returns the record after, or None
+        for an unknown id."""
+
+    # -- reads -------------------------------------------------------------------------------
+    @abstractmethod
+    def get(self, job_id: str) -> Job | None: ...
+
+    @abstractmethod
+    def list(
+        self, owner: str, status: str | None, kind: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Job], str | None]:
+        """The owner's jobs, newest first, and the cursor of the next page."""
+
+    @abstractmethod
+    def count_queued(self, owner: str | None = None) -> int: ...
 
     @abstractmethod
     def stored_bytes(self, owner: str) -> int:
@@ -205,148 +185,9 @@ class JobStore(ABC):
         counted by time buckets, see ``usage_buckets``)."""
 
     @abstractmethod
-    def list(
-        self, owner: str, status: str | None, kind: str | None, limit: int, cursor: str | None
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        """The owner's jobs, newest first, and the cursor of the next page."""
-
-    @abstractmethod
-    def count_queued(self, owner: str | None = None) -> int: ...
-
-    def queued_counts(self, owner: str) -> tuple[int, int]:
-        """(the owner's queued jobs, all queued jobs)."""
-        return self.count_queued(owner), self.count_queued()
-
-    # -- transitions ---------------------------------------------------------------------
-    @abstractmethod
-    def claim(self, job_id: str, worker: str) -> dict[str, Any] | None:
-        """queued → running for ``worker`` (attempts + 1, token + 1). None if not queued.
-
-        The claimed job's ``token`` fences its run: the writes given it (``token=``) are
-        refused with ``StaleClaim`` (or skipped, for the batch calls) once the job is no
-        longer running under that token."""
-
-    def claim_and_announce(self, job_id: str, worker: str) -> dict[str, Any] | None:
-        """``claim``, then append the status event of the start (``running_event``)."""
-        job = self.claim(job_id, worker)
-        if job is not None:
-            self.append_event(job_id, *running_event(job["attempts"]))
-        return job
-
-    def try_claim(self, job_id: str, worker: str) -> tuple[dict[str, Any] | None, str]:
-        """``claim_and_announce``: (the claimed job, 'running'), or (None, why not): the
-        job's status, or 'missing'."""
-        job = self.claim_and_announce(job_id, worker)
-        if job is not None:
-            return job, "running"
-        current = self.get(job_id)
-        return None, "missing" if current is None else current["status"]
-
-    def try_claim_many(self, job_ids: list[str], worker: str
-                       ) -> list[tuple[dict[str, Any] | None, str]]:
-        """``try_claim`` each job."""
-        return [self.try_claim(j, worker) for j in job_ids]
-
-    @abstractmethod
-    def set_progress(self, job_id: str, step: int, total: int, token: int | None = None
-                     ) -> None: ...
-
-    def progress_many(self, job_ids: list[str], step: int, total: int,
-                      tokens: list[int] | None = None) -> None:
-        """``set_progress`` and a ``progress`` event for each job (a batch's step); a job
-        whose claim is not ``tokens``' any more is skipped."""
-        for i, job_id in enumerate(job_ids):
-            token = tokens[i] if tokens is not None else None
-            try:
-                self.set_progress(job_id, step, total, token=token)
-                self.append_event(job_id, "progress", {"step": step, "total": total},
-                                  token=token)
-            except (KeyError, StaleClaim):
-                pass  # expired meanwhile, or handed to another run
-
-    def mark_on_device(self, claims: dict[str, int]) -> set[str]:
-        """Record that the runs of ``claims`` (job id → token) reach the device now: a
-        worker lost from here on is charged an attempt for them (``requeue``). Returns the
-        ids whose claim is over (those runs must not start)."""
-        stale = set()
-        for job_id, token in claims.items():
-            if not self._mark_one(job_id, token):
-                stale.add(job_id)
-        return stale
-
-    @abstractmethod
-    def _mark_one(self, job_id: str, token: int) -> bool: ...
-
     def stopped_among(self, claims: dict[str, int]) -> dict[str, str]:
         """Why each run of ``claims`` (job id → token) must stop, for those that must:
         'lost' (its claim is over) or 'canceled'. A batch asks once per step."""
-        out = {}
-        for job_id, token in claims.items():
-            job = self.get(job_id)
-            if job is None or job["status"] != "running" or job.get("token") != token:
-                out[job_id] = "lost"
-            elif job.get("cancel_requested"):
-                out[job_id] = "canceled"
-        return out
-
-    @abstractmethod
-    def finish(
-        self, job_id: str, worker: str | None, status: str,
-        output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
-        token: int | None = None,
-    ) -> dict[str, Any] | None:
-        """Record a terminal status. With a worker: only while that worker holds the job
-        (running) under ``token``, where given; without: only while the job is not
-        terminal. Returns the new job or None."""
-
-    @staticmethod
-    def final_events(status: str, output: dict[str, Any] | None,
-                     error: dict[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
-        """The events that end a job's stream: its output or error, then its status."""
-        events: list[tuple[str, dict[str, Any]]] = []
-        if output is not None:
-            events.append(("output", output))
-        if error is not None:
-            events.append(("error", error))
-        events.append(("status", {"status": status}))
-        return events
-
-    def finish_and_announce(
-        self, job_id: str, worker: str | None, status: str,
-        output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
-        token: int | None = None,
-    ) -> dict[str, Any] | None:
-        """``finish``, then append ``final_events`` (only if the finish took effect)."""
-        job = self.finish(job_id, worker, status, output=output, error=error, token=token)
-        if job is not None:
-            for type_, data in self.final_events(status, output, error):
-                self.append_event(job_id, type_, data)
-        return job
-
-    def finish_many(self, outcomes: list[tuple[str, str | None, str, dict[str, Any] | None,
-                                               dict[str, Any] | None]],
-                    tokens: list[int | None] | None = None) -> list[bool]:
-        """``finish_and_announce`` each (job id, worker, status, output, error), under the
-        claim of ``tokens`` where given; whether each took effect."""
-        toks = tokens or [None] * len(outcomes)
-        return [self.finish_and_announce(j, w, s, output=o, error=e, token=t) is not None
-                for (j, w, s, o, e), t in zip(outcomes, toks, strict=True)]
-
-    @abstractmethod
-    def requeue(self, job_id: str, worker: str) -> bool:
-        """running (held by ``worker``) → queued. False if the job moved on meanwhile.
-        A run that never reached the device (``mark_on_device``) is not charged: the
-        claim's attempt is given back."""
-
-    @abstractmethod
-    def request_cancel(self, job_id: str) -> None: ...
-
-    @abstractmethod
-    def cancel_requested(self, job_id: str) -> bool: ...
-
-    def canceled_among(self, job_ids: Iterable[str]) -> set[str]:
-        """The ids among ``job_ids`` whose cancel was requested (a batch asks once)."""
-        return {j for j in job_ids if self.cancel_requested(j)}
 
     @abstractmethod
     def stale_queued(self, older_than_s: float) -> list[tuple[str, str]]:
@@ -360,26 +201,22 @@ class JobStore(ABC):
     @abstractmethod
     def append_event(self, job_id: str, type: str, data: dict[str, Any],
                      token: int | None = None) -> int:
-        """Append to the job's event log; return the event's sequence number. With a
-        ``token``: only while the job runs under that claim (else ``StaleClaim``)."""
+        """Append to the job's event log; return the event's sequence number (KeyError for
+        an unknown job). With a ``token``: only while the job runs under that claim (else
+        ``StaleClaim``)."""
 
     @abstractmethod
     def events(self, job_id: str, after: int = 0, block_s: float = 0.0) -> list[Event]:
         """Events with seq > after; wait up to ``block_s`` for one if there are none."""
 
+    @abstractmethod
     def events_many(self, after: dict[str, int], block_s: float = 0.0
                     ) -> dict[str, list[Event]]:
         """For each job id in ``after``, its events with seq > its value (jobs with none are
         left out); wait up to ``block_s`` for any. The one read an API process makes for all
         the event streams it serves."""
-        deadline = time.monotonic() + block_s
-        while True:
-            found = {j: new for j, seq in after.items() if (new := self.events(j, seq))}
-            if found or time.monotonic() >= deadline:
-                return found
-            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
-    # -- artifacts -----------------------------------------------------------------------
+    # -- artifacts and stored bytes --------------------------------------------------------
     @abstractmethod
     def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str,
                      token: int | None = None) -> None:
@@ -392,27 +229,21 @@ class JobStore(ABC):
     @abstractmethod
     def artifact_names(self, job_id: str) -> list[str]: ...
 
-    # -- stored bytes of the blob store ----------------------------------------------------
+    @abstractmethod
     def count_blob(self, job_id: str, size: int, token: int | None = None) -> None:
         """Count ``size`` bytes a job writes to the blob store against its owner's stored
         bytes; with a ``token``, only while the job runs under that claim (else
         ``StaleClaim``)."""
-        raise NotImplementedError(f"{type(self).__name__} does not count blobs")
 
+    @abstractmethod
     def count_owner_bytes(self, owner: str, size: int) -> None:
         """Count ``size`` bytes the owner stored (an upload) against their stored bytes."""
-        raise NotImplementedError(f"{type(self).__name__} does not count blobs")
 
+    @abstractmethod
     def refund_owner_bytes(self, owner: str, counted: dict[int, int]) -> None:
         """Give back bytes the owner deleted before they expired: ``counted`` maps each
         bucket (see ``usage_buckets``) to the bytes counted in it. A bucket never drops
         below zero, and one already forgotten is left alone."""
-        raise NotImplementedError(f"{type(self).__name__} does not count blobs")
-
-    # -- deletion ------------------------------------------------------------------------
-    def delete(self, job_id: str) -> bool:
-        """Remove the job's record, events and artifacts at once; whether it existed."""
-        raise NotImplementedError(f"{type(self).__name__} cannot delete jobs")
 
     # -- workers -------------------------------------------------------------------------
     @abstractmethod
@@ -427,6 +258,10 @@ class JobStore(ABC):
 
     # -- upkeep --------------------------------------------------------------------------
     @abstractmethod
+    def delete(self, job_id: str) -> bool:
+        """Remove the job's record, events and artifacts at once; whether it existed."""
+
+    @abstractmethod
     def ping(self) -> None:
         """Raise StoreUnavailable unless the backend answers."""
 
@@ -440,28 +275,6 @@ class JobStore(ABC):
     def listen_finished(self, on_finished: Callable[[list[tuple[str, dict[str, Any]]]], None],
                         stop: threading.Event) -> None:
         """Until ``stop``: call ``on_finished([(job_id, changed fields), ...])`` as jobs
-        finish (where ``announces_finishes``; the fields are the MUTABLE ones of the
-        record; finishes that come together come in one call)."""
+        finish (where ``announces_finishes``; the fields are ``Job.changing``'s; finishes
+        that come together come in one call)."""
         raise NotImplementedError(f"{type(self).__name__} does not announce finishes")
-
-    # -- shared helpers ------------------------------------------------------------------
-    def wait_terminal(self, job_id: str, timeout_s: float, after: int = 0
-                      ) -> dict[str, Any] | None:
-        """Block until the job is terminal or the time is up; return the job.
-
-        It follows the job's events (from ``after``, a sequence number the caller has seen)
-        and reads the record again only when a final status event arrives or none came for
-        a second."""
-        deadline = time.monotonic() + timeout_s
-        job = self.get(job_id)
-        while job is not None and job["status"] not in TERMINAL:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return job
-            new = self.events(job_id, after, block_s=min(left, 1.0))
-            if new:
-                after = new[-1].seq
-            if not new or any(e.type == "status" and e.data.get("status") in TERMINAL
-                              for e in new):
-                job = self.get(job_id)
-        return job

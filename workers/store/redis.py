@@ -1,7 +1,12 @@
 """The distributed store on Redis: job hashes, per-job Streams for events, TTLs for retention.
 
-Transitions run as Lua scripts, so a claim, a finish or a requeue is one atomic step no
-matter how many API hosts and workers share the Redis.
+Transitions run as Lua scripts (``lua/*.lua``, see ``workers.store.scripts``), so a claim,
+a finish or a requeue is one atomic step no matter how many API hosts and workers share
+the Redis; a batch's transitions go in one round trip.
+
+A job is a hash: its fixed fields as one JSON value (``fixed``), the changing ones as
+fields of their own (``_DECODE`` says how each reads back), and the bookkeeping of the
+store (``seq``, ``n``, ``cancel``, ``owner``).
 """
 
 from __future__ import annotations
@@ -11,16 +16,19 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
 
+from workers.job import MUTABLE
 from workers.store.base import (
-    MUTABLE,
     QUEUED,
+    Accepted,
     Event,
+    Job,
     JobStore,
+    Outcome,
     QueueFull,
     StaleClaim,
     StoreFull,
@@ -30,189 +38,19 @@ from workers.store.base import (
     now_iso,
     usage_buckets,
 )
+from workers.store.scripts import SCRIPTS, Script
 
 T = TypeVar("T")
 P = "convoy:"
 USAGE = f"{P}bytes:"  # + owner + ':' + bucket: the bytes the owner stored in that time
 FINISHED = f"{P}finished"  # channel: each finish publishes [id, field, value, ...]
 log = logging.getLogger(__name__)
-
-# The owner's queued set is named from the job's owner inside the script (one round trip
-# instead of a read first); this needs a single Redis, not a cluster.
-_OWNER = """
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if not owner then owner = cjson.decode(redis.call('HGET', KEYS[1], 'fixed'))['owner'] end
-"""
-# KEYS: job, queued, running, events. ARGV: worker, started_at, id, owner-set prefix,
-# events ttl, '1' to append the running event. → the job, or its status, or 'missing'
-_CLAIM = """
-local s = redis.call('HGET', KEYS[1], 'status')
-if not s then return 'missing' end
-if s ~= 'queued' then return s end
-""" + _OWNER + """
-redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2])
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HINCRBY', KEYS[1], 'token', 1)
-redis.call('SREM', KEYS[2], ARGV[3]); redis.call('SREM', ARGV[4] .. owner, ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[3])
-if ARGV[6] == '1' then
-  local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-  redis.call('XADD', KEYS[4], n .. '-1', 'type', 'status',
-             'data', '{"status": "running", "attempt": ' .. attempt .. '}')
-  redis.call('EXPIRE', KEYS[4], ARGV[5])
-end
-return redis.call('HGETALL', KEYS[1])
-"""
-# KEYS: job, queued, running, events, finished channel. ARGV: worker ('' for any), status,
-# output, error, finished_at, id, owner-set prefix, events ttl, '1' to return the job, the
-# claim's token ('' for any), then (type, data) of each event to append. → the job (or 1),
-# or 0 if it was not ours to finish
-_FINISH = """
-local s = redis.call('HGET', KEYS[1], 'status')
-if not s or s == 'succeeded' or s == 'failed' or s == 'canceled' then return 0 end
-if ARGV[1] ~= '' and (s ~= 'running' or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1]) then
-  return 0
-end
-if ARGV[10] ~= '' and (s ~= 'running' or redis.call('HGET', KEYS[1], 'token') ~= ARGV[10]) then
-  return 0
-end
-""" + _OWNER + """
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'output', ARGV[3], 'error', ARGV[4],
-           'finished_at', ARGV[5])
-redis.call('SREM', KEYS[2], ARGV[6]); redis.call('SREM', ARGV[7] .. owner, ARGV[6])
-redis.call('SREM', KEYS[3], ARGV[6])
-for i = 11, #ARGV, 2 do
-  local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-  redis.call('XADD', KEYS[4], n .. '-1', 'type', ARGV[i], 'data', ARGV[i + 1])
-  redis.call('EXPIRE', KEYS[4], ARGV[8])
-end
-local all = redis.call('HGETALL', KEYS[1])
-local changed = {ARGV[6]}
-for i = 1, #all, 2 do
-  if all[i] ~= 'fixed' then changed[#changed + 1] = all[i]; changed[#changed + 1] = all[i + 1] end
-end
-redis.call('PUBLISH', KEYS[5], cjson.encode(changed))
-if ARGV[9] == '1' then return all end
-return 1
-"""
-# KEYS: job, counter, owner's jobs, queued, owner's queued, events, the owner's stored-bytes
-# buckets (the current first). ARGV: fixed, ttl, id, owner, the first event's (type, data)
-# or ('', ''), the input's bytes, a bucket's ttl. → 1 if created, else the existing job
-_CREATE_BODY = """
-local n = redis.call('INCR', KEYS[2])
-redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0, 'seq', 0, 'n', n, 'cancel', 0,
-           'owner', ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[3], n, ARGV[3])
-redis.call('SADD', KEYS[4], ARGV[3]); redis.call('SADD', KEYS[5], ARGV[3])
-redis.call('INCRBY', KEYS[7], ARGV[7]); redis.call('EXPIRE', KEYS[7], ARGV[8])
-"""
-# KEYS: as _CREATE. ARGV: as _CREATE, then the owner's limit, everyone's limit, the bound
-# of the owner's stored bytes (0: none). → 1 if created, 'owner', 'all', 'size' or 'bytes'
-# at a limit, else the existing job
-_ACCEPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGETALL', KEYS[1]) end
-if redis.call('SCARD', KEYS[5]) >= tonumber(ARGV[9]) then return 'owner' end
-if redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[10]) then return 'all' end
-local bound = tonumber(ARGV[11])
-if bound > 0 then
-  if tonumber(ARGV[7]) > bound then return 'size' end
-  local used = tonumber(ARGV[7])
-  for i = 7, #KEYS do used = used + tonumber(redis.call('GET', KEYS[i]) or '0') end
-  if used > bound then return 'bytes' end
-end
-redis.call('HSET', KEYS[1], 'fixed', ARGV[1])
-""" + _CREATE_BODY + """
-redis.call('HSET', KEYS[1], 'seq', 1)
-redis.call('XADD', KEYS[6], '1-1', 'type', ARGV[5], 'data', ARGV[6])
-redis.call('EXPIRE', KEYS[6], ARGV[2])
-return 1
-"""
-_CREATE = """
-if redis.call('HSETNX', KEYS[1], 'fixed', ARGV[1]) == 0 then
-  return redis.call('HGETALL', KEYS[1])
-end
-""" + _CREATE_BODY + """
-if ARGV[5] ~= '' then
-  redis.call('HSET', KEYS[1], 'seq', 1)
-  redis.call('XADD', KEYS[6], '1-1', 'type', ARGV[5], 'data', ARGV[6])
-  redis.call('EXPIRE', KEYS[6], ARGV[2])
-end
-return 1
-"""
-_REQUEUE = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
-if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[1], 'device') ~= redis.call('HGET', KEYS[1], 'token') then
-  redis.call('HINCRBY', KEYS[1], 'attempts', -1)  -- held, never on the device: uncharged
-end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'worker', '', 'progress', 'null')
-redis.call('SREM', KEYS[4], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[2]); redis.call('SADD', KEYS[3], ARGV[2])
-return 1
-"""
-# The writes of a run under its claim's token (ARGV[n], '' for an unfenced write): -1 unless
-# the job runs under that claim.
-def _fenced(n: int) -> str:
-    return f"""
-if ARGV[{n}] and ARGV[{n}] ~= '' and (redis.call('HGET', KEYS[1], 'status') ~= 'running'
-    or redis.call('HGET', KEYS[1], 'token') ~= ARGV[{n}]) then return -1 end
-"""
-
-
-# KEYS: job, events. ARGV: type, data, events ttl, a progress field to set ('' or nothing
-# for none), the claim's token ('' or nothing). → the event's sequence number, 0 if the
-# job is gone, -1 if the claim is over
-_APPEND = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-""" + _fenced(5) + """
-if ARGV[4] and ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'progress', ARGV[4]) end
-local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('XADD', KEYS[2], n .. '-1', 'type', ARGV[1], 'data', ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return n
-"""
-
-# KEYS: job. ARGV: token. → 1 if marked, -1 if the claim is over
-_MARK = _fenced(1) + """
-redis.call('HSET', KEYS[1], 'device', ARGV[1])
-return 1
-"""
-# KEYS: job, artifacts. ARGV: token (''), ttl, the stored-bytes bucket's prefix, number and
-# ttl, the data's bytes, then field, value pairs. → 1, or -1 (stale)
-_PUT_ARTIFACT = _fenced(1) + """
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if owner then
-  local bucket = ARGV[3] .. owner .. ':' .. ARGV[4]
-  redis.call('INCRBY', bucket, ARGV[6]); redis.call('EXPIRE', bucket, ARGV[5])
-end
-return 1
-"""
-
-
-# KEYS: job. ARGV: token (''), the bucket's ttl, the stored-bytes prefix, bucket, bytes.
-# → 1, or -1 if the claim is over
-_COUNT_BLOB = _fenced(1) + """
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if owner then
-  local bucket = ARGV[3] .. owner .. ':' .. ARGV[4]
-  redis.call('INCRBY', bucket, ARGV[5]); redis.call('EXPIRE', bucket, ARGV[2])
-end
-return 1
-"""
-
-
-# KEYS: the owner's stored-bytes buckets. ARGV: the bytes to take from each. A bucket keeps
-# its TTL and never drops below zero; a missing one stays missing.
-_REFUND = """
-for i, key in ipairs(KEYS) do
-  local take = math.min(tonumber(redis.call('GET', key) or '0'), tonumber(ARGV[i]))
-  if take > 0 then redis.call('DECRBY', key, take) end
-end
-return 1
-"""
+# How a changing field of a job hash reads back (the others are strings; an empty field
+# takes the record's default).
+_DECODE: dict[str, Callable[[str], Any]] = {
+    "progress": json.loads, "output": json.loads, "error": json.loads,
+    "attempts": int, "token": int, "device": int}
+_SCRIPTS = {name: Script.load(name) for name in SCRIPTS}
 
 
 def _guard(fn: Callable[..., T]) -> Callable[..., T]:
@@ -238,20 +76,10 @@ class RedisStore(JobStore):
         self.retention_s = retention_s
         self.max_owner_bytes = max_owner_bytes
         self.url = url
-        opts: dict[str, Any] = dict(socket_connect_timeout=2.0, retry_on_timeout=False)
+        opts: dict[str, Any] = {"socket_connect_timeout": 2.0, "retry_on_timeout": False}
         self.r = redis.Redis.from_url(url, socket_timeout=3.0, **opts)
-        self._loaded: set[str] = set()
+        self._loaded: set[str] = set()  # the scripts this Redis was given
         self._reader: redis.Redis | None = None  # events_many's own connection
-        self._claim = self.r.register_script(_CLAIM)
-        self._accept = self.r.register_script(_ACCEPT)
-        self._create = self.r.register_script(_CREATE)
-        self._finish = self.r.register_script(_FINISH)
-        self._requeue = self.r.register_script(_REQUEUE)
-        self._append = self.r.register_script(_APPEND)
-        self._mark = self.r.register_script(_MARK)
-        self._put_artifact = self.r.register_script(_PUT_ARTIFACT)
-        self._count_blob = self.r.register_script(_COUNT_BLOB)
-        self._refund = self.r.register_script(_REFUND)
 
     @staticmethod
     def _k(job_id: str) -> str:
@@ -267,86 +95,49 @@ class RedisStore(JobStore):
         keys, _ = self._usage(owner)
         return sum(int(v) for v in self.r.mget(keys) if v is not None)
 
-    def _status_keys(self, job_id: str, owner: str) -> list[str]:
-        return [self._k(job_id), f"{P}queued", f"{P}queued:{owner}", f"{P}running"]
-
     @classmethod
-    def _decode_flat(cls, flat: Any) -> dict[str, Any] | None:
-        """A job from a script's HGETALL reply (a flat list), or None for a 0 reply."""
-        if not isinstance(flat, list):
-            return None
+    def _decode_flat(cls, flat: list[bytes]) -> Job | None:
+        """A job from a script's HGETALL reply (a flat list)."""
         it = iter(flat)
         return cls._decode(dict(zip(it, it, strict=True)))
 
     @classmethod
-    def _decode(cls, h: dict[bytes, bytes]) -> dict[str, Any] | None:
+    def _decode(cls, h: dict[bytes, bytes]) -> Job | None:
         if not h or b"fixed" not in h:
             return None
-        job: dict[str, Any] = json.loads(h[b"fixed"])
-        job.update(cls._mutable({k.decode(): v.decode() for k, v in h.items() if k != b"fixed"}))
-        return job
+        fields = json.loads(h[b"fixed"])
+        fields.update(cls._changing({k.decode(): v.decode() for k, v in h.items()
+                                     if k != b"fixed"}))
+        return Job.from_fields(fields)
 
     @staticmethod
-    def _mutable(h: dict[str, str]) -> dict[str, Any]:
-        """The MUTABLE fields of a job hash's other fields."""
-        out: dict[str, Any] = {}
-        for key in MUTABLE:
-            raw = h.get(key)
-            if key in ("progress", "output", "error"):
-                out[key] = json.loads(raw) if raw else None
-            elif key == "attempts":
-                out[key] = int(raw or 0)
-            elif key in ("token", "device"):
-                out[key] = int(raw) if raw else None
-            elif key == "cancel_requested":
-                out[key] = h.get("cancel", "0") == "1"
-            else:
-                out[key] = raw or None
+    def _changing(h: dict[str, str]) -> dict[str, Any]:
+        """The changing fields of a job hash's other fields."""
+        out: dict[str, Any] = {name: _DECODE.get(name, str)(h[name]) for name in MUTABLE
+                               if h.get(name)}
+        out["cancel_requested"] = h.get("cancel", "0") == "1"
         return out
 
-    # -- records ---------------------------------------------------------------------------
-    def create(self, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        return self._create_job(job, announce=False)
-
-    def create_and_announce(self, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        return self._create_job(job, announce=True)
-
-    @_guard
-    def _create_job(self, job: dict[str, Any], announce: bool) -> tuple[dict[str, Any], bool]:
-        jid, owner = job["id"], job["owner"]
-        fixed = json.dumps({k: v for k, v in job.items() if k not in MUTABLE})
-        first = [QUEUED[0], json.dumps(QUEUED[1])] if announce else ["", ""]
-        usage, usage_ttl = self._usage(owner)
-        reply = self._create(
-            keys=[self._k(jid), f"{P}counter", f"{P}owner:{owner}", f"{P}queued",
-                  f"{P}queued:{owner}", f"{P}events:{jid}", usage[0]],
-            args=[fixed, self.retention_s, jid, owner, *first, input_size(job), usage_ttl])
-        if reply != 1:
-            existing = self._decode_flat(reply)
-            assert existing is not None
-            return existing, False
-        created: dict[str, Any] = {**json.loads(fixed), **dict.fromkeys(MUTABLE)}
-        created.update(status="queued", attempts=0, cancel_requested=False)
-        return created, True
-
-    def _run_many(self, script: Any, calls: list[tuple[list[str], list[Any]]],
-                  transaction: bool = False, tail: list[tuple[str, str]] | None = None
-                  ) -> list[Any]:
-        """One script over many key sets in one round trip (then an LPUSH of each of
-        ``tail``); with ``transaction``, all of it as one atomic step."""
-        if script.sha not in self._loaded:  # else a pipeline would carry it in every call
-            self.r.script_load(script.script)
-            self._loaded.add(script.sha)
+    def _eval(self, calls: list[tuple[Script, tuple[list[Any], list[Any]]]],
+              transaction: bool = False, tail: list[tuple[str, str]] | None = None
+              ) -> list[Any]:
+        """Scripts with their bound keys and arguments in one round trip (then an LPUSH of
+        each of ``tail``); with ``transaction``, all of it as one atomic step."""
+        for script in {s for s, _ in calls}:
+            if script.sha not in self._loaded:  # else a pipeline would carry it in every call
+                self.r.script_load(script.source)
+                self._loaded.add(script.sha)
         for attempt in range(2):
             pipe = self.r.pipeline(transaction=transaction)
-            for keys, args in calls:
+            for script, (keys, args) in calls:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
             for key, value in tail or ():
                 pipe.lpush(key, value)
             replies = pipe.execute(raise_on_error=False)
             if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError)
                                     for r in replies):
-                self.r.script_load(script.script)  # a restarted Redis forgot its scripts
+                for script in {s for s, _ in calls}:  # a restarted Redis forgot its scripts
+                    self.r.script_load(script.source)
                 continue
             for r in replies:
                 if isinstance(r, Exception):
@@ -354,27 +145,31 @@ class RedisStore(JobStore):
             return replies[:len(calls)]
         raise AssertionError("unreachable")
 
+    def _job_keys(self, job_id: str) -> dict[str, str]:
+        return {"job": self._k(job_id), "queued": f"{P}queued", "running": f"{P}running",
+                "events": f"{P}events:{job_id}"}
+
+    # -- transitions -------------------------------------------------------------------------
     @_guard
-    def accept_many(self, jobs: list[dict[str, Any]], max_mine: int, max_all: int,
-                    messages: list[tuple[str, str]] | None = None
-                    ) -> list[tuple[dict[str, Any], bool] | QueueFull]:
+    def accept(self, jobs: list[Job], max_mine: int, max_all: int,
+               messages: list[tuple[str, str]] | None = None) -> list[Accepted]:
+        script = _SCRIPTS["accept"]
         calls = []
         for job in jobs:
-            jid, owner = job["id"], job["owner"]
-            fixed = json.dumps({k: v for k, v in job.items() if k not in MUTABLE})
-            usage, usage_ttl = self._usage(owner)
-            calls.append(([self._k(jid), f"{P}counter", f"{P}owner:{owner}", f"{P}queued",
-                           f"{P}queued:{owner}", f"{P}events:{jid}", *usage],
-                          [fixed, self.retention_s, jid, owner, QUEUED[0],
-                           json.dumps(QUEUED[1]), input_size(job), usage_ttl, max_mine,
-                           max_all, self.max_owner_bytes]))
-        replies = self._run_many(self._accept, calls, transaction=True, tail=messages)
-        out: list[tuple[dict[str, Any], bool] | QueueFull] = []
+            usage, usage_ttl = self._usage(job.owner)
+            calls.append((script, script.bind(
+                job=self._k(job.id), counter=f"{P}counter", owner_jobs=f"{P}owner:{job.owner}",
+                queued=f"{P}queued", owner_queued=f"{P}queued:{job.owner}",
+                events=f"{P}events:{job.id}", usage=usage,
+                id=job.id, owner=job.owner, fixed=json.dumps(job.fixed()), ttl=self.retention_s,
+                first_type=QUEUED[0], first_data=json.dumps(QUEUED[1]), size=input_size(job),
+                usage_ttl=usage_ttl, max_mine=max_mine, max_all=max_all,
+                max_bytes=self.max_owner_bytes)))
+        replies = self._eval(calls, transaction=True, tail=messages)
+        out: list[Accepted] = []
         for job, reply in zip(jobs, replies, strict=True):
             if reply == 1:
-                created: dict[str, Any] = {**job, **dict.fromkeys(MUTABLE)}
-                created.update(status="queued", attempts=0, cancel_requested=False)
-                out.append((created, True))
+                out.append((Job.from_fields({**job.fixed(), "status": "queued"}), True))
             elif isinstance(reply, bytes):
                 out.append(QueueFull(reply.decode()))
             else:
@@ -383,24 +178,83 @@ class RedisStore(JobStore):
                 out.append((existing, False))
         return out
 
-    def accept(self, job: dict[str, Any], max_mine: int, max_all: int
-               ) -> tuple[dict[str, Any], bool]:
-        (reply,) = self.accept_many([job], max_mine, max_all)
-        if isinstance(reply, QueueFull):
-            raise reply
-        return reply
+    @_guard
+    def claim(self, job_ids: list[str], worker: str) -> list[Job | str]:
+        script, at = _SCRIPTS["claim"], now_iso()
+        replies = self._eval([(script, script.bind(
+            **self._job_keys(j), id=j, worker=worker, started_at=at,
+            owner_prefix=f"{P}queued:", events_ttl=self.retention_s)) for j in job_ids])
+        out: list[Job | str] = []
+        for reply in replies:
+            job = None if isinstance(reply, bytes) else self._decode_flat(reply)
+            out.append(reply.decode() if isinstance(reply, bytes) else job or "missing")
+        return out
 
     @_guard
-    def get(self, job_id: str) -> dict[str, Any] | None:
+    def progress(self, claims: dict[str, int], step: int, total: int) -> None:
+        if not claims:
+            return
+        script, data = _SCRIPTS["append"], json.dumps({"step": step, "total": total})
+        self._eval([(script, script.bind(
+            job=self._k(j), events=f"{P}events:{j}", type="progress", data=data,
+            events_ttl=self.retention_s, progress=data, token=token))
+            for j, token in claims.items()])
+
+    @_guard
+    def mark_on_device(self, claims: dict[str, int]) -> set[str]:
+        if not claims:
+            return set()
+        script = _SCRIPTS["mark"]
+        replies = self._eval([(script, script.bind(job=self._k(j), token=token))
+                              for j, token in claims.items()])
+        return {j for j, r in zip(claims, replies, strict=True) if r != 1}
+
+    def _finish_call(self, o: Outcome, at: str) -> tuple[Script, tuple[list[Any], list[Any]]]:
+        script = _SCRIPTS["finish"]
+        final = [part for type_, data in o.events() for part in (type_, json.dumps(data))]
+        return script, script.bind(
+            **self._job_keys(o.job_id), finished=FINISHED, id=o.job_id, worker=o.worker,
+            token=o.token, if_status=o.if_status, status=o.status,
+            output=json.dumps(o.output), error=json.dumps(o.error), finished_at=at,
+            owner_prefix=f"{P}queued:", events_ttl=self.retention_s, final=final)
+
+    @_guard
+    def finish(self, outcomes: list[Outcome]) -> list[bool]:
+        if not outcomes:
+            return []
+        at = now_iso()
+        return [r == 1 for r in self._eval([self._finish_call(o, at) for o in outcomes])]
+
+    @_guard
+    def requeue(self, held: dict[str, str]) -> set[str]:
+        if not held:
+            return set()
+        script = _SCRIPTS["requeue"]
+        replies = self._eval([(script, script.bind(
+            **self._job_keys(j), id=j, worker=worker, owner_prefix=f"{P}queued:",
+            events_ttl=self.retention_s)) for j, worker in held.items()])
+        return {j for j, r in zip(held, replies, strict=True) if r == 1}
+
+    @_guard
+    def cancel(self, job_id: str) -> Job | None:
+        flag = _SCRIPTS["cancel"]
+        self._eval([(flag, flag.bind(job=self._k(job_id))),
+                    self._finish_call(Outcome(job_id, "canceled", if_status="queued"),
+                                      now_iso())], transaction=True)
+        return self.get(job_id)
+
+    # -- reads -------------------------------------------------------------------------------
+    @_guard
+    def get(self, job_id: str) -> Job | None:
         return self._decode(self.r.hgetall(self._k(job_id)))  # type: ignore[arg-type]
 
     @_guard
     def list(
         self, owner: str, status: str | None, kind: str | None, limit: int, cursor: str | None
-    ) -> tuple[list[dict[str, Any]], str | None]:
+    ) -> tuple[list[Job], str | None]:
         zkey = f"{P}owner:{owner}"
         top: float | str = f"({cursor}" if cursor else "+inf"
-        jobs: list[dict[str, Any]] = []
+        jobs: list[Job] = []
         last: float | None = None
         while len(jobs) < limit:
             page = self.r.zrevrangebyscore(zkey, top, "-inf", start=0, num=200, withscores=True)
@@ -410,8 +264,8 @@ class RedisStore(JobStore):
                 job = self.get(raw_id.decode())
                 if job is None:
                     self.r.zrem(zkey, raw_id)  # expired
-                elif (status is None or job["status"] == status) and (
-                    kind is None or job["kind"] == kind
+                elif (status is None or job.status == status) and (
+                    kind is None or job.kind == kind
                 ):
                     jobs.append(job)
                     last = score
@@ -424,69 +278,6 @@ class RedisStore(JobStore):
     @_guard
     def count_queued(self, owner: str | None = None) -> int:
         return int(self.r.scard(f"{P}queued" if owner is None else f"{P}queued:{owner}"))
-
-    @_guard
-    def queued_counts(self, owner: str) -> tuple[int, int]:
-        pipe = self.r.pipeline(transaction=False)
-        pipe.scard(f"{P}queued:{owner}")
-        pipe.scard(f"{P}queued")
-        mine, everyone = pipe.execute()
-        return int(mine), int(everyone)
-
-    # -- transitions -------------------------------------------------------------------------
-    def claim(self, job_id: str, worker: str) -> dict[str, Any] | None:
-        return self._claims([job_id], worker, announce=False)[0][0]
-
-    def claim_and_announce(self, job_id: str, worker: str) -> dict[str, Any] | None:
-        return self.try_claim(job_id, worker)[0]
-
-    def try_claim(self, job_id: str, worker: str) -> tuple[dict[str, Any] | None, str]:
-        return self._claims([job_id], worker, announce=True)[0]
-
-    def try_claim_many(self, job_ids: list[str], worker: str
-                       ) -> list[tuple[dict[str, Any] | None, str]]:
-        return self._claims(job_ids, worker, announce=True)
-
-    @_guard
-    def _claims(self, job_ids: list[str], worker: str, announce: bool
-                ) -> list[tuple[dict[str, Any] | None, str]]:
-        at = now_iso()
-        replies = self._run_many(self._claim, [
-            ([self._k(j), f"{P}queued", f"{P}running", f"{P}events:{j}"],
-             [worker, at, j, f"{P}queued:", self.retention_s, "1" if announce else ""])
-            for j in job_ids])
-        return [(None, r.decode()) if isinstance(r, bytes) else (self._decode_flat(r), "running")
-                for r in replies]
-
-    @_guard
-    def set_progress(self, job_id: str, step: int, total: int, token: int | None = None
-                     ) -> None:
-        if token is None:
-            self.r.hset(self._k(job_id), "progress", json.dumps({"step": step, "total": total}))
-        else:
-            self.progress_many([job_id], step, total, [token], event=False)
-
-    @_guard
-    def progress_many(self, job_ids: list[str], step: int, total: int,
-                      tokens: list[int] | None = None, event: bool = True) -> None:
-        if not job_ids:
-            return
-        data = json.dumps({"step": step, "total": total})
-        toks = [str(t) for t in tokens] if tokens is not None else [""] * len(job_ids)
-        self._run_many(self._append, [([self._k(j), f"{P}events:{j}"],
-                                       ["progress", data, self.retention_s, data, t])
-                                      for j, t in zip(job_ids, toks, strict=True)])
-
-    @_guard
-    def mark_on_device(self, claims: dict[str, int]) -> set[str]:
-        ids = list(claims)
-        if not ids:
-            return set()
-        replies = self._run_many(self._mark, [([self._k(j)], [claims[j]]) for j in ids])
-        return {j for j, r in zip(ids, replies, strict=True) if r != 1}
-
-    def _mark_one(self, job_id: str, token: int) -> bool:
-        return not self.mark_on_device({job_id: token})
 
     @_guard
     def stopped_among(self, claims: dict[str, int]) -> dict[str, str]:
@@ -503,75 +294,6 @@ class RedisStore(JobStore):
             elif cancel == b"1":
                 out[j] = "canceled"
         return out
-
-    @_guard
-    def finish(
-        self, job_id: str, worker: str | None, status: str,
-        output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
-        token: int | None = None,
-    ) -> dict[str, Any] | None:
-        return self.finish_and_announce(job_id, worker, status, output, error, token,
-                                        announce=False)
-
-    def finish_and_announce(
-        self, job_id: str, worker: str | None, status: str,
-        output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
-        token: int | None = None, announce: bool = True,
-    ) -> dict[str, Any] | None:
-        reply = self._finishes([(job_id, worker, status, output, error)], announce, True,
-                               [token])[0]
-        return self._decode_flat(reply)
-
-    def finish_many(self, outcomes: list[tuple[str, str | None, str, dict[str, Any] | None,
-                                               dict[str, Any] | None]],
-                    tokens: list[int | None] | None = None) -> list[bool]:
-        return [r == 1 for r in self._finishes(outcomes, announce=True, records=False,
-                                               tokens=tokens)]
-
-    @_guard
-    def _finishes(self, outcomes: list[tuple[str, str | None, str, dict[str, Any] | None,
-                                             dict[str, Any] | None]], announce: bool,
-                  records: bool, tokens: list[int | None] | None = None) -> list[Any]:
-        at = now_iso()
-        calls = []
-        toks = tokens or [None] * len(outcomes)
-        for (job_id, worker, status, output, error), token in zip(outcomes, toks, strict=True):
-            events: list[Any] = []
-            if announce:
-                for type_, data in self.final_events(status, output, error):
-                    events += [type_, json.dumps(data)]
-            calls.append((
-                [self._k(job_id), f"{P}queued", f"{P}running", f"{P}events:{job_id}", FINISHED],
-                [worker or "", status, json.dumps(output), json.dumps(error), at, job_id,
-                 f"{P}queued:", self.retention_s, "1" if records else "",
-                 "" if token is None else str(token), *events]))
-        return self._run_many(self._finish, calls)
-
-    @_guard
-    def requeue(self, job_id: str, worker: str) -> bool:
-        job = self.get(job_id)
-        if job is None:
-            return False
-        return bool(self._requeue(keys=self._status_keys(job_id, job["owner"]),
-                                  args=[worker, job_id]))
-
-    @_guard
-    def request_cancel(self, job_id: str) -> None:
-        self.r.hset(self._k(job_id), "cancel", 1)
-
-    @_guard
-    def cancel_requested(self, job_id: str) -> bool:
-        return self.r.hget(self._k(job_id), "cancel") == b"1"
-
-    @_guard
-    def canceled_among(self, job_ids: Iterable[str]) -> set[str]:
-        ids = list(job_ids)
-        if not ids:
-            return set()
-        pipe = self.r.pipeline(transaction=False)
-        for j in ids:
-            pipe.hget(self._k(j), "cancel")
-        return {j for j, flag in zip(ids, pipe.execute(), strict=True) if flag == b"1"}
 
     @_guard
     def stale_queued(self, older_than_s: float) -> list[tuple[str, str]]:
@@ -603,9 +325,10 @@ class RedisStore(JobStore):
     @_guard
     def append_event(self, job_id: str, type: str, data: dict[str, Any],
                      token: int | None = None) -> int:
-        seq = int(self._append(keys=[self._k(job_id), f"{P}events:{job_id}"],
-                               args=[type, json.dumps(data), self.retention_s, "",
-                                     "" if token is None else token]))
+        script = _SCRIPTS["append"]
+        (seq,) = self._eval([(script, script.bind(
+            job=self._k(job_id), events=f"{P}events:{job_id}", type=type, data=json.dumps(data),
+            events_ttl=self.retention_s, progress=None, token=token))])
         if seq == 0:
             raise KeyError(job_id)
         if seq < 0:
@@ -650,20 +373,22 @@ class RedisStore(JobStore):
     def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str,
                      token: int | None = None) -> None:
         buckets, width = usage_buckets(self.retention_s)
-        reply = self._put_artifact(
-            keys=[self._k(job_id), f"{P}art:{job_id}"],
-            args=["" if token is None else token, self.retention_s, USAGE, buckets[0],
-                  self.retention_s + 2 * width, len(data),
-                  f"d:{name}", data, f"t:{name}", content_type])
+        script = _SCRIPTS["put_artifact"]
+        (reply,) = self._eval([(script, script.bind(
+            job=self._k(job_id), artifacts=f"{P}art:{job_id}", token=token,
+            ttl=self.retention_s, usage_prefix=USAGE, bucket=buckets[0],
+            bucket_ttl=self.retention_s + 2 * width, size=len(data),
+            fields=[f"d:{name}", data, f"t:{name}", content_type]))])
         if reply != 1:
             raise StaleClaim(job_id)
 
     @_guard
     def count_blob(self, job_id: str, size: int, token: int | None = None) -> None:
         buckets, width = usage_buckets(self.retention_s)
-        reply = self._count_blob(keys=[self._k(job_id)], args=[
-            "" if token is None else token, self.retention_s + 2 * width, USAGE, buckets[0],
-            size])
+        script = _SCRIPTS["count_blob"]
+        (reply,) = self._eval([(script, script.bind(
+            job=self._k(job_id), token=token, usage_prefix=USAGE, bucket=buckets[0],
+            bucket_ttl=self.retention_s + 2 * width, size=size))])
         if reply != 1:
             raise StaleClaim(job_id)
 
@@ -678,7 +403,9 @@ class RedisStore(JobStore):
     @_guard
     def refund_owner_bytes(self, owner: str, counted: dict[int, int]) -> None:
         if counted:
-            self._refund(keys=[f"{USAGE}{owner}:{b}" for b in counted], args=list(counted.values()))
+            script = _SCRIPTS["refund"]
+            self._eval([(script, script.bind(buckets=[f"{USAGE}{owner}:{b}" for b in counted],
+                                             sizes=list(counted.values())))])
 
     @_guard
     def get_artifact(self, job_id: str, name: str) -> tuple[bytes, str] | None:
@@ -744,7 +471,7 @@ class RedisStore(JobStore):
         try:
             job_id, *flat = json.loads(data)
             it = iter(flat)
-            return str(job_id), cls._mutable(dict(zip(it, it, strict=True)))
+            return str(job_id), cls._changing(dict(zip(it, it, strict=True)))
         except (ValueError, TypeError):
             log.warning("a malformed finish announcement: %.200r", data)
             return None

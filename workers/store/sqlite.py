@@ -1,4 +1,10 @@
-"""The embedded store: one SQLite file under the data dir, shared by the API and workers."""
+"""The embedded store: one SQLite file under the data dir, shared by the API and workers.
+
+A job is one row: its fixed fields as one JSON value, the changing ones as another (and
+the status, worker and cancel flag in columns of their own, for the queries). Every read
+and write maps SQLite's operational errors (a locked or unreadable database) to
+``StoreUnavailable``, as the Redis store does with connection errors.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +14,18 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from workers.store.base import (
-    MUTABLE,
     QUEUED,
-    TERMINAL,
+    Accepted,
     Event,
+    Job,
     JobStore,
+    Outcome,
+    QueueFull,
     StaleClaim,
     StoreUnavailable,
     age_s,
@@ -66,7 +75,10 @@ class SQLiteStore(JobStore):
         self.max_owner_bytes = max_owner_bytes
         self.poll_s = poll_s
         self._local = threading.local()
-        self._db().executescript(SCHEMA)
+        try:
+            self._db().executescript(SCHEMA)
+        except sqlite3.OperationalError as e:
+            raise StoreUnavailable(f"sqlite: {e}") from e
 
     # -- plumbing --------------------------------------------------------------------------
     def _db(self) -> sqlite3.Connection:
@@ -81,8 +93,9 @@ class SQLiteStore(JobStore):
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._db()
+        """One write transaction (``BEGIN IMMEDIATE``: writers queue for the lock)."""
         try:
+            db = self._db()
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -93,74 +106,167 @@ class SQLiteStore(JobStore):
         except sqlite3.OperationalError as e:
             raise StoreUnavailable(f"sqlite: {e}") from e
 
+    def _read(self, sql: str, args: Any = ()) -> list[Any]:
+        """The rows of one query outside a transaction."""
+        try:
+            return self._db().execute(sql, args).fetchall()
+        except sqlite3.OperationalError as e:
+            raise StoreUnavailable(f"sqlite: {e}") from e
+
     @staticmethod
-    def _job(row: sqlite3.Row | tuple[Any, ...] | None) -> dict[str, Any] | None:
-        if row is None:
-            return None
-        fixed, mutable = json.loads(row[0]), json.loads(row[1])
-        return {**fixed, **mutable}
+    def _job(fixed: str, mutable: str) -> Job:
+        return Job.from_fields({**json.loads(fixed), **json.loads(mutable)})
 
-    def _row(self, db: sqlite3.Connection, job_id: str) -> dict[str, Any] | None:
-        cur = db.execute("SELECT fixed, mutable FROM jobs WHERE id = ?", (job_id,))
-        return self._job(cur.fetchone())
+    def _row(self, db: sqlite3.Connection, job_id: str) -> Job | None:
+        row = db.execute("SELECT fixed, mutable FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else self._job(*row)
 
-    def _write(self, db: sqlite3.Connection, job: dict[str, Any]) -> None:
-        mutable = {k: job.get(k) for k in MUTABLE}
-        db.execute(
-            "UPDATE jobs SET status = ?, worker = ?, mutable = ? WHERE id = ?",
-            (job["status"], job.get("worker"), json.dumps(mutable), job["id"]),
-        )
+    @staticmethod
+    def _write(db: sqlite3.Connection, job: Job) -> None:
+        db.execute("UPDATE jobs SET status = ?, worker = ?, mutable = ? WHERE id = ?",
+                   (job.status, job.worker, json.dumps(job.changing()), job.id))
 
-    # -- records ---------------------------------------------------------------------------
-    def create(self, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        with self._tx() as db:
-            return self._create(db, job)
+    @staticmethod
+    def _holds(job: Job | None, token: int | None) -> bool:
+        """Whether a write under ``token`` (None: unfenced) may touch the job."""
+        return job is not None and (token is None or (
+            job.status == "running" and job.token == token))
 
-    def create_and_announce(self, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        with self._tx() as db:
-            record, created = self._create(db, job)
-            if created:
-                self._append(db, job["id"], *QUEUED)
-            return record, created
-
-    def _create(self, db: sqlite3.Connection, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        existing = self._row(db, job["id"])
-        if existing is not None:
-            return existing, False
-        fixed = json.dumps({k: v for k, v in job.items() if k not in MUTABLE})
-        mutable = json.dumps({k: job.get(k) for k in MUTABLE})
-        db.execute(
-            "INSERT INTO jobs (id, owner, kind, status, fixed, mutable, expires_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (job["id"], job["owner"], job["kind"], job["status"], fixed, mutable,
-             time.time() + self.retention_s),
-        )
-        self._count_bytes(db, job["owner"], input_size(job))
-        created = self._job((fixed, mutable))
-        assert created is not None
-        return created, True
+    def _fence(self, db: sqlite3.Connection, job_id: str, token: int | None) -> None:
+        if token is not None and not self._holds(self._row(db, job_id), token):
+            raise StaleClaim(job_id)
 
     def _count_bytes(self, db: sqlite3.Connection, owner: str, size: int) -> None:
         bucket = usage_buckets(self.retention_s)[0][0]
         db.execute("INSERT INTO usage VALUES (?, ?, ?) ON CONFLICT (owner, bucket)"
                    " DO UPDATE SET bytes = bytes + excluded.bytes", (owner, bucket, size))
 
-    def stored_bytes(self, owner: str) -> int:
-        oldest = usage_buckets(self.retention_s)[0][-1]
-        row = self._db().execute("SELECT sum(bytes) FROM usage WHERE owner = ? AND bucket >= ?",
-                                 (owner, oldest)).fetchone()
-        return int(row[0] or 0)
+    # -- transitions -------------------------------------------------------------------------
+    def accept(self, jobs: list[Job], max_mine: int, max_all: int,
+               messages: list[tuple[str, str]] | None = None) -> list[Accepted]:
+        if messages:
+            raise NotImplementedError("the SQLite store does not push messages")
+        with self._tx() as db:  # the group in one transaction
+            return [self._accept(db, job, max_mine, max_all) for job in jobs]
 
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        try:
-            cur = self._db().execute("SELECT fixed, mutable FROM jobs WHERE id = ?", (job_id,))
-            return self._job(cur.fetchone())
-        except sqlite3.OperationalError as e:
-            raise StoreUnavailable(f"sqlite: {e}") from e
+    def _accept(self, db: sqlite3.Connection, job: Job, max_mine: int, max_all: int
+                ) -> Accepted:
+        existing = self._row(db, job.id)
+        if existing is not None:
+            return existing, False
+        mine, everyone = db.execute(
+            "SELECT count(*) FILTER (WHERE owner = ?), count(*) FROM jobs"
+            " WHERE status = 'queued'", (job.owner,)).fetchone()
+        if mine >= max_mine:
+            return QueueFull("owner")
+        if everyone >= max_all:
+            return QueueFull("all")
+        size = input_size(job)
+        if self.max_owner_bytes:
+            if size > self.max_owner_bytes:
+                return QueueFull("size")
+            if self._stored_bytes(db, job.owner) + size > self.max_owner_bytes:
+                return QueueFull("bytes")
+        job = replace(job, status="queued")
+        db.execute(
+            "INSERT INTO jobs (id, owner, kind, status, fixed, mutable, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (job.id, job.owner, job.kind, job.status, json.dumps(job.fixed()),
+             json.dumps(job.changing()), time.time() + self.retention_s))
+        self._count_bytes(db, job.owner, size)
+        self._append(db, job.id, *QUEUED)
+        return job, True
+
+    def claim(self, job_ids: list[str], worker: str) -> list[Job | str]:
+        out: list[Job | str] = []
+        with self._tx() as db:
+            for job_id in job_ids:
+                job = self._row(db, job_id)
+                if job is None or job.status != "queued":
+                    out.append("missing" if job is None else job.status)
+                    continue
+                job = replace(job, status="running", worker=worker, attempts=job.attempts + 1,
+                              token=job.token + 1, started_at=now_iso())
+                self._write(db, job)
+                self._append(db, job_id, *running_event(job.attempts))
+                out.append(job)
+        return out
+
+    def progress(self, claims: dict[str, int], step: int, total: int) -> None:
+        data = {"step": step, "total": total}
+        with self._tx() as db:  # a batch's step in one transaction
+            for job_id, token in claims.items():
+                job = self._row(db, job_id)
+                if not self._holds(job, token):
+                    continue
+                assert job is not None
+                self._write(db, replace(job, progress=data))
+                self._append(db, job_id, "progress", data)
+
+    def mark_on_device(self, claims: dict[str, int]) -> set[str]:
+        stale = set()
+        with self._tx() as db:  # a batch in one transaction
+            for job_id, token in claims.items():
+                job = self._row(db, job_id)
+                if job is None or not self._holds(job, token):
+                    stale.add(job_id)
+                    continue
+                self._write(db, replace(job, device=token))
+        return stale
+
+    def finish(self, outcomes: list[Outcome]) -> list[bool]:
+        with self._tx() as db:  # the outcomes and their events in one transaction
+            return [self._finish(db, o) for o in outcomes]
+
+    def _finish(self, db: sqlite3.Connection, o: Outcome) -> bool:
+        job = self._row(db, o.job_id)
+        if job is None or job.terminal or not self._holds(job, o.token):
+            return False
+        if o.worker is not None and (job.status != "running" or job.worker != o.worker):
+            return False
+        if o.if_status is not None and job.status != o.if_status:
+            return False
+        self._write(db, replace(job, status=o.status, output=o.output, error=o.error,
+                                finished_at=now_iso()))
+        for type_, data in o.events():
+            self._append(db, o.job_id, type_, data)
+        return True
+
+    def requeue(self, held: dict[str, str]) -> set[str]:
+        handed = set()
+        with self._tx() as db:
+            for job_id, worker in held.items():
+                job = self._row(db, job_id)
+                if job is None or job.status != "running" or job.worker != worker:
+                    continue
+                attempts = job.attempts
+                if job.device != job.token:  # held, never on the device: uncharged
+                    attempts = max(0, attempts - 1)
+                self._write(db, replace(job, status="queued", worker=None, progress=None,
+                                        attempts=attempts))
+                self._append(db, job_id, *QUEUED)
+                handed.add(job_id)
+        return handed
+
+    def cancel(self, job_id: str) -> Job | None:
+        with self._tx() as db:
+            job = self._row(db, job_id)
+            if job is None:
+                return None
+            if not job.terminal:
+                db.execute("UPDATE jobs SET cancel = 1 WHERE id = ?", (job_id,))
+                self._write(db, replace(job, cancel_requested=True))
+                self._finish(db, Outcome(job_id, "canceled", if_status="queued"))
+            return self._row(db, job_id)
+
+    # -- reads -------------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        rows = self._read("SELECT fixed, mutable FROM jobs WHERE id = ?", (job_id,))
+        return self._job(*rows[0]) if rows else None
 
     def list(
         self, owner: str, status: str | None, kind: str | None, limit: int, cursor: str | None
-    ) -> tuple[list[dict[str, Any]], str | None]:
+    ) -> tuple[list[Job], str | None]:
         sql = "SELECT fixed, mutable, n FROM jobs WHERE owner = ?"
         args: list[Any] = [owner]
         if status:
@@ -174,96 +280,37 @@ class SQLiteStore(JobStore):
             args.append(int(cursor))
         sql += " ORDER BY n DESC LIMIT ?"
         args.append(limit + 1)
-        rows = self._db().execute(sql, args).fetchall()
-        jobs = [self._job(r) for r in rows[:limit]]
+        rows = self._read(sql, args)
         next_cursor = str(rows[limit - 1][2]) if len(rows) > limit else None
-        return [j for j in jobs if j is not None], next_cursor
+        return [self._job(f, m) for f, m, _ in rows[:limit]], next_cursor
 
     def count_queued(self, owner: str | None = None) -> int:
         if owner is None:
-            row = self._db().execute("SELECT count(*) FROM jobs WHERE status = 'queued'").fetchone()
+            rows = self._read("SELECT count(*) FROM jobs WHERE status = 'queued'")
         else:
-            row = self._db().execute(
-                "SELECT count(*) FROM jobs WHERE status = 'queued' AND owner = ?", (owner,)
-            ).fetchone()
-        return int(row[0])
+            rows = self._read("SELECT count(*) FROM jobs WHERE status = 'queued' AND owner = ?",
+                              (owner,))
+        return int(rows[0][0])
 
-    # -- transitions -------------------------------------------------------------------------
-    def claim(self, job_id: str, worker: str) -> dict[str, Any] | None:
-        with self._tx() as db:
-            return self._claim(db, job_id, worker)
+    def stored_bytes(self, owner: str) -> int:
+        try:
+            return self._stored_bytes(self._db(), owner)
+        except sqlite3.OperationalError as e:
+            raise StoreUnavailable(f"sqlite: {e}") from e
 
-    def claim_and_announce(self, job_id: str, worker: str) -> dict[str, Any] | None:
-        with self._tx() as db:
-            job = self._claim(db, job_id, worker)
-            if job is not None:
-                self._append(db, job_id, *running_event(job["attempts"]))
-            return job
-
-    def _claim(self, db: sqlite3.Connection, job_id: str, worker: str) -> dict[str, Any] | None:
-        job = self._row(db, job_id)
-        if job is None or job["status"] != "queued":
-            return None
-        job.update(status="running", worker=worker, attempts=(job.get("attempts") or 0) + 1,
-                   token=(job.get("token") or 0) + 1, started_at=now_iso())
-        self._write(db, job)
-        return job
-
-    @staticmethod
-    def _holds(job: dict[str, Any] | None, token: int | None) -> bool:
-        """Whether a write under ``token`` (None: unfenced) may touch the job."""
-        return job is not None and (token is None or (
-            job["status"] == "running" and job.get("token") == token))
-
-    def _fence(self, db: sqlite3.Connection, job_id: str, token: int | None) -> None:
-        if token is not None and not self._holds(self._row(db, job_id), token):
-            raise StaleClaim(job_id)
-
-    def set_progress(self, job_id: str, step: int, total: int, token: int | None = None
-                     ) -> None:
-        with self._tx() as db:
-            job = self._row(db, job_id)
-            if job is not None and job["status"] == "running":
-                if not self._holds(job, token):
-                    raise StaleClaim(job_id)
-                job["progress"] = {"step": step, "total": total}
-                self._write(db, job)
-
-    def progress_many(self, job_ids: list[str], step: int, total: int,
-                      tokens: list[int] | None = None) -> None:
-        data = {"step": step, "total": total}
-        with self._tx() as db:  # a batch's step in one transaction
-            for i, job_id in enumerate(job_ids):
-                job = self._row(db, job_id)
-                if job is None or job["status"] != "running" or not self._holds(
-                        job, tokens[i] if tokens is not None else None):
-                    continue
-                job["progress"] = data
-                self._write(db, job)
-                self._append(db, job_id, "progress", data)
-
-    def mark_on_device(self, claims: dict[str, int]) -> set[str]:
-        stale = set()
-        with self._tx() as db:  # a batch in one transaction
-            for job_id, token in claims.items():
-                job = self._row(db, job_id)
-                if job is None or not self._holds(job, token):
-                    stale.add(job_id)
-                    continue
-                job["device"] = token
-                self._write(db, job)
-        return stale
-
-    def _mark_one(self, job_id: str, token: int) -> bool:
-        return not self.mark_on_device({job_id: token})
+    def _stored_bytes(self, db: sqlite3.Connection, owner: str) -> int:
+        oldest = usage_buckets(self.retention_s)[0][-1]
+        row = db.execute("SELECT sum(bytes) FROM usage WHERE owner = ? AND bucket >= ?",
+                         (owner, oldest)).fetchone()
+        return int(row[0] or 0)
 
     def stopped_among(self, claims: dict[str, int]) -> dict[str, str]:
         if not claims:
             return {}
         ids = list(claims)
-        rows = self._db().execute(
+        rows = self._read(
             f"SELECT id, status, cancel, json_extract(mutable, '$.token') FROM jobs WHERE id IN"
-            f" ({','.join('?' * len(ids))})", ids).fetchall()
+            f" ({','.join('?' * len(ids))})", ids)
         found = {r[0]: r[1:] for r in rows}
         out = {}
         for job_id, token in claims.items():
@@ -274,70 +321,17 @@ class SQLiteStore(JobStore):
                 out[job_id] = "canceled"
         return out
 
-    def finish(
-        self, job_id: str, worker: str | None, status: str,
-        output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
-        token: int | None = None,
-    ) -> dict[str, Any] | None:
-        with self._tx() as db:
-            return self._finish(db, job_id, worker, status, output, error, token)
-
-    def finish_and_announce(
-        self, job_id: str, worker: str | None, status: str,
-        output: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
-        token: int | None = None,
-    ) -> dict[str, Any] | None:
-        with self._tx() as db:  # the outcome and its events in one transaction
-            job = self._finish(db, job_id, worker, status, output, error, token)
-            if job is not None:
-                for type_, data in self.final_events(status, output, error):
-                    self._append(db, job_id, type_, data)
-            return job
-
-    def _finish(self, db: sqlite3.Connection, job_id: str, worker: str | None, status: str,
-                output: dict[str, Any] | None, error: dict[str, Any] | None,
-                token: int | None = None) -> dict[str, Any] | None:
-        job = self._row(db, job_id)
-        if job is None or job["status"] in TERMINAL or not self._holds(job, token):
-            return None
-        if worker is not None and (job["status"] != "running" or job.get("worker") != worker):
-            return None
-        job.update(status=status, output=output, error=error, finished_at=now_iso())
-        self._write(db, job)
-        return job
-
-    def requeue(self, job_id: str, worker: str) -> bool:
-        with self._tx() as db:
-            job = self._row(db, job_id)
-            if job is None or job["status"] != "running" or job.get("worker") != worker:
-                return False
-            if job.get("device") != job.get("token"):  # held, never on the device: uncharged
-                job["attempts"] = max(0, (job.get("attempts") or 1) - 1)
-            job.update(status="queued", worker=None, progress=None)
-            self._write(db, job)
-            return True
-
-    def request_cancel(self, job_id: str) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE jobs SET cancel = 1, mutable = json_set(mutable, "
-                       "'$.cancel_requested', json('true')) WHERE id = ?", (job_id,))
-
-    def cancel_requested(self, job_id: str) -> bool:
-        row = self._db().execute("SELECT cancel FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return bool(row and row[0])
-
     def stale_queued(self, older_than_s: float) -> list[tuple[str, str]]:
-        rows = self._db().execute("SELECT id, fixed FROM jobs WHERE status = 'queued'").fetchall()
         out = []
-        for job_id, fixed in rows:
+        for job_id, fixed in self._read("SELECT id, fixed FROM jobs WHERE status = 'queued'"):
             job = json.loads(fixed)
             if age_s(job.get("created_at")) > older_than_s:
                 out.append((job_id, job.get("queue") or "convoy"))
         return out
 
     def running_jobs(self) -> list[tuple[str, str]]:
-        rows = self._db().execute("SELECT id, worker FROM jobs WHERE status = 'running'").fetchall()
-        return [(r[0], r[1]) for r in rows]
+        return [(r[0], r[1])
+                for r in self._read("SELECT id, worker FROM jobs WHERE status = 'running'")]
 
     # -- events ------------------------------------------------------------------------------
     def append_event(self, job_id: str, type: str, data: dict[str, Any],
@@ -348,8 +342,8 @@ class SQLiteStore(JobStore):
 
     @staticmethod
     def _append(db: sqlite3.Connection, job_id: str, type: str, data: dict[str, Any]) -> int:
-        db.execute("UPDATE jobs SET seq = seq + 1 WHERE id = ?", (job_id,))
-        row = db.execute("SELECT seq FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = db.execute("UPDATE jobs SET seq = seq + 1 WHERE id = ? RETURNING seq",
+                         (job_id,)).fetchone()
         if row is None:
             raise KeyError(job_id)
         seq = int(row[0])
@@ -359,13 +353,9 @@ class SQLiteStore(JobStore):
     def events(self, job_id: str, after: int = 0, block_s: float = 0.0) -> list[Event]:
         deadline = time.monotonic() + block_s
         while True:
-            try:
-                rows = self._db().execute(
-                    "SELECT seq, type, data FROM events WHERE job_id = ? AND seq > ? ORDER BY seq",
-                    (job_id, after),
-                ).fetchall()
-            except sqlite3.OperationalError as e:
-                raise StoreUnavailable(f"sqlite: {e}") from e
+            rows = self._read(
+                "SELECT seq, type, data FROM events WHERE job_id = ? AND seq > ? ORDER BY seq",
+                (job_id, after))
             if rows or time.monotonic() >= deadline:
                 return [Event(int(s), t, json.loads(d)) for s, t, d in rows]
             time.sleep(self.poll_s)
@@ -376,13 +366,10 @@ class SQLiteStore(JobStore):
         cursors = json.dumps(after)
         deadline = time.monotonic() + block_s
         while True:
-            try:
-                rows = self._db().execute(
-                    "SELECT e.job_id, e.seq, e.type, e.data FROM json_each(?) AS c "
-                    "JOIN events AS e ON e.job_id = c.key AND e.seq > c.value "
-                    "ORDER BY e.job_id, e.seq", (cursors,)).fetchall()
-            except sqlite3.OperationalError as e:
-                raise StoreUnavailable(f"sqlite: {e}") from e
+            rows = self._read(
+                "SELECT e.job_id, e.seq, e.type, e.data FROM json_each(?) AS c "
+                "JOIN events AS e ON e.job_id = c.key AND e.seq > c.value "
+                "ORDER BY e.job_id, e.seq", (cursors,))
             if rows or time.monotonic() >= deadline:
                 found: dict[str, list[Event]] = {}
                 for job_id, seq, type_, data in rows:
@@ -390,7 +377,7 @@ class SQLiteStore(JobStore):
                 return found
             time.sleep(max(self.poll_s, 0.02))
 
-    # -- artifacts ---------------------------------------------------------------------------
+    # -- artifacts and stored bytes ------------------------------------------------------------
     def put_artifact(self, job_id: str, name: str, data: bytes, content_type: str,
                      token: int | None = None) -> None:
         with self._tx() as db:
@@ -400,6 +387,15 @@ class SQLiteStore(JobStore):
             row = db.execute("SELECT owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is not None:
                 self._count_bytes(db, row[0], len(data))
+
+    def get_artifact(self, job_id: str, name: str) -> tuple[bytes, str] | None:
+        rows = self._read("SELECT data, content_type FROM artifacts WHERE job_id = ? AND name = ?",
+                          (job_id, name))
+        return (bytes(rows[0][0]), rows[0][1]) if rows else None
+
+    def artifact_names(self, job_id: str) -> list[str]:
+        return [r[0] for r in self._read(
+            "SELECT name FROM artifacts WHERE job_id = ? ORDER BY name", (job_id,))]
 
     def count_blob(self, job_id: str, size: int, token: int | None = None) -> None:
         with self._tx() as db:
@@ -417,18 +413,6 @@ class SQLiteStore(JobStore):
             db.executemany("UPDATE usage SET bytes = max(0, bytes - ?) WHERE owner = ? AND "
                            "bucket = ?", [(n, owner, b) for b, n in counted.items()])
 
-    def get_artifact(self, job_id: str, name: str) -> tuple[bytes, str] | None:
-        row = self._db().execute(
-            "SELECT data, content_type FROM artifacts WHERE job_id = ? AND name = ?",
-            (job_id, name),
-        ).fetchone()
-        return (bytes(row[0]), row[1]) if row else None
-
-    def artifact_names(self, job_id: str) -> list[str]:
-        rows = self._db().execute(
-            "SELECT name FROM artifacts WHERE job_id = ? ORDER BY name", (job_id,)).fetchall()
-        return [r[0] for r in rows]
-
     # -- workers -----------------------------------------------------------------------------
     def heartbeat(self, worker: str, info: dict[str, Any], ttl_s: float) -> None:
         with self._tx() as db:
@@ -436,8 +420,7 @@ class SQLiteStore(JobStore):
                        (worker, json.dumps(info), time.time() + ttl_s))
 
     def workers(self) -> list[dict[str, Any]]:
-        rows = self._db().execute(
-            "SELECT id, info FROM workers WHERE expires_at > ?", (time.time(),)).fetchall()
+        rows = self._read("SELECT id, info FROM workers WHERE expires_at > ?", (time.time(),))
         return [{"id": r[0], **json.loads(r[1])} for r in rows]
 
     def remove_worker(self, worker: str) -> None:
