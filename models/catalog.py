@@ -16,8 +16,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from models.kinds import KINDS
+from models.kinds.common import MAX_N, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, MAX_TOP_K
+
 BUILTIN_CATALOG = Path(__file__).with_name("catalog.toml")
-KINDS = ("classify", "segment", "reconstruct", "sample", "generate", "finetune")
+Feature = Literal["image-to-image", "inpainting", "lora", "controlnet"]
 
 
 class ModelNotFound(KeyError):
@@ -37,17 +40,9 @@ class InputSpec(BaseModel):
     width: int = 64
 
 
-# The ceilings of every model's limits; the job schema (workers/contract.py) publishes them
-# as its bounds, so the OpenAPI document never promises more than any model allows.
-MAX_N = 16
-MAX_STEPS = 1000
-MAX_SIDE = 1024
-MAX_PROMPT_CHARS = 1000
-MAX_TOP_K = 100
-
-
 class Limits(BaseModel):
-    """Per-model bounds on job inputs (validated at submission), each at most its ceiling."""
+    """Per-model bounds on job inputs (validated at submission), each at most its ceiling
+    (the bound the kinds' schemas publish)."""
 
     max_n: int = Field(MAX_N, ge=1, le=MAX_N)
     max_steps: int = Field(MAX_STEPS, ge=1, le=MAX_STEPS)
@@ -86,6 +81,7 @@ LORA_PIPELINES = {
     "StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline",
     "FluxPipeline", "LatentConsistencyModelPipeline",
 }
+CONTROLNET_PIPELINES = {"StableDiffusionPipeline", "StableDiffusionXLPipeline"}
 PIXEL_PIPELINES = {"DDPMPipeline", "DDIMPipeline"}  # sampled by our own loop
 
 
@@ -114,6 +110,7 @@ class ModelEntry(BaseModel):
     source: Path | None = None  # the catalog file that defined the entry
     loras: dict[str, LoraSpec] = Field(default_factory=dict)  # adapters requests may choose
     inpaint_path: Path | None = None  # diffusers inpainting pipeline folder for masks
+    controlnet_path: Path | None = None  # diffusers ControlNetModel folder: control_image
 
     @field_validator("kinds")
     @classmethod
@@ -138,13 +135,20 @@ class ModelEntry(BaseModel):
         name = json.loads(index.read_text()).get("_class_name")
         return name if isinstance(name, str) else None
 
-    def cannot(self, feature: Literal["image-to-image", "inpainting", "lora"]) -> str | None:
+    def cannot(self, feature: Feature) -> str | None:
         """Why this model cannot do ``feature``, or None when it can."""
         if self.family == "ddpm":
+            if feature == "controlnet":
+                return "it samples with its own loop, which takes no ControlNet"
             return "it has no adapters" if feature == "lora" else None
         if self.family != "diffusers":
             return f"the {self.family} family generates from noise only"
         pipeline = self.pipeline_class()
+        if feature == "controlnet":
+            if self.controlnet_path is None:
+                return "the catalog names no ControlNet for it (controlnet_path)"
+            ok = pipeline in CONTROLNET_PIPELINES
+            return None if ok else f"{pipeline} has no ControlNet variant"
         if feature == "lora":
             if not self.loras:
                 return "the catalog declares no adapters for it"
@@ -169,6 +173,7 @@ class ModelEntry(BaseModel):
             "max_batch": self.max_batch,
             "limits": self.limits.model_dump(),
             "loras": sorted(self.loras),
+            "controlnet": self.cannot("controlnet") is None,
         }
 
 
@@ -184,8 +189,9 @@ def _entry(name: str, raw: dict[str, Any], source: Path) -> ModelEntry:
     base = source.parent
     weights = _resolve(base, raw.pop("weights", None))
     path = _resolve(base, raw.pop("path", None))
-    if raw.get("inpaint_path") is not None:
-        raw["inpaint_path"] = _resolve(base, raw["inpaint_path"])
+    for key in ("inpaint_path", "controlnet_path"):
+        if raw.get(key) is not None:
+            raw[key] = _resolve(base, raw[key])
     raw["loras"] = {
         key: {**spec, "path": _resolve(base, spec.get("path"))} if isinstance(spec, dict) else spec
         for key, spec in (raw.get("loras") or {}).items()
@@ -226,10 +232,10 @@ class Catalog:
                 raise FileNotFoundError(f"catalog file {file} does not exist")
             data = tomllib.loads(file.read_text())
             for name, raw in data.get("models", {}).items():
-                if raw.get("weights") and not _resolve(file.parent, raw["weights"]).exists():  # type: ignore[union-attr]
-                    # A built-in whose weights are not trained yet is skipped, not fatal.
-                    if file == BUILTIN_CATALOG.resolve():
-                        continue
+                weights = raw.get("weights") and _resolve(file.parent, raw["weights"])
+                # A built-in whose weights are not trained yet is skipped, not fatal.
+                if weights and not weights.exists() and file == BUILTIN_CATALOG.resolve():
+                    continue
                 entries[name] = _entry(name, raw, file)
         return cls(entries)
 

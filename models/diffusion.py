@@ -10,9 +10,9 @@ eps = eps_null + g * (eps_cond - eps_null). The loop below is as short as diffus
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from diffusers import (
 )
 
 from models.checkpoint import load_model
+from models.device import compute_dtype
 from models.editing import (
     check_edit,
     edit_key,
@@ -35,8 +36,12 @@ from models.editing import (
     strength_of,
 )
 from models.images import grid, png_artifact
+from models.kinds.generate import GenerateArgs
 from models.predictor import Artifact, InvalidRequest, Predictor, Request, StepCallback
 from models.registry import register_model, register_predictor
+
+if TYPE_CHECKING:
+    from models.stepping import Stepper
 
 BLOCK_TYPES = {"DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D"}
 
@@ -125,20 +130,25 @@ SCHEDULERS = {
 }
 
 
-def make_scheduler(name: str, schedule: NoiseSchedule) -> Any:
-    """A fresh scheduler (they keep per-run state) on the training noise schedule."""
+def new_scheduler(name: str, config: Mapping[str, Any]) -> Any:
+    """A fresh scheduler of the chosen kind (they keep per-run state, so one per run) on the
+    noise schedule ``config`` holds: a model's training schedule or a pipeline's own
+    scheduler config. What ``config`` says that the kind does not know is left aside."""
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; known: {sorted(SCHEDULERS)}")
-    kwargs: dict[str, Any] = {
+    extra = {"algorithm_type": "dpmsolver++"} if name == "dpmpp" else {}
+    return SCHEDULERS[name].from_config(dict(config), **extra)
+
+
+def make_scheduler(name: str, schedule: NoiseSchedule) -> Any:
+    """A fresh scheduler on the training noise schedule."""
+    return new_scheduler(name, {
         "num_train_timesteps": schedule.num_train_timesteps,
         "beta_schedule": schedule.beta_schedule,
         "beta_start": schedule.beta_start,
         "beta_end": schedule.beta_end,
         "prediction_type": schedule.prediction_type,
-    }
-    if name == "dpmpp":
-        kwargs["algorithm_type"] = "dpmsolver++"
-    return SCHEDULERS[name](**kwargs)
+    })
 
 
 def predicted_x0(scheduler: Any, output: Any) -> torch.Tensor | None:
@@ -200,6 +210,30 @@ def clip_through_x0(
     return ((x - a * x0) / s).to(out.dtype)
 
 
+def start_timesteps(
+    scheduler: Any,
+    steps: int,
+    noise: torch.Tensor,
+    init: torch.Tensor | None = None,
+    strength: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Set ``steps`` timesteps on the scheduler; return those to run and the starting sample:
+    pure noise, or ``init`` noised ``strength`` of the way (image-to-image skips the first
+    steps)."""
+    scheduler.set_timesteps(steps, device=noise.device)
+    timesteps = scheduler.timesteps
+    latents = noise * scheduler.init_noise_sigma
+    if init is not None and strength < 1.0:
+        skip = (steps - min(round(steps * strength), steps)) * scheduler.order
+        timesteps = timesteps[skip:]
+        if len(timesteps) == 0:
+            raise ValueError(f"strength {strength} of {steps} steps leaves no step to run")
+        if hasattr(scheduler, "set_begin_index"):  # where add_noise and step count steps
+            scheduler.set_begin_index(skip)
+        latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(noise.shape[0]))
+    return timesteps, latents
+
+
 # step, total, predicted clean images (B, C, H, W) → per-image mask of the ones to go on with
 StepHook = Callable[[int, int, torch.Tensor], torch.Tensor | None]
 
@@ -241,17 +275,7 @@ def sample_loop(
         raise ValueError("inpainting needs the image (init) whose known pixels it keeps")
     guided = class_labels is not None and null_class is not None and guidance_scale != 1.0
     kept = torch.arange(noise.shape[0])
-    scheduler.set_timesteps(steps, device=noise.device)
-    timesteps = scheduler.timesteps
-    latents = noise * scheduler.init_noise_sigma
-    if init is not None and strength < 1.0:
-        skip = (steps - min(round(steps * strength), steps)) * scheduler.order
-        timesteps = timesteps[skip:]
-        if len(timesteps) == 0:
-            raise ValueError(f"strength {strength} of {steps} steps leaves no step to run")
-        if hasattr(scheduler, "set_begin_index"):  # where add_noise and step count steps
-            scheduler.set_begin_index(skip)
-        latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(noise.shape[0]))
+    timesteps, latents = start_timesteps(scheduler, steps, noise, init, strength)
     total = len(timesteps)
     for i, t in enumerate(timesteps):
         # 1. model input, doubled [conditional; null] for guidance  (2B or B, C, H, W)
@@ -328,7 +352,7 @@ def per_image_noise(
 
 
 def request_hook(
-    batch_size: int, owner: list[int], inputs: list[dict[str, Any]], on_step: StepCallback
+    batch_size: int, owner: list[int], inputs: list[GenerateArgs], on_step: StepCallback
 ) -> tuple[StepHook, list[bool]]:
     """Adapt a per-request ``on_step`` to the per-image hook of ``sample_loop``.
 
@@ -342,7 +366,7 @@ def request_hook(
         members = [r for r in range(batch_size) if live[r]]
         previews: list[Artifact | None] = []
         for r in members:
-            every = int(inputs[r].get("preview_every") or 0)
+            every = inputs[r].preview_every
             mine = [i for i, o in enumerate(owners) if o == r]
             previews.append(
                 preview_artifact(step, x0[mine]) if every > 0 and step % every == 0 else None
@@ -369,65 +393,56 @@ class DiffusionPredictor(Predictor):
         self.config: DiffusionConfig = _from_json(DiffusionConfig, sidecar["config"])
         self.schedule: NoiseSchedule = _from_json(NoiseSchedule, sidecar.get("noise_schedule", {}))
         self.labels = self.entry.labels or [str(i) for i in range(self.config.num_classes)]
-        self.dtype = torch.float32
-        if torch.device(self.device).type == "cuda" and self.entry.dtype != "float32":
-            self.dtype = getattr(torch, self.entry.dtype)
-            self.unet.to(self.dtype)
+        self.dtype = compute_dtype(self.entry, self.device)
+        self.unet.to(self.dtype)
 
     def modules_for_memory(self) -> list[torch.nn.Module]:
         return [self.unet]
 
-    def batch_key(self, request: Request) -> Hashable:
-        inp = request.input
-        return (
-            request.kind,
-            inp.get("steps"),
-            inp.get("scheduler"),
-            inp.get("guidance_scale"),
-            edit_key(inp),
-        )
+    def stepper(self) -> Stepper:
+        from models.stepping import DiffusionStepper  # it builds on this module
 
-    def _check(self, request: Request) -> None:
+        return DiffusionStepper(self)
+
+    def batch_key(self, request: Request[GenerateArgs]) -> Hashable:
+        inp = request.input
+        return (request.kind, inp.steps, inp.scheduler, inp.guidance_scale, edit_key(inp))
+
+    def _check(self, request: Request[GenerateArgs]) -> None:
         inp, side = request.input, self.config.output_size or self.config.sample_size
         if request.kind != "generate":
             raise InvalidRequest(f"{self.entry.name} serves 'generate', not {request.kind!r}")
-        if inp.get("prompt") or inp.get("negative_prompt"):
+        if inp.prompt or inp.negative_prompt:
             raise InvalidRequest(f"{self.entry.name} is class-conditional and takes no prompt")
-        for key in ("height", "width"):
-            if inp.get(key) not in (None, side):
+        for key, value in (("height", inp.height), ("width", inp.width)):
+            if value not in (None, side):
                 raise InvalidRequest(
-                    f"{self.entry.name} generates {side}x{side} images, not {key}={inp[key]}"
+                    f"{self.entry.name} generates {side}x{side} images, not {key}={value}"
                 )
-        if len(inp["seeds"]) != inp["n"]:
-            raise InvalidRequest(f"expected {inp['n']} seeds, got {len(inp['seeds'])}")
-        cls = inp.get("class_index")
+        cls = inp.class_index
         if cls is not None and not 0 <= cls < self.config.num_classes:
             raise InvalidRequest(f"class index {cls} is outside 0..{self.config.num_classes - 1}")
-        if inp["scheduler"] not in SCHEDULERS:
-            raise InvalidRequest(
-                f"unknown scheduler {inp['scheduler']!r}; known: {sorted(SCHEDULERS)}"
-            )
-        if int(inp["steps"]) < 1:
-            raise InvalidRequest(f"steps must be at least 1, got {inp['steps']}")
-        if inp.get("loras"):
+        if inp.loras:
             raise InvalidRequest(f"{self.entry.name} takes no LoRA adapters")
-        check_edit(self.entry.name, inp, int(inp["steps"]))
+        if inp.control_image is not None:
+            raise InvalidRequest(f"{self.entry.name} takes no control_image")
+        check_edit(self.entry.name, inp)
 
     @torch.inference_mode()
     def predict(
-        self, batch: list[Request], on_step: StepCallback | None = None
+        self, batch: list[Request[GenerateArgs]], on_step: StepCallback | None = None
     ) -> list[dict[str, Any] | None]:
         for request in batch:
             self._check(request)
         first = batch[0].input
         # 1. every image of every request in one batch: its noise, generator, class, owner
-        seeds = [s for r in batch for s in r.input["seeds"]]
-        owner = [k for k, r in enumerate(batch) for _ in r.input["seeds"]]
+        seeds = [s for r in batch for s in r.input.seeds]
+        owner = [k for k, r in enumerate(batch) for _ in r.input.seeds]
         null = self.config.num_classes  # a request without a class samples unconditionally
         classes = [
-            null if r.input.get("class_index") is None else r.input["class_index"]
+            null if r.input.class_index is None else r.input.class_index
             for r in batch
-            for _ in r.input["seeds"]
+            for _ in r.input.seeds
         ]
         c, side = self.config.channels, self.config.sample_size
         noise, generators = per_image_noise(seeds, (c, side, side))
@@ -438,13 +453,13 @@ class DiffusionPredictor(Predictor):
             hook, live = request_hook(len(batch), owner, [r.input for r in batch], on_step)
         samples, kept = sample_loop(
             self.unet,
-            make_scheduler(first["scheduler"], self.schedule),
-            int(first["steps"]),
+            make_scheduler(first.scheduler, self.schedule),
+            first.steps,
             noise.to(self.device, self.dtype),
             generators,
             class_labels=torch.tensor(classes, device=self.device),
             null_class=null,
-            guidance_scale=float(first["guidance_scale"]),
+            guidance_scale=first.guidance_scale,
             on_step=hook,
             clip_sample=self.schedule.clip_sample,
             init=None if init is None else init.to(self.device, self.dtype),
@@ -469,7 +484,7 @@ class DiffusionPredictor(Predictor):
         return results
 
     def _edit_inputs(
-        self, batch: list[Request]
+        self, batch: list[Request[GenerateArgs]]
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """Per image: (init at the model's side in [-1, 1], its known-pixel mask, the repaint
         mask and the given image at the served side); None where the batch has no image."""
@@ -478,10 +493,10 @@ class DiffusionPredictor(Predictor):
             return None, None, None, None
         c, side = self.config.channels, self.config.sample_size
         out_side = self.config.output_size or side
-        per_image = [r.input for r in batch for _ in r.input["seeds"]]
-        given = image_batch([inp["image"] for inp in per_image], c, out_side)
+        per_image = [r.input for r in batch for _ in r.input.seeds]
+        given = image_batch([inp.image for inp in per_image if inp.image is not None], c, out_side)
         init = F.interpolate(given, size=(side, side), mode="area") * 2 - 1
         if mode != "inpaint":
             return init, None, None, None
-        repaint = repaint_batch([inp["mask"] for inp in per_image], out_side)
+        repaint = repaint_batch([inp.mask for inp in per_image if inp.mask is not None], out_side)
         return init, known_at(repaint, side), repaint, given

@@ -8,43 +8,42 @@ image, or inpainting, at the same strength (``edit_key``).
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from models.images import to_tensor
+from models.kinds.generate import GenerateArgs
 from models.predictor import InvalidRequest
 
 IMAGE_STRENGTH = 0.75  # image-to-image strength when the request names none
 INPAINT_STRENGTH = 1.0  # inpainting strength when the request names none
 
 
-def edit_mode(inp: dict[str, Any]) -> str:
+def edit_mode(inp: GenerateArgs) -> str:
     """"text" (plain generation), "image" (image-to-image) or "inpaint"."""
-    if inp.get("mask") is not None:
+    if inp.mask is not None:
         return "inpaint"
-    return "image" if inp.get("image") is not None else "text"
+    return "image" if inp.image is not None else "text"
 
 
-def strength_of(inp: dict[str, Any]) -> float:
+def strength_of(inp: GenerateArgs) -> float:
     """The request's strength, or the default of its mode."""
-    if inp.get("strength") is not None:
-        return float(inp["strength"])
+    if inp.strength is not None:
+        return inp.strength
     return INPAINT_STRENGTH if edit_mode(inp) == "inpaint" else IMAGE_STRENGTH
 
 
-def edit_key(inp: dict[str, Any]) -> tuple[str, float | None]:
+def edit_key(inp: GenerateArgs) -> tuple[str, float | None]:
     """What must agree for requests to share one sampling loop."""
     mode = edit_mode(inp)
     return mode, None if mode == "text" else strength_of(inp)
 
 
-def check_edit(name: str, inp: dict[str, Any], steps: int) -> None:
+def check_edit(name: str, inp: GenerateArgs) -> None:
     """Refuse a mask without an image, a mask of another size, a strength that runs no step."""
-    image, mask = inp.get("image"), inp.get("mask")
+    image, mask, steps = inp.image, inp.mask, inp.steps
     if mask is not None and image is None:
         raise InvalidRequest(f"{name}: a mask needs the image it applies to")
     if mask is not None and mask.size != image.size:

@@ -20,6 +20,7 @@ from torch import nn
 
 from models.checkpoint import load_model
 from models.images import png_artifact
+from models.kinds.sample import SampleArgs
 from models.predictor import InvalidRequest, Predictor, Request, StepCallback
 from models.registry import register_model, register_predictor
 
@@ -147,20 +148,17 @@ class GANPredictor(Predictor):
     def modules_for_memory(self) -> list[nn.Module]:
         return [self.model]
 
-    def _check(self, request: Request) -> None:
+    def _check(self, request: Request[SampleArgs]) -> None:
         inp = request.input
         if request.kind != "sample":
             raise InvalidRequest(f"{self.entry.name} serves 'sample', not {request.kind!r}")
-        if inp.get("interpolate_between") is not None:
+        if inp.interpolate_between is not None:
             raise InvalidRequest(
                 f"{self.entry.name} has no encoder: interpolate_between needs a VAE"
             )
-        if len(inp["seeds"]) != inp["n"]:
-            raise InvalidRequest(f"expected {inp['n']} seeds, got {len(inp['seeds'])}")
-        truncation = float(inp.get("truncation", 1.0))
-        if not (truncation > 0 and math.isfinite(truncation)):
-            raise InvalidRequest(f"truncation must be a positive number, got {truncation}")
-        cls = inp.get("class_index")
+        if not math.isfinite(inp.truncation):
+            raise InvalidRequest(f"truncation must be a positive number, got {inp.truncation}")
+        cls = inp.class_index
         if cls is not None and not self.config.num_classes:
             raise InvalidRequest(f"{self.entry.name} is unconditional: it takes no class")
         if cls is not None and not 0 <= cls < self.config.num_classes:
@@ -168,20 +166,18 @@ class GANPredictor(Predictor):
 
     @torch.inference_mode()
     def predict(
-        self, batch: list[Request], on_step: StepCallback | None = None
+        self, batch: list[Request[SampleArgs]], on_step: StepCallback | None = None
     ) -> list[dict[str, Any] | None]:
         # 1. one latent (and class) per image, each from its own seed
         zs, classes, counts = [], [], []
         for request in batch:
             self._check(request)
             inp = request.input
-            for seed in inp["seeds"]:
-                z, cls = latent_for_seed(
-                    seed, self.config, inp.get("class_index"), float(inp.get("truncation", 1.0))
-                )
+            for seed in inp.seeds:
+                z, cls = latent_for_seed(seed, self.config, inp.class_index, inp.truncation)
                 zs.append(z)
                 classes.append(cls)
-            counts.append(len(inp["seeds"]))
+            counts.append(len(inp.seeds))
         z = torch.stack(zs).to(self.device)  # (N, latent)
         labels = torch.tensor(classes, device=self.device) if self.config.num_classes else None
         # 2. one generator pass for the whole batch, back to [0, 1]  (N, C, H, W)
@@ -192,7 +188,7 @@ class GANPredictor(Predictor):
         for request, count in zip(batch, counts, strict=True):
             artifacts = []
             for i in range(count):
-                meta: dict[str, Any] = {"seed": request.input["seeds"][i]}
+                meta: dict[str, Any] = {"seed": request.input.seeds[i]}
                 if classes[start + i] is not None:
                     meta["class_label"] = self.labels[classes[start + i]]
                 artifacts.append(png_artifact(f"image-{i}.png", images[start + i], **meta))

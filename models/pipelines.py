@@ -4,25 +4,29 @@ The folder loads with ``DiffusionPipeline.from_pretrained(path, use_safetensors=
 local files only and no remote or custom code: every component must come from diffusers
 or transformers, and every model component must hold safetensors weights.
 
-Three ways through a pipeline, by what it is:
+How a pipeline runs depends on what it is (``mode``):
 
 - a pixel-space ``UNet2DModel`` pipeline (DDPM, DDIM): our own sampling loop of
   ``models.diffusion`` on its UNet, so every scheduler, preview and per-member drop works;
 - a pipeline with ``callback_on_step_end`` (text-to-image and most others): called with
   that callback, which reports steps and previews and, once every member is canceled, sets
   ``_interrupt`` so the pipeline stops stepping;
-- any other pipeline (DiT takes ``class_labels`` but no callback): steps are reported from
-  its scheduler's ``step``, and a canceled batch stops by an exception from there.
+- a pipeline without that callback (DiT takes ``class_labels`` but no callback): steps are
+  reported from its scheduler's ``step``, wrapped for this call, and a canceled batch stops
+  by an exception from there.
 
-A request with an ``image`` runs image-to-image, with a ``mask`` as well inpainting: on a
-pixel-space UNet through our loop's ``init``/``known``, on other pipelines through the
-family's image-to-image or inpainting variant over the same modules (``models.adapters``),
-which also loads the catalog's LoRA adapters. Inpainting returns the unmasked pixels as
-given (the VAE round trip would blur them).
+What a request asks for picks one of four small strategies (``WAYS``): text-to-image,
+image-to-image (``image``), inpainting (``image`` and ``mask``) and ControlNet
+(``control_image``). Each builds its variant of the pipeline once, over the very same
+loaded modules (diffusers' ``from_pipe``: no second copy of the base model), and says what
+a batch passes to it. On a pixel-space UNet, image-to-image and inpainting run through our
+loop's ``init``/``known`` instead. Inpainting returns the unmasked pixels as given (the VAE
+round trip would blur them).
 
-Previews show the scheduler's current prediction of the clean image, decoded through the
-pipeline's VAE where it has one. Each call gets its own scheduler instance and its own
-shallow copy of the pipeline, so per-run state never leaks between jobs.
+Previews show the current prediction of the clean image where the scheduler keeps one
+(DPM-Solver++), else the current latents, decoded through the pipeline's VAE where it has
+one. Each call gets its own scheduler instance and its own shallow copy of the pipeline,
+so per-run state never leaks between jobs.
 """
 
 from __future__ import annotations
@@ -36,19 +40,15 @@ import logging
 import threading
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from diffusers import EulerDiscreteScheduler
 
-from models.adapters import activate, check_loras, load_adapters, lora_key, variant
-from models.diffusion import (
-    SCHEDULERS,
-    per_image_noise,
-    predicted_x0,
-    request_hook,
-    sample_loop,
-)
+from models.adapters import activate, check_loras, load_adapters, lora_key
+from models.device import compute_dtype
+from models.diffusion import new_scheduler, per_image_noise, predicted_x0, request_hook, sample_loop
 from models.editing import (
     check_edit,
     edit_key,
@@ -59,8 +59,13 @@ from models.editing import (
     strength_of,
 )
 from models.images import png_artifact
+from models.kinds.generate import GenerateArgs
+from models.pipeline_modes import WAYS, way_of
 from models.predictor import InvalidRequest, Predictor, Request, StepCallback
 from models.registry import register_predictor
+
+if TYPE_CHECKING:
+    from models.stepping import Stepper
 
 log = logging.getLogger(__name__)
 
@@ -111,18 +116,11 @@ def check_pipeline_folder(path: Path) -> None:
             )
 
 
-def _scheduler_for(pipe: Any, name: str) -> Any:
-    """A new scheduler of the chosen kind on the pipeline's own noise schedule."""
-    if name not in SCHEDULERS:
-        raise InvalidRequest(f"unknown scheduler {name!r}; known: {sorted(SCHEDULERS)}")
-    extra = {"algorithm_type": "dpmsolver++"} if name == "dpmpp" else {}
-    return SCHEDULERS[name].from_config(pipe.scheduler.config, **extra)
-
-
-def _tap(scheduler: Any, generators: list[torch.Generator], after: Any = None) -> dict[str, Any]:
-    """Wrap ``scheduler.step`` to keep its latest clean-sample prediction in ``state["x0"]``
-    (and call ``after()`` once per step). A pipeline that passes no generator to the step
-    (DiT) gets the per-image ones, so stochastic schedulers stay reproducible."""
+def _tap(scheduler: Any, generators: list[torch.Generator], after: Any) -> dict[str, Any]:
+    """For a pipeline that offers no step callback (DiT): wrap this call's own scheduler's
+    ``step`` to keep its latest clean-sample prediction in ``state["x0"]`` and call
+    ``after()`` once per step. A pipeline that passes no generator to the step gets the
+    per-image ones, so stochastic schedulers stay reproducible."""
     state: dict[str, Any] = {"x0": None}
     step = scheduler.step
     takes_generator = "generator" in inspect.signature(step).parameters
@@ -137,12 +135,22 @@ def _tap(scheduler: Any, generators: list[torch.Generator], after: Any = None) -
         state["x0"] = predicted_x0(scheduler, out)
         if state["x0"] is None:
             state["x0"] = out.prev_sample
-        if after is not None:
-            after()
+        after()
         return out if return_dict else out.to_tuple()
 
     scheduler.step = tapped
     return state
+
+
+def _preview_latents(scheduler: Any, latents: torch.Tensor) -> torch.Tensor:
+    """What a step callback can show: the scheduler's clean-sample prediction where it keeps
+    one (DPM-Solver++), else the current latents at unit variance."""
+    x0 = predicted_x0(scheduler, None)
+    if x0 is not None:
+        return x0
+    if isinstance(scheduler, EulerDiscreteScheduler):  # its latents carry sigma's scale
+        return latents / (scheduler.sigmas[scheduler.step_index] ** 2 + 1) ** 0.5
+    return latents
 
 
 @register_predictor("diffusers")
@@ -155,9 +163,7 @@ class PipelinePredictor(Predictor):
         if self.entry.path is None:
             raise ValueError(f"{self.entry.name}: a diffusers entry needs a pipeline folder (path)")
         check_pipeline_folder(self.entry.path)
-        dtype = torch.float32
-        if torch.device(self.device).type == "cuda" and self.entry.dtype != "float32":
-            dtype = getattr(torch, self.entry.dtype)
+        dtype = compute_dtype(self.entry, self.device)
         try:
             pipe = DiffusionPipeline.from_pretrained(
                 self.entry.path,
@@ -181,56 +187,75 @@ class PipelinePredictor(Predictor):
         else:
             self.mode = "tap"
         self.takes = set(params)
+        self.controlnet = self._load_controlnet(dtype)
         self.loras = load_adapters(self.pipe, self.entry)
-        self.variants: dict[str, Any] = {}
+        self.variants: dict[str, Any] = {}  # way name → its pipeline over the same modules
         self.lock = threading.Lock()  # adapters are set on the shared modules per call
 
+    def _load_controlnet(self, dtype: torch.dtype) -> Any:
+        """The ControlNet the catalog names, from safetensors only; None without one."""
+        if self.entry.controlnet_path is None:
+            return None
+        from diffusers import ControlNetModel
+
+        try:
+            controlnet = ControlNetModel.from_pretrained(
+                self.entry.controlnet_path, use_safetensors=True, local_files_only=True,
+                dtype=dtype,
+            )
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"cannot load the ControlNet in {self.entry.controlnet_path}: {err}"
+            ) from err
+        return controlnet.to(self.device).eval()
+
     def modules_for_memory(self) -> list[torch.nn.Module]:
-        return [m for m in self.pipe.components.values() if isinstance(m, torch.nn.Module)]
+        modules = [m for m in self.pipe.components.values() if isinstance(m, torch.nn.Module)]
+        return modules + ([self.controlnet] if self.controlnet is not None else [])
 
-    def batch_key(self, request: Request) -> Hashable:
+    def stepper(self) -> Stepper | None:
+        from models.pipeline_stepping import LatentTextStepper, PixelStepper  # they build on this
+
+        if self.mode == "unet2d":
+            return PixelStepper(self)
+        return LatentTextStepper(self) if LatentTextStepper.serves(self) else None
+
+    def batch_key(self, request: Request[GenerateArgs]) -> Hashable:
         inp = request.input
-        return (
-            request.kind,
-            inp.get("steps"),
-            inp.get("scheduler"),
-            inp.get("guidance_scale"),
-            inp.get("height"),
-            inp.get("width"),
-            edit_key(inp),
-            lora_key(inp),
-        )
+        way = way_of(inp)
+        return (request.kind, inp.steps, inp.scheduler, inp.guidance_scale, inp.height,
+                inp.width, edit_key(inp), way, WAYS[way].share(inp), lora_key(inp))
 
-    def _check(self, request: Request) -> None:
+    def _check(self, request: Request[GenerateArgs]) -> None:
         inp = request.input
         if request.kind != "generate":
             raise InvalidRequest(f"{self.entry.name} serves 'generate', not {request.kind!r}")
-        if len(inp["seeds"]) != inp["n"]:
-            raise InvalidRequest(f"expected {inp['n']} seeds, got {len(inp['seeds'])}")
         text = "prompt" in self.takes
-        if text and not inp.get("prompt"):
+        if text and not inp.prompt:
             raise InvalidRequest(
                 f"{self.entry.name} is a text-to-image pipeline: a prompt is required"
             )
-        if not text and (inp.get("prompt") or inp.get("negative_prompt")):
+        if not text and (inp.prompt or inp.negative_prompt):
             raise InvalidRequest(f"{self.entry.name} takes no prompt")
         conditional = "class_labels" in self.takes or (
             self.mode == "unet2d" and self.pipe.unet.config.num_class_embeds
         )
-        if conditional and inp.get("class_index") is None:
+        if conditional and inp.class_index is None:
             raise InvalidRequest(f"{self.entry.name} is class-conditional: a class is required")
-        if not conditional and inp.get("class_index") is not None:
+        if not conditional and inp.class_index is not None:
             raise InvalidRequest(f"{self.entry.name} takes no class")
-        if (inp.get("height") or inp.get("width")) and "height" not in self.takes:
+        if (inp.height or inp.width) and "height" not in self.takes:
             raise InvalidRequest(f"{self.entry.name} does not take height and width")
-        check_edit(self.entry.name, inp, int(inp["steps"]))
+        check_edit(self.entry.name, inp)
         check_loras(self.entry, inp, self.loras)
-        mode = edit_mode(inp)
-        if mode != "text" and self.mode == "tap":
+        way = way_of(inp)
+        if way == "control" and (self.controlnet is None or self.mode != "callback"):
+            raise InvalidRequest(f"{self.entry.name} has no ControlNet: drop control_image")
+        if way in ("image", "inpaint") and self.mode == "tap":
             raise InvalidRequest(f"{self.entry.name} has no image-to-image or inpainting variant")
-        if mode != "text" and (inp.get("height") or inp.get("width")):
+        if way in ("image", "inpaint") and (inp.height or inp.width):
             raise InvalidRequest(f"{self.entry.name}: the image sets the size; drop height and width")
-        if mode == "inpaint" and self.entry.inpaint_path is not None and inp.get("loras"):
+        if way == "inpaint" and self.entry.inpaint_path is not None and inp.loras:
             raise InvalidRequest(
                 f"{self.entry.name}: LoRA adapters apply to the base model, not to its "
                 "inpainting checkpoint"
@@ -238,19 +263,20 @@ class PipelinePredictor(Predictor):
 
     @torch.inference_mode()
     def predict(
-        self, batch: list[Request], on_step: StepCallback | None = None
+        self, batch: list[Request[GenerateArgs]], on_step: StepCallback | None = None
     ) -> list[dict[str, Any] | None]:
         for request in batch:
             self._check(request)
-        seeds = [s for r in batch for s in r.input["seeds"]]
-        owner = [k for k, r in enumerate(batch) for _ in r.input["seeds"]]
+        seeds = [s for r in batch for s in r.input.seeds]
+        owner = [k for k, r in enumerate(batch) for _ in r.input.seeds]
+        per_image = [r.input for r in batch for _ in r.input.seeds]
         hook, live = (None, [True] * len(batch))
         if on_step is not None:
             hook, live = request_hook(len(batch), owner, [r.input for r in batch], on_step)
         if self.mode == "unet2d":
-            images, kept = self._run_unet2d(batch, seeds, hook)
+            images, kept = self._run_unet2d(per_image, seeds, hook)
         else:
-            images, kept = self._run_pipeline(batch, seeds, hook, live)
+            images, kept = self._run_pipeline(per_image, seeds, hook, live)
         results: list[dict[str, Any] | None] = [{"images": []} if ok else None for ok in live]
         for image, index in zip(images, kept, strict=True):
             out = results[owner[index]]
@@ -260,32 +286,30 @@ class PipelinePredictor(Predictor):
         return results
 
     def _run_unet2d(
-        self, batch: list[Request], seeds: list[int], hook: Any
+        self, per_image: list[GenerateArgs], seeds: list[int], hook: Any
     ) -> tuple[torch.Tensor, list[int]]:
-        unet, first = self.pipe.unet, batch[0].input
+        unet, first = self.pipe.unet, per_image[0]
         size = unet.config.sample_size
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         noise, generators = per_image_noise(seeds, (unet.config.in_channels, h, w))
         labels = None
         if unet.config.num_class_embeds:
-            labels = torch.tensor(
-                [r.input["class_index"] for r in batch for _ in r.input["seeds"]],
-                device=self.device,
-            )
+            labels = torch.tensor([inp.class_index for inp in per_image], device=self.device)
         config = self.pipe.scheduler.config  # the pipeline's own clipping, for every scheduler
         clip = float(config.get("clip_sample_range", 1.0)) if config.get("clip_sample") else None
-        mode, per_image = edit_mode(first), [r.input for r in batch for _ in r.input["seeds"]]
+        mode = edit_mode(first)
         given = repaint = init = known = None
         if mode != "text":
-            given = image_batch([inp["image"] for inp in per_image], unet.config.in_channels, h)
+            given = image_batch([inp.image for inp in per_image if inp.image is not None],
+                                unet.config.in_channels, h)
             init = (given * 2 - 1).to(self.device, unet.dtype)
         if mode == "inpaint":
-            repaint = repaint_batch([inp["mask"] for inp in per_image], h)
+            repaint = repaint_batch([inp.mask for inp in per_image if inp.mask is not None], h)
             known = known_at(repaint, h).to(self.device, unet.dtype)
         samples, kept = sample_loop(
             unet,
-            _scheduler_for(self.pipe, first["scheduler"]),
-            int(first["steps"]),
+            new_scheduler(first.scheduler, self.pipe.scheduler.config),
+            first.steps,
             noise.to(self.device, unet.dtype),
             generators,
             class_labels=labels,
@@ -310,67 +334,59 @@ class PipelinePredictor(Predictor):
             latents = latents + vae.config.shift_factor
         return vae.decode(latents.to(vae.dtype)).sample
 
-    def _run_pipeline(
-        self, batch: list[Request], seeds: list[int], hook: Any, live: list[bool]
-    ) -> tuple[torch.Tensor, list[int]]:
-        first, n = batch[0].input, len(seeds)
-        mode = edit_mode(first)
-        with self.lock:
-            base = variant(self.pipe, mode, self.entry, self.variants)
-        pipe = copy.copy(base)  # a per-call view: its own scheduler and interrupt flag
-        pipe.scheduler = _scheduler_for(self.pipe, first["scheduler"])
-        steps = int(first["steps"])
+    def _variant(self, way: str) -> Any:
+        """The pipeline of a strategy, built once over the loaded modules."""
+        if way == "text":
+            return self.pipe
+        if way not in self.variants:
+            try:
+                built = WAYS[way].build(self)
+            except ValueError as err:
+                raise InvalidRequest(f"{self.entry.name} cannot do {way} generation: {err}") from err
+            built.set_progress_bar_config(disable=True)
+            self.variants[way] = built
+        return self.variants[way]
 
-        def report() -> None:
+    def _run_pipeline(
+        self, per_image: list[GenerateArgs], seeds: list[int], hook: Any, live: list[bool]
+    ) -> tuple[torch.Tensor, list[int]]:
+        first, n = per_image[0], len(seeds)
+        way = WAYS[way_of(first)]
+        with self.lock:
+            base = self._variant(way.name)
+        pipe = copy.copy(base)  # a per-call view: its own scheduler and interrupt flag
+        pipe.scheduler = new_scheduler(first.scheduler, self.pipe.scheduler.config)
+        calls = 0
+
+        def report(x0: torch.Tensor) -> None:
+            nonlocal calls
             if hook is None or not any(live):
                 return
             total = getattr(pipe, "_num_timesteps", None) or len(pipe.scheduler.timesteps)
-            tap["calls"] += 1
-            x0 = tap["x0"][:n]  # guidance may step a doubled batch
-            hook(tap["calls"], total, _LazyDecode(self, x0))
+            calls += 1
+            hook(calls, total, _LazyDecode(self, x0[:n]))  # guidance may step a doubled batch
             if not any(live):
                 if self.mode == "tap":
                     raise _Canceled
                 pipe._interrupt = True
 
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        tap = _tap(pipe.scheduler, generators, report if self.mode == "tap" else None)
-        tap["calls"] = 0
         kwargs: dict[str, Any] = {
-            "num_inference_steps": steps,
+            "num_inference_steps": first.steps,
             "generator": generators,
             "output_type": "np",
+            **self._conditioning(per_image),
+            **way.kwargs(per_image),
         }
-        if "guidance_scale" in self.takes:
-            kwargs["guidance_scale"] = float(first["guidance_scale"])
-        if "prompt" in self.takes:
-            kwargs["prompt"] = [r.input["prompt"] for r in batch for _ in r.input["seeds"]]
-            if any(r.input.get("negative_prompt") for r in batch):
-                kwargs["negative_prompt"] = [
-                    r.input.get("negative_prompt") or "" for r in batch for _ in r.input["seeds"]
-                ]
-        if "class_labels" in self.takes:
-            kwargs["class_labels"] = [
-                r.input["class_index"] for r in batch for _ in r.input["seeds"]
-            ]
-        elif "batch_size" in self.takes:
-            kwargs["batch_size"] = n
-        if first.get("height") and first.get("width"):
-            kwargs["height"], kwargs["width"] = int(first["height"]), int(first["width"])
-        per_image = [r.input for r in batch for _ in r.input["seeds"]]
-        if mode != "text":
-            kwargs["image"] = [inp["image"].convert("RGB") for inp in per_image]
-            kwargs["strength"] = strength_of(first)
-            kwargs["width"], kwargs["height"] = per_image[0]["image"].size
-        if mode == "inpaint":
-            kwargs["mask_image"] = [inp["mask"].convert("L") for inp in per_image]
         if self.mode == "callback":
 
             def callback(_pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-                report()
+                report(_preview_latents(pipe.scheduler, tensors["latents"]))
                 return {}
 
             kwargs["callback_on_step_end"] = callback
+        else:
+            tap = _tap(pipe.scheduler, generators, lambda: report(tap["x0"]))
         try:
             with self.lock:  # the adapters stay as this call set them until it is done
                 activate(self.pipe, lora_key(first), self.loras)
@@ -380,12 +396,22 @@ class PipelinePredictor(Predictor):
         if not any(live):
             return torch.empty(0), []
         images = torch.from_numpy(np.asarray(output.images)).permute(0, 3, 1, 2).float()
-        if mode == "inpaint":  # the unmasked pixels as given, not through the VAE round trip
-            side = images.shape[-1]
-            given = image_batch(kwargs["image"], images.shape[1], side)
-            repaint = repaint_batch(kwargs["mask_image"], side)
-            images = repaint * images + (1 - repaint) * given
-        return images, list(range(n))
+        return way.finish(images, per_image), list(range(n))
+
+    def _conditioning(self, per_image: list[GenerateArgs]) -> dict[str, Any]:
+        """Guidance, prompts and classes, as far as the pipeline takes them."""
+        kwargs: dict[str, Any] = {}
+        if "guidance_scale" in self.takes:
+            kwargs["guidance_scale"] = per_image[0].guidance_scale
+        if "prompt" in self.takes:
+            kwargs["prompt"] = [inp.prompt for inp in per_image]
+            if any(inp.negative_prompt for inp in per_image):
+                kwargs["negative_prompt"] = [inp.negative_prompt or "" for inp in per_image]
+        if "class_labels" in self.takes:
+            kwargs["class_labels"] = [inp.class_index for inp in per_image]
+        elif "batch_size" in self.takes:
+            kwargs["batch_size"] = len(per_image)
+        return kwargs
 
 
 class _LazyDecode:

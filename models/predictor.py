@@ -2,8 +2,9 @@
 
 A predictor serves one catalog entry: ``load()`` once per process, then
 ``predict(batch, on_step=None)`` any number of times. ``predict`` is batch-first and pure:
-no Celery, no FastAPI, no job store. Each ``Request`` carries the job kind and its validated
-input, with images already decoded to ``PIL.Image``. The result for each request is a
+no Celery, no FastAPI, no job store. Each ``Request`` carries the job kind and its typed
+input, the kind's ``Args`` (``models/kinds``): a predictor reads ``request.input.steps``,
+with images already decoded to ``PIL.Image``. The result for each request is a
 JSON-able dict in which ``Artifact`` objects (images, masks) may appear anywhere; the
 runtime stores them and replaces each with its link.
 """
@@ -12,12 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from models.kinds.common import Args
+
+A = TypeVar("A", bound=Args)
 
 if TYPE_CHECKING:
     import torch
 
     from models.catalog import ModelEntry
+    from models.stepping import Stepper
 
 
 @dataclass
@@ -31,11 +37,12 @@ class Artifact:
 
 
 @dataclass
-class Request:
-    """One job's share of a batch: its kind and validated input."""
+class Request(Generic[A]):
+    """One job's share of a batch: its kind and typed input (``GenerateArgs`` for
+    ``generate``, and so on: ``models.kinds.KIND_SPECS[kind].args``)."""
 
     kind: str
-    input: dict[str, Any]
+    input: A
 
 
 class StepCallback(Protocol):
@@ -77,6 +84,11 @@ class Predictor:
     ) -> list[dict[str, Any] | None]:
         """One result per request (None for a member dropped through ``on_step``)."""
         raise NotImplementedError
+
+    def stepper(self) -> Stepper | None:
+        """Step-level batching of this model (``models.stepping``), where it has one: requests
+        then join and leave a running sampling loop at step boundaries. None: static batches."""
+        return None
 
     def memory_bytes(self) -> int:
         """Approximate device memory the loaded model holds (parameters and buffers)."""

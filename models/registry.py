@@ -10,8 +10,11 @@ A duplicate or unknown name raises ``ValueError`` naming it.
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -19,68 +22,45 @@ F = TypeVar("F", bound=Callable[..., Any])
 _MODELS: dict[str, Callable[..., Any]] = {}
 _PREDICTORS: dict[str, type] = {}
 _TRAINERS: dict[str, Callable[..., Any]] = {}
-
-# Modules whose import registers architectures, predictors and trainers. Imported lazily so
-# that `import models.registry` stays cheap.
-_MODULES = [
-    "models.classification.lenet",
-    "models.classification.predictor",
-    "models.classification.alexnet",
-    "models.classification.vgg",
-    "models.classification.googlenet",
-    "models.classification.resnet",
-    "models.classification.torchvision_predictor",
-    "models.training.shapes",
-    "models.training.digits",
-    "models.segmentation.unet",
-    "models.segmentation.predictor",
-    "models.training.unet",
-    "models.vae",
-    "models.vae_predictor",
-    "models.training.vae",
-    "models.gan",
-    "models.training.gan_digits",
-    "models.diffusion",
-    "models.training.ddpm_digits",
-    "models.pipelines",
-]
-_loaded = False
-
-# Where each architecture / predictor family lives, so that serving one model imports its
-# own family only (diffusers and transformers are slow to import and most models need neither).
-_CLASSIFY = "models.classification.predictor"
-_HINTS: dict[str, tuple[str, ...]] = {
-    "lenet5": ("models.classification.lenet", _CLASSIFY),
-    "alexnet": ("models.classification.alexnet", _CLASSIFY),
-    "vgg": ("models.classification.vgg", _CLASSIFY),
-    "googlenet": ("models.classification.googlenet", _CLASSIFY),
-    "resnet": ("models.classification.resnet", _CLASSIFY),
-    "torchvision": ("models.classification.torchvision_predictor",),
-    "unet": ("models.segmentation.unet", "models.segmentation.predictor"),
-    "vae": ("models.vae", "models.vae_predictor"),
-    "dcgan": ("models.gan",),
-    "ddpm": ("models.diffusion",),
-    "diffusers": ("models.pipelines",),
-}
+_ROOT = Path(__file__).parent
 
 
-def _load(name: str, table: dict[str, Any]) -> None:
-    """Import the modules that register ``name`` (all of them if it is not hinted)."""
-    if name in table:
-        return
-    for module in _HINTS.get(name, ()):
-        importlib.import_module(module)
+@functools.cache
+def _index() -> dict[str, dict[str, list[str]]]:
+    """Which modules under ``models/`` register which names, read from their decorators
+    (``@register_model("vgg")``) without importing them: serving one model then imports its
+    own family only (diffusers and transformers are slow to import and most models need
+    neither), and a new family or trainer needs no list kept by hand."""
+    found: dict[str, dict[str, list[str]]] = {
+        "register_model": {}, "register_predictor": {}, "register_trainer": {}}
+    for path in sorted(_ROOT.rglob("*.py")):
+        source = path.read_text()
+        if "@register_" not in source:
+            continue
+        module = ".".join(path.relative_to(_ROOT.parent).with_suffix("").parts)
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, ast.FunctionDef | ast.ClassDef):
+                continue
+            for deco in node.decorator_list:
+                if isinstance(deco, ast.Call) and isinstance(deco.func, ast.Name) \
+                        and deco.func.id in found:
+                    for arg in deco.args:
+                        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                            found[deco.func.id].setdefault(arg.value, []).append(module)
+    return found
+
+
+def _load(name: str, table: dict[str, Any], registrar: str) -> None:
+    """Import the modules that register ``name`` with ``registrar``."""
     if name not in table:
-        _load_all()
+        for module in _index()[registrar].get(name, ()):
+            importlib.import_module(module)
 
 
-def _load_all() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for module in _MODULES:
-        importlib.import_module(module)
+def _load_all(registrar: str) -> None:
+    for modules in _index()[registrar].values():
+        for module in modules:
+            importlib.import_module(module)
 
 
 def _register(table: dict[str, Any], what: str, name: str, obj: Any) -> None:
@@ -98,14 +78,14 @@ def register_model(name: str) -> Callable[[F], F]:
 
 
 def get_model(name: str, **config: Any) -> Any:
-    _load(name, _MODELS)
+    _load(name, _MODELS, "register_model")
     if name not in _MODELS:
         raise ValueError(f"unknown model architecture {name!r}; known: {sorted(_MODELS)}")
     return _MODELS[name](**config)
 
 
 def list_models() -> list[str]:
-    _load_all()
+    _load_all("register_model")
     return sorted(_MODELS)
 
 
@@ -119,7 +99,7 @@ def register_predictor(*families: str) -> Callable[[type], type]:
 
 
 def get_predictor_class(family: str) -> type:
-    _load(family, _PREDICTORS)
+    _load(family, _PREDICTORS, "register_predictor")
     if family not in _PREDICTORS:
         raise ValueError(f"no predictor for family {family!r}; known: {sorted(_PREDICTORS)}")
     return _PREDICTORS[family]
@@ -134,12 +114,12 @@ def register_trainer(name: str) -> Callable[[F], F]:
 
 
 def get_trainer(name: str) -> Callable[..., Any]:
-    _load_all()
+    _load(name, _TRAINERS, "register_trainer")
     if name not in _TRAINERS:
         raise ValueError(f"no trainer for {name!r}; known: {sorted(_TRAINERS)}")
     return _TRAINERS[name]
 
 
 def list_trainers() -> list[str]:
-    _load_all()
+    _load_all("register_trainer")
     return sorted(_TRAINERS)

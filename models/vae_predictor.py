@@ -10,6 +10,8 @@ import torch
 
 from models.checkpoint import load_model
 from models.images import batch_tensor, png_artifact
+from models.kinds.reconstruct import ReconstructArgs
+from models.kinds.sample import SampleArgs
 from models.predictor import InvalidRequest, Predictor, Request, StepCallback
 from models.registry import register_predictor
 from models.vae import psnr
@@ -67,10 +69,10 @@ class VAEPredictor(Predictor):
         spec = self.entry.input
         return batch_tensor(images, spec.channels, spec.height, spec.width).to(self.device)
 
-    def _reconstruct(self, batch: list[Request]) -> list[dict[str, Any]]:
+    def _reconstruct(self, batch: list[Request[ReconstructArgs]]) -> list[dict[str, Any]]:
         spec = self.entry.input
         # 1. one encoder and decoder pass for all: (B, C, H, W) -> mu (B, D) -> (B, C, H, W)
-        x = self._inputs([r.input["image"] for r in batch])
+        x = self._inputs([r.input.image for r in batch])
         mu, _ = self.model.encode(x)
         x_hat = self.model.decode(mu)
         mse = (x_hat - x).pow(2).flatten(1).mean(1)
@@ -86,34 +88,24 @@ class VAEPredictor(Predictor):
             for j in range(len(batch))
         ]
 
-    def _sample(self, batch: list[Request]) -> list[dict[str, Any]]:
+    def _sample(self, batch: list[Request[SampleArgs]]) -> list[dict[str, Any]]:
         spec = self.entry.input
         # 1. gather every latent the batch asks for: prior draws by seed, or a path
         latents: list[torch.Tensor] = []
         plans: list[tuple[str, int, list[Any]]] = []  # (mode, start row, seeds or ts)
         for r in batch:
             inp = r.input
-            if inp.get("class_index") is not None:
+            if inp.class_index is not None:
                 raise InvalidRequest(f"{self.entry.name} is unconditional: it takes no class label")
-            ends = inp.get("interpolate_between")
-            if ends:
-                if len(ends) != 2:
-                    raise InvalidRequest(f"interpolate_between needs two images, got {len(ends)}")
-                steps = inp.get("steps") or DEFAULT_PATH_STEPS
-                if steps < 2:
-                    raise InvalidRequest(f"an interpolation path needs at least 2 steps, got {steps}")
-                mu, _ = self.model.encode(self._inputs(list(ends)))  # (2, D)
+            if inp.interpolate_between:
+                steps = inp.steps or DEFAULT_PATH_STEPS
+                mu, _ = self.model.encode(self._inputs(inp.interpolate_between))  # (2, D)
                 plans.append(("path", sum(len(z) for z in latents), torch.linspace(0, 1, steps).tolist()))
                 latents.append(interpolate(mu[0], mu[1], steps))
             else:
-                seeds = list(inp.get("seeds") or [])
-                if len(seeds) != int(inp.get("n", len(seeds))):
-                    raise InvalidRequest(f"{inp.get('n')} images need as many seeds, got {len(seeds)}")
-                truncation = float(inp.get("truncation", 1.0))
-                if truncation <= 0:
-                    raise InvalidRequest(f"truncation must be positive, got {truncation}")
+                seeds = inp.seeds
                 plans.append(("prior", sum(len(z) for z in latents), seeds))
-                z = [prior_latent(s, self.latent_dim, truncation) for s in seeds]
+                z = [prior_latent(s, self.latent_dim, inp.truncation) for s in seeds]
                 latents.append(torch.stack(z).to(self.device) if z else torch.zeros(0, self.latent_dim))
         # 2. one decoder pass for all of them: (N, D) -> (N, C, H, W)
         z_all = torch.cat([z.to(self.device) for z in latents])

@@ -22,7 +22,7 @@ def main() -> int:
     args = parser.parse_args()
     env = {**os.environ, "CONVOY_STUDIO_SHOTS": str(args.out.resolve()), "CI": "true"}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-               "tests/service/test_studio_browser.py"]
+               "tests/service/test_studio_browser.py", "tests/service/test_studio_finetune.py"]
     done = subprocess.run(command, cwd=ROOT, env=env, check=False)
     if done.returncode == 0:
         print("\n".join(str(p) for p in sorted(args.out.glob("studio-*.png"))))

@@ -31,7 +31,8 @@ from workers.errors import ConvoyError, RateLimited, Unavailable
 from workers.images import DECODE_BUDGET
 from workers.outbox import open_outbox
 from workers.settings import Settings, get_settings
-from workers.store import StoreFull, StoreUnavailable, open_store
+from workers.store import JobStore, StoreFull, StoreUnavailable, open_store
+from workers.user_models import UserModels, open_user_models
 
 log = logging.getLogger(__name__)
 _HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "not_found", 409: "conflict",
@@ -94,6 +95,12 @@ def _install_handlers(app: FastAPI) -> None:
         return _error(500, "internal", "internal error")
 
 
+def _user_models(store: JobStore) -> UserModels:
+    models = open_user_models(store)
+    assert models is not None, "open_store makes a SQLite or Redis store"
+    return models
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -128,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hub=hub,
         open_per_key=OpenPerKey(settings.max_streams_per_key),
         blobs=open_blobs(settings),
+        user_models=_user_models(store),
     )
     state.celery.conf.task_publish_retry_policy = {
         "max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}

@@ -384,9 +384,20 @@ def sampler(opts: BenchOptions) -> Any:
     return module.run(out_json=opts.out / "sampler.json")
 
 
+def transfer(opts: BenchOptions) -> Any:
+    """Transfer learning with few labels: linear probe, fine-tuning and training from
+    scratch on tasks built here (models/benchmarks/transfer.py), on this process's CPU."""
+    from models.benchmarks import transfer as module
+
+    opts.out.mkdir(parents=True, exist_ok=True)
+    result = module.run(out_json=opts.out / "transfer.json", work=opts.out / "transfer")
+    console.print(module.table(result["tasks"]), markup=False)
+    return result
+
+
 SCENARIOS: dict[str, Callable[[BenchOptions], Any]] = {
     "latency": latency, "throughput": throughput, "generate": generate, "trace": trace,
-    "sampler": sampler,
+    "sampler": sampler, "transfer": transfer,
 }
 
 
@@ -410,7 +421,13 @@ def register(app: Any) -> None:
                                                     "single-mode scenarios)")] = default_modes,
             scale: Annotated[float, typer.Option(help="multiplies the number of jobs")] = 1.0,
             model: Annotated[str | None, typer.Option(help="another catalog model")] = None,
+            threads: Annotated[int | None, typer.Option(help="torch CPU threads of this "
+                                                        "process")] = None,
         ) -> None:
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)
             fn(options(out, device, redis_url, redis_db, modes, scale, model))
 
         run.__doc__ = fn.__doc__
@@ -418,9 +435,12 @@ def register(app: Any) -> None:
 
     command("latency", latency, "embedded,redis")
     command("throughput", throughput, "redis")
-    command("generate", generate, "redis")
+    from service.bench_arrivals import register_generate  # it builds on this module
+
+    register_generate(app, options)
     command("trace", trace, "redis")
     command("sampler", sampler, "redis")
+    command("transfer", transfer, "embedded")
 
     def run_all(opts: BenchOptions) -> None:
         """Every scenario, one after the other."""

@@ -13,23 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from models.kinds.common import IMAGE_FIELDS, IMAGE_LISTS
 from service.client import TERMINAL, Client, JobRecord, ModelInfo
-from workers.contract import (
-    ClassifyInput,
-    GenerateInput,
-    ReconstructInput,
-    SampleInput,
-    SegmentInput,
-)
+from workers.contract import INPUTS
 
-INPUTS: dict[str, type[BaseModel]] = {
-    "classify": ClassifyInput, "segment": SegmentInput, "reconstruct": ReconstructInput,
-    "sample": SampleInput, "generate": GenerateInput}
-IMAGE_INPUTS = ("image", "mask", "interpolate_between")  # the fields whose values may be @path
+IMAGE_INPUTS = IMAGE_FIELDS + IMAGE_LISTS  # the fields whose values may be @path
 URL = typer.Option(envvar="CONVOY_URL", help="the service's address [default: "
                    "http://127.0.0.1:8000]", show_default=False)
 KEY = typer.Option(envvar="CONVOY_API_KEY", help="API key, if the server has keys")
@@ -298,6 +290,10 @@ def jobs_delete(job_id: str, url: Annotated[str | None, URL] = None,
 
 
 def register(app: typer.Typer) -> None:
+    from service.cli_finetune import delete_model, finetune
+
     app.command()(submit)
     app.command("models")(models)
+    app.command()(finetune)
+    app.command("delete-model")(delete_model)
     app.add_typer(jobs_app, name="jobs")

@@ -20,6 +20,7 @@ from workers.errors import Unauthorized
 from workers.outbox import Outbox
 from workers.settings import Settings
 from workers.store import JobStore
+from workers.user_models import UserModels
 
 LOCAL_OWNER = "local"
 
@@ -39,6 +40,7 @@ class State:
     hub: EventHub  # the one reader of event logs behind streams and waits
     open_per_key: OpenPerKey  # event streams and waits open per API key
     blobs: BlobStore  # inputs, previews and outputs
+    user_models: UserModels  # the runtime catalog: fine-tuned models, per owner
 
 
 # The dependencies are async (they never block) so that FastAPI runs them on the event loop

@@ -14,13 +14,14 @@ from service.errors import add_request_models
 from service.schemas import (
     EVENT_PAYLOADS,
     ClassifyOutput,
+    FinetuneOutput,
     ImagesOutput,
     ReconstructOutput,
     SegmentOutput,
 )
 
 _REF = "#/components/schemas/{model}"
-_OUTPUTS = (ClassifyOutput, SegmentOutput, ReconstructOutput, ImagesOutput)
+_OUTPUTS = (ClassifyOutput, SegmentOutput, ReconstructOutput, ImagesOutput, FinetuneOutput)
 
 
 def _event_schemas() -> tuple[dict[str, Any], dict[str, Any]]:

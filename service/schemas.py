@@ -14,8 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.kinds import KINDS
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
-Kind = Literal["classify", "segment", "reconstruct", "sample", "generate"]
+Kind = Literal[KINDS]  # type: ignore[valid-type]  # every kind of models/kinds
 _OPEN = ConfigDict(extra="allow")
 
 
@@ -106,6 +108,23 @@ class ImagesOutput(BaseModel):
     input_size: Size | None = None
 
 
+class FinetuneOutput(BaseModel):
+    """``finetune``: the new model, served at once under its name to the submitting key."""
+
+    model_config = _OPEN
+    model: dict[str, Any] = Field(description="name, base_model, mode and labels of the "
+                                  "new model (GET /v1/models/{name})")
+    metrics: dict[str, Any] = Field(description="validation and training accuracy, loss, "
+                                    "epochs run, images, trainable parameters")
+    steps: int = Field(description="training steps this attempt ran (fewer than the whole "
+                       "run when it resumed from a checkpoint)", examples=[120])
+    resumed_from_epoch: int = Field(description="epochs done by an earlier attempt (0: none)",
+                                    examples=[0])
+    weights: Artifact = Field(description="model.safetensors: the new model's weights")
+    sidecar: Artifact = Field(description="model.json: base model, mode, labels, dataset "
+                              "hash, validation metrics, hyperparameters, history")
+
+
 class Progress(BaseModel):
     step: int = Field(description="steps done", examples=[7])
     total: int = Field(description="steps in all", examples=[20])
@@ -126,7 +145,8 @@ class Links(BaseModel):
     cancel: str = Field(examples=["/v1/jobs/3f9c.../cancel"])
 
 
-Output = ClassifyOutput | SegmentOutput | ReconstructOutput | ImagesOutput | dict[str, Any]
+Output = (ClassifyOutput | SegmentOutput | ReconstructOutput | ImagesOutput | FinetuneOutput
+          | dict[str, Any])
 
 
 class QueueInfo(BaseModel):
@@ -148,7 +168,8 @@ class JobRecord(BaseModel):
 
     id: str = Field(description="random (128 bits or more) or client-chosen",
                     examples=["3f9c2a8e5d7b4c1f9e0a6b2d8c4e7f1a"])
-    kind: str = Field(description="classify, segment, reconstruct, sample or generate",
+    kind: str = Field(description="classify, segment, reconstruct, sample, generate or "
+                      "finetune",
                       examples=["generate"])
     model: str = Field(description="the catalog name", examples=["ddpm-digits"])
     status: JobStatus = Field(description="queued -> running -> succeeded | failed | canceled")
@@ -212,6 +233,8 @@ class ModelInfo(BaseModel):
     queue: str = Field(description="the broker queue its jobs go to")
     max_batch: int = Field(description="jobs one forward pass may carry")
     limits: ModelLimits
+    controlnet: bool = Field(False, description="generate takes control_image: the catalog "
+                             "names a ControlNet for it")
     inputs: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="each kind it serves -> the JSON schema of that "
         "kind's input as this model takes it: bounded by its limits, its labels as the only "
@@ -257,6 +280,36 @@ class StatusEvent(BaseModel):
 
 class ProgressEvent(Progress):
     """``progress``: a step of an iterative job."""
+
+
+class TrainEvent(BaseModel):
+    """``train``: a finetune job's step (at most 4 a second, and every epoch's last)."""
+
+    model_config = _OPEN
+    epoch: int = Field(description="the epoch running, from 1", examples=[2])
+    epochs: int = Field(examples=[10])
+    step: int = Field(description="steps done in all, this run and any it resumed",
+                      examples=[14])
+    steps: int = Field(description="steps of the whole run", examples=[70])
+    loss: float = Field(description="the step's training loss", examples=[0.41])
+    train_accuracy: float = Field(description="the epoch's training accuracy so far",
+                                  examples=[0.86])
+    eta_s: float | None = Field(None, description="seconds to the end, at this run's pace",
+                                examples=[12.5])
+
+
+class EpochEvent(BaseModel):
+    """``epoch``: a finetune job's epoch, after its checkpoint is stored."""
+
+    model_config = _OPEN
+    epoch: int = Field(examples=[2])
+    epochs: int = Field(examples=[10])
+    step: int = Field(examples=[14])
+    steps: int = Field(examples=[70])
+    loss: float = Field(description="the epoch's mean training loss", examples=[0.47])
+    train_accuracy: float = Field(examples=[0.83])
+    val_accuracy: float | None = Field(None, description="on the held-back share (null "
+                                       "with val_share 0)", examples=[0.9])
 
 
 class LogEvent(BaseModel):
@@ -310,7 +363,8 @@ class WebhookSecret(BaseModel):
 
 EVENT_PAYLOADS: dict[str, type[BaseModel]] = {
     "status": StatusEvent, "progress": ProgressEvent, "preview": Artifact, "log": LogEvent,
-    "output": ImagesOutput, "error": JobError, "webhook": WebhookEvent, "queue": QueueEvent}
+    "output": ImagesOutput, "error": JobError, "webhook": WebhookEvent, "queue": QueueEvent,
+    "train": TrainEvent, "epoch": EpochEvent}
 EVENTS_DESCRIPTION = """Server-sent events (text/event-stream). Each event has `id:` (1, 2, ...
 per job), `event:` and `data:` (JSON):
 
@@ -318,8 +372,10 @@ per job), `event:` and `data:` (JSON):
 - `progress`: `ProgressEvent`, `{"step": 7, "total": 20}`
 - `preview`: an `Artifact` (generate with preview_every)
 - `log`: `LogEvent`, `{"message": "..."}`
+- `train`: `TrainEvent`, a finetune job's step (at most 4 a second)
+- `epoch`: `EpochEvent`, a finetune job's epoch, after its checkpoint is stored
 - `output`: the kind's output (`ClassifyOutput`, `SegmentOutput`, `ReconstructOutput`,
-  `ImagesOutput`), sent before the final status of a succeeded job
+  `ImagesOutput`, `FinetuneOutput`), sent before the final status of a succeeded job
 - `error`: `JobError`, sent before the final status of a failed job
 - `queue`: `QueueEvent`, `{"position": 3, "ahead": 2, "eta_start_at": "..."}` while queued
 - `webhook`: `WebhookEvent`, an attempt at a webhook delivery; those of the `completed`

@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from models.catalog import ModelEntry
     from models.predictor import Artifact, Predictor, Request
+    from models.stepping import Stepper
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class Item:
     future: Future[dict[str, Any]] = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
     key: Hashable = None
+    stepper: Stepper | None = None  # set where the job runs in a step loop (workers/stepper.py)
 
     def __post_init__(self) -> None:
         self.key = (self.entry.name, self.predictor.batch_key(self.request))
@@ -114,7 +117,6 @@ class Reporter:
 class BatchStats:
     batches: int = 0
     items: int = 0
-    sizes: list[int] = field(default_factory=list)
 
 
 class Batcher:
@@ -124,15 +126,20 @@ class Batcher:
     answers the rest, such as its deadline). ``on_device(job_ids)``, where given, is told
     of a batch just before it runs, and answers as ``canceled`` does.
     ``progress(job_ids, step, total)``, where given, reports a step for all the batch's
-    members in one call instead of each member's ``on_progress``."""
+    members in one call instead of each member's ``on_progress``. With ``stepping``, the
+    jobs of models that offer a stepper run in step loops (``workers/stepper.py``)."""
 
     def __init__(self, enabled: bool = True, on_batch: Callable[[int], None] | None = None,
                  canceled: Callable[[list[str]], set[str] | dict[str, str]] | None = None,
                  poll_s: float = 0.005,
                  progress: Callable[[list[str], int, int], None] | None = None,
                  on_device: Callable[[list[str]], dict[str, str]] | None = None,
-                 on_measured: Callable[[list[Item], float], None] | None = None) -> None:
+                 on_measured: Callable[[list[Item], float], None] | None = None,
+                 stepping: bool = False) -> None:
         self.enabled = enabled
+        self.stepping = stepping and enabled
+        self._steppers: weakref.WeakKeyDictionary[Predictor, Stepper | None] = (
+            weakref.WeakKeyDictionary())
         self.on_device = on_device
         self.on_measured = on_measured  # (a batch's items, the seconds its forward pass took)
         self.progress = progress
@@ -164,6 +171,13 @@ class Batcher:
 
     def submit(self, item: Item) -> Future[dict[str, Any]]:
         with self._cv:
+            if self.stepping:
+                if item.predictor not in self._steppers:  # one per model: it keeps schedulers
+                    self._steppers[item.predictor] = item.predictor.stepper()
+                stepper = self._steppers[item.predictor]
+                key = None if stepper is None else stepper.key(item.request)
+                if key is not None:
+                    item.stepper, item.key = stepper, (item.entry.name, "steps", key)
             now = time.monotonic()
             self._gap += 0.2 * ((now - self._last) - self._gap)
             self._last = now
@@ -184,6 +198,8 @@ class Batcher:
             # Waiting max_wait for company is always worth it where a batch runs ten times
             # longer than that (a sampling loop): it costs a lone job under a tenth.
             patient = self._last_run.get(first.key, 0.0) >= 10 * max_wait
+            if first.stepper is not None:  # no wait: the others join its loop at a later step
+                deadline = time.monotonic()
             while True:
                 same = [p for p in self._pending if p.key == first.key][:limit]
                 left = deadline - time.monotonic()
@@ -195,11 +211,26 @@ class Batcher:
                 self._pending.remove(p)
             return same
 
+    def more(self, key: Hashable, room: int) -> list[Item]:
+        """Up to ``room`` waiting items of ``key``, for a running step loop; none while an
+        item of another key waits (the loop then drains, and that item goes next)."""
+        with self._cv:
+            if room <= 0 or any(p.key != key for p in self._pending):
+                return []
+            same = self._pending[:room]
+            del self._pending[:room]
+            return same
+
     def _loop(self) -> None:
+        from workers.stepper import StepRun  # it drives this executor's internals
+
         while True:
             items = self._take()
             try:
-                self._run_safe(items)
+                if items[0].stepper is not None:
+                    StepRun(self, items).run()
+                else:
+                    self._run_safe(items)
             except BaseException as e:  # never let the executor die with futures unresolved
                 for it in items:
                     self._resolve(it, error=e)

@@ -10,7 +10,8 @@ here. Two implementations share one interface:
   endpoint, credentials and region from settings or the standard ``AWS_*`` variables.
 
 Keys are ``/``-separated names of safe characters: ``jobs/<job id>/<name>`` for a job's
-artifacts and moved inputs (deleted together with the job), ``uploads/<id>`` for uploads.
+artifacts and moved inputs (deleted together with the job), ``uploads/<id>`` for uploads,
+``models/<id>/`` for the weights of fine-tuned models.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from workers.settings import Settings
 
+KEPT_PREFIX = "models/"  # blobs that outlive retention (fine-tuned weights)
 CHUNK = 256 * 1024
 PART = 5 * 1024 * 1024  # S3's smallest multipart part
 _SEGMENT = re.compile(r"^[A-Za-z0-9._~-]{1,200}$")
@@ -118,9 +120,11 @@ class BlobStore(ABC):
         return self.delete([b.key for b in self.entries(prefix)])
 
     def sweep(self, older_than_s: float) -> int:
-        """Delete the blobs written more than ``older_than_s`` ago (retention); how many."""
+        """Delete the blobs written more than ``older_than_s`` ago (retention); how many.
+        Fine-tuned models' weights (``models/``) stay until their model is deleted."""
         cutoff = time.time() - older_than_s
-        return self.delete([b.key for b in self.entries() if b.modified < cutoff])
+        return self.delete([b.key for b in self.entries() if b.modified < cutoff
+                            and not b.key.startswith(KEPT_PREFIX)])
 
     def presign(self, key: str, expiry_s: int) -> str | None:
         """A URL that reads the blob for ``expiry_s`` seconds, where the store has them."""

@@ -1,8 +1,9 @@
-"""The job contract: one pydantic input schema per kind, checked against the model's
-catalog entry at submission and turned into a predictor ``Request`` input by the worker.
+"""The job contract: the job envelope around each kind's input schema (``models/kinds``),
+checked against the model's catalog entry at submission and turned into the typed input
+its predictor reads (``Args``) by the worker.
 
-Adding a kind means adding a schema and a ``Kind`` here (and a predictor in models/); the
-queue, the store and the routes take it as it is.
+Adding a kind means adding its schema file in ``models/kinds`` (and a predictor in models/);
+the job union below, the queue, the store and the routes take it as it is.
 """
 
 from __future__ import annotations
@@ -10,148 +11,55 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from models.catalog import MAX_N, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, MAX_TOP_K
+from models.finetune import FAMILIES, can_finetune
+from models.kinds import KIND_SPECS
+from models.kinds.classify import ClassifyInput
+from models.kinds.common import (
+    EXAMPLE_IMAGE,
+    IMAGE_FIELDS,
+    IMAGE_LISTS,
+    Args,
+    Input,
+    Kind,
+    UploadRef,
+)
+from models.kinds.finetune import FinetuneInput
+from models.kinds.generate import GenerateInput, LoraChoice
+from models.kinds.reconstruct import ReconstructInput
+from models.kinds.sample import SampleInput
+from models.kinds.segment import SegmentInput
 from workers.errors import InvalidInput
 from workers.images import decode_image
 
 if TYPE_CHECKING:
     from models.catalog import ModelEntry
 
-SEED_DESCRIPTION = ("makes the job reproducible: the same model, input and seed give the same "
-                    "output on the same device type; drawn at random (and shown in the record) "
-                    "when absent")
-
-
-def _seed() -> Any:
-    return Field(None, ge=0, lt=2**63, description=SEED_DESCRIPTION, examples=[42])
-
-
-# An 8x8 white stroke on black, in the PNG format: what the OpenAPI examples send.
-EXAMPLE_IMAGE = ("iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAFklEQVR42mNgQAb/GRgYmGAcYhhwAAA7dgEK"
-                 "7tLQGgAAAABJRU5ErkJggg==")
-ImageData = Annotated[
-    str, Field(description="base64 image (PNG, JPEG, WebP, BMP), optionally as a data: URL; "
-               "resized to the model's input size", min_length=1, examples=[EXAMPLE_IMAGE],
-               json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/*"})
+__all__ = [
+    "EXAMPLE_IMAGE",
+    "FINETUNE_QUEUE",
+    "IMAGE_FIELDS",
+    "INPUTS",
+    "JOB_REQUEST",
+    "ClassifyInput",
+    "FinetuneInput",
+    "GenerateInput",
+    "JobRequest",
+    "LoraChoice",
+    "ReconstructInput",
+    "SampleInput",
+    "SegmentInput",
+    "UploadRef",
+    "check",
+    "pixel_limit",
+    "prepare",
+    "request_hash",
 ]
-
-
-class UploadRef(BaseModel):
-    """An image uploaded before (``POST /v1/uploads``), named by its id."""
-
-    model_config = ConfigDict(extra="forbid")
-    upload: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the id that POST "
-                        "/v1/uploads answered (the caller's own, within retention)",
-                        examples=["Jx2t0k3mQ1yP9vL8sR4aZc7wE5u"])
-
-
-Image_ = Annotated[ImageData | UploadRef, Field(
-    description="an image: base64 (PNG, JPEG, WebP, BMP; optionally a data: URL), or "
-    "{\"upload\": id} naming an upload; resized to the model's input size",
-    examples=[EXAMPLE_IMAGE, {"upload": "Jx2t0k3mQ1yP9vL8sR4aZc7wE5u"}])]
-MAX_INTERPOLATION = 64  # points on a VAE interpolation path
-MAX_LORAS = 4  # adapters one request may combine
-ClassLabel = Annotated[str | None, Field(
-    description="class-conditional models: one of the model's labels (GET /v1/models), "
-    "always a string (\"7\", not 7)", examples=["7"])]
-
-
-class _Input(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ClassifyInput(_Input):
-    """``classify``: the top labels of one image."""
-
-    image: Image_
-    top_k: int = Field(5, ge=1, le=MAX_TOP_K, description="how many labels to return, best "
-                       "first (at most the model's limits.max_top_k)", examples=[3])
-
-
-class SegmentInput(_Input):
-    """``segment``: a class index per pixel, as a mask and an overlay."""
-
-    image: Image_
-
-
-class ReconstructInput(_Input):
-    """``reconstruct``: an image through a VAE, with its latent and error."""
-
-    image: Image_
-
-
-class SampleInput(_Input):
-    """``sample``: images from a GAN or a VAE's prior, or a VAE path between two images."""
-
-    n: int = Field(1, ge=1, le=MAX_N, description="images to draw (at most the model's "
-                   "limits.max_n)", examples=[4])
-    seed: int | None = _seed()
-    class_label: ClassLabel = None
-    truncation: float = Field(1.0, gt=0, le=10, description="scales the latent; below 1 "
-                              "trades variety for typical images", examples=[0.8])
-    interpolate_between: list[Image_] | None = Field(
-        None, min_length=2, max_length=2, description="VAE only: two images; the output is "
-        "the decoded path between their latents", examples=[[EXAMPLE_IMAGE, EXAMPLE_IMAGE]])
-    steps: int | None = Field(None, ge=2, le=MAX_INTERPOLATION, description="points on the "
-                              "interpolation path (with interpolate_between)", examples=[8])
-
-
-class LoraChoice(_Input):
-    """One LoRA adapter of the model, at a scale."""
-
-    name: str = Field(min_length=1, max_length=200, description="an adapter the catalog "
-                      "declares for the model", examples=["ink"])
-    scale: float = Field(1.0, ge=-4, le=4, description="0: the base model; 1: the adapter "
-                         "as trained", examples=[0.8])
-
-
-class GenerateInput(_Input):
-    """``generate``: images from a diffusion model (class-conditional or a text pipeline)."""
-
-    n: int = Field(1, ge=1, le=MAX_N, description="images to generate (at most the model's "
-                   "limits.max_n)", examples=[4])
-    seed: int | None = _seed()
-    class_label: ClassLabel = None
-    prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="text "
-                               "pipelines: what to draw", examples=["a red circle"])
-    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS,
-                                        description="text pipelines: what to avoid",
-                                        examples=["blurry"])
-    steps: int = Field(20, ge=1, le=MAX_STEPS, description="denoising steps (at most the "
-                       "model's limits.max_steps)", examples=[20])
-    scheduler: Literal["ddpm", "ddim", "dpmpp", "euler"] = Field(
-        "dpmpp", description="the sampler: DDPM, DDIM, DPM-Solver++ or Euler",
-        examples=["dpmpp"])
-    guidance_scale: float | None = Field(None, ge=0, le=100, description="classifier-free "
-                                         "guidance; the model's default when absent",
-                                         examples=[2.0])
-    height: int | None = Field(None, ge=8, le=MAX_SIDE, description="pipelines that take a "
-                               "size: output height in pixels (at most limits.max_side)",
-                               examples=[512])
-    width: int | None = Field(None, ge=8, le=MAX_SIDE, description="pipelines that take a "
-                              "size: output width in pixels (at most limits.max_side)",
-                              examples=[512])
-    preview_every: int = Field(0, ge=0, le=MAX_STEPS, description="emit a preview event "
-                               "every N steps (0: none)", examples=[5])
-    image: Image_ | None = Field(None, description="image-to-image: the image to start from "
-                                 "(noised to strength, then denoised to the request)",
-                                 examples=[EXAMPLE_IMAGE])
-    mask: Image_ | None = Field(None, description="inpainting, with image: the same size as "
-                                "image; white pixels are repainted, black ones kept",
-                                examples=[EXAMPLE_IMAGE])
-    strength: float | None = Field(None, gt=0, le=1, description="with image: how far it is "
-                                   "noised (1: all the way); default 0.75 for image-to-image, "
-                                   "1.0 for inpainting", examples=[0.6])
-    loras: list[LoraChoice] | None = Field(None, max_length=MAX_LORAS, description="diffusers "
-                                           "models: LoRA adapters the catalog declares, each "
-                                           "with a scale",
-                                           examples=[[{"name": "ink", "scale": 0.8}]])
+FINETUNE_QUEUE = "train"  # finetune jobs' own queue: training never holds up inference
 
 
 class _Job(BaseModel):
@@ -180,57 +88,23 @@ class _Job(BaseModel):
                                     "past it fails with code timeout", examples=[60])
 
 
-def _example(kind: str, model: str, data: dict[str, Any]) -> ConfigDict:
-    return ConfigDict(json_schema_extra={"examples": [
-        {"kind": kind, "model": model, "input": data}]})
+def _job_class(kind: Kind) -> type[_Job]:
+    """``{Kind}Job``: the envelope with ``kind`` fixed and that kind's input."""
+    example = {"kind": kind.name, **kind.example}
+    return type(f"{kind.name.capitalize()}Job", (_Job,), {
+        "__module__": __name__,
+        "__annotations__": {"kind": Literal[kind.name], "input": kind.input},
+        "model_config": ConfigDict(extra="forbid", json_schema_extra={"examples": [example]}),
+    })
 
 
-class ClassifyJob(_Job):
-    model_config = _example("classify", "lenet5-digits", {"image": EXAMPLE_IMAGE, "top_k": 3})
-    kind: Literal["classify"]
-    input: ClassifyInput
-
-
-class SegmentJob(_Job):
-    model_config = _example("segment", "unet-shapes", {"image": EXAMPLE_IMAGE})
-    kind: Literal["segment"]
-    input: SegmentInput
-
-
-class ReconstructJob(_Job):
-    model_config = _example("reconstruct", "vae-digits", {"image": EXAMPLE_IMAGE})
-    kind: Literal["reconstruct"]
-    input: ReconstructInput
-
-
-class SampleJob(_Job):
-    model_config = _example("sample", "dcgan-digits", {"n": 4, "seed": 42, "class_label": "3"})
-    kind: Literal["sample"]
-    input: SampleInput
-
-
-class GenerateJob(_Job):
-    model_config = _example("generate", "ddpm-digits", {
-        "class_label": "7", "n": 2, "seed": 42, "steps": 10, "scheduler": "dpmpp"})
-    kind: Literal["generate"]
-    input: GenerateInput
-
-
+JOBS = {name: _job_class(kind) for name, kind in KIND_SPECS.items()}
 JobRequest = Annotated[
-    Union[ClassifyJob, SegmentJob, ReconstructJob, SampleJob, GenerateJob],  # noqa: UP007
+    Union[tuple(JOBS.values())],  # type: ignore[valid-type]  # noqa: UP007
     Field(discriminator="kind"),
 ]
-JOB_REQUEST: TypeAdapter[JobRequest] = TypeAdapter(JobRequest)
-IMAGE_FIELDS = ("image", "mask")
-INPUTS: dict[str, type[_Input]] = {
-    "classify": ClassifyInput, "segment": SegmentInput, "reconstruct": ReconstructInput,
-    "sample": SampleInput, "generate": GenerateInput,
-}
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_pixels: int
+JOB_REQUEST: TypeAdapter[Any] = TypeAdapter(JobRequest)
+INPUTS: dict[str, type[Input]] = {name: kind.input for name, kind in KIND_SPECS.items()}
 
 
 def _label_index(entry: ModelEntry, label: str | None) -> int | None:
@@ -257,6 +131,12 @@ def pixel_limit(entry: ModelEntry, max_pixels: int, scale: int) -> int:
 def check(kind: str, data: dict[str, Any], entry: ModelEntry, max_pixels: int,
           uploaded: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
     """Check a validated input against the model; return the input to store (seed filled)."""
+    if kind == "finetune":
+        if not can_finetune(entry.family, entry.kinds, entry.weights is not None):
+            raise InvalidInput(f"model {entry.name} ({entry.family}) cannot be fine-tuned: "
+                               f"bases are classifiers with weights of {', '.join(FAMILIES)}")
+        return {**data, "seed": secrets.randbelow(2**31) if data["seed"] is None
+                else data["seed"]}
     if kind not in entry.kinds:
         raise InvalidInput(f"model {entry.name} does not serve {kind!r}; it serves {entry.kinds}")
     limits = entry.limits
@@ -268,9 +148,10 @@ def check(kind: str, data: dict[str, Any], entry: ModelEntry, max_pixels: int,
     }
     if kind == "generate":
         _check_edits(data, decoded, entry)
-    for i, value in enumerate(data.get("interpolate_between") or []):
-        if isinstance(value, str):
-            decode_image(value, max_pixels, f"interpolate_between[{i}]")
+    for name in IMAGE_LISTS:
+        for i, value in enumerate(data.get(name) or []):
+            if isinstance(value, str):
+                decode_image(value, max_pixels, f"{name}[{i}]")
     if "top_k" in data and data["top_k"] > limits.max_top_k:
         raise InvalidInput(f"top_k {data['top_k']} is over this model's limit of {limits.max_top_k}")
     if "n" in data and data["n"] > limits.max_n:
@@ -323,24 +204,43 @@ def _check_edits(data: dict[str, Any], decoded: dict[str, Any], entry: ModelEntr
             )
         if len(set(chosen)) != len(chosen):
             raise InvalidInput(f"a LoRA adapter is named twice: {chosen}")
+    if data.get("control_scale") is not None and "control_image" not in decoded:
+        raise InvalidInput("control_scale applies to a control_image: send one")
+    if "control_image" in decoded:
+        reason = entry.cannot("controlnet")
+        if reason:
+            raise InvalidInput(f"model {entry.name} takes no control_image: {reason}")
+        if "image" in decoded:
+            raise InvalidInput("control_image steers text-to-image: send it without image "
+                               "and mask")
+        width, height = decoded["control_image"].size or (0, 0)
+        side = entry.limits.max_side
+        if (data.get("width") is None and width > side) or \
+                (data.get("height") is None and height > side):
+            raise InvalidInput(f"control_image is {width}x{height}: without height and width "
+                               f"it sets the output size, at most {side} a side for this model")
 
 
-def prepare(kind: str, data: dict[str, Any], entry: ModelEntry, max_pixels: int) -> dict[str, Any]:
-    """The predictor's view of a stored input: images decoded, labels and seeds resolved."""
+def prepare(kind: str, data: dict[str, Any], entry: ModelEntry, max_pixels: int) -> Args:
+    """The predictor's typed input from a stored one: images decoded, the class label as its
+    index, one seed per image, the model's default guidance filled in."""
     out = dict(data)
     for name in IMAGE_FIELDS:
         if out.get(name) is not None:
             out[name] = decode_image(out[name], max_pixels, name)
-    if out.get("interpolate_between"):
-        out["interpolate_between"] = [decode_image(v, max_pixels) for v in out["interpolate_between"]]
+    for name in IMAGE_LISTS:
+        if out.get(name):
+            out[name] = [decode_image(v, max_pixels, f"{name}[{i}]")
+                         for i, v in enumerate(out[name])]
     if "class_label" in out:
         out["class_index"] = _label_index(entry, out.pop("class_label"))
     if "seed" in out:
-        seed = out.pop("seed")
-        out["seeds"] = [(seed + i) % 2**63 for i in range(out.get("n", 1))]
+        seed, n = out.pop("seed"), out.pop("n", 1)
+        out["seeds"] = [(seed + i) % 2**63 for i in range(n)]
     if kind == "generate" and out.get("guidance_scale") is None:
         out["guidance_scale"] = float(entry.config.get("guidance_scale", 3.0))
-    return out
+    args = {name: value for name, value in out.items() if value is not None}
+    return KIND_SPECS[kind].args.model_validate(args)
 
 
 def request_hash(body: dict[str, Any]) -> str:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from models.kinds.common import IMAGE_LISTS
 from workers.blobs import BlobStore, check_key, upload_key
 from workers.errors import InvalidInput, NotFound
-
-IMAGE_LISTS = ("interpolate_between",)
 
 
 def _image_slots(data: dict[str, Any], fields: tuple[str, ...]

@@ -1,6 +1,6 @@
 """Each kind's input schema as one model serves it, for forms that build themselves.
 
-The contract's schemas (``workers/contract.py``) hold what any model of a kind may take;
+The kinds' schemas (``models/kinds``) hold what any model of a kind may take;
 a model takes less: its own limits bound ``n``, ``steps`` and ``top_k``, its labels are the
 only classes, and a field it would refuse (a prompt to a class-conditional model, a class
 to an unconditional one, an interpolation path to a model with no encoder) is left out.
@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from models.finetune import can_finetune
+from models.kinds.generate import LoraChoice
 from workers.contract import INPUTS
 
 if TYPE_CHECKING:
@@ -75,6 +77,8 @@ def _drop(kind: str, entry: ModelEntry) -> set[str]:
             dropped.add("mask")
         if entry.cannot("lora"):
             dropped.add("loras")
+        if entry.cannot("controlnet"):
+            dropped |= {"control_image", "control_scale"}
     return dropped
 
 
@@ -97,6 +101,8 @@ def _bound(kind: str, name: str, prop: dict[str, Any], entry: ModelEntry) -> dic
         prop["enum"] = list(entry.labels)
     elif name == "loras" and isinstance(prop.get("items"), dict):
         prop["items"] = _lora_choice(entry)
+    elif name == "dataset" and kind == "finetune":
+        prop = _dataset(prop)
     elif name == "guidance_scale" and "guidance_scale" in entry.config:
         prop["default"] = float(entry.config["guidance_scale"])
     return prop
@@ -104,8 +110,6 @@ def _bound(kind: str, name: str, prop: dict[str, Any], entry: ModelEntry) -> dic
 
 def _lora_choice(entry: ModelEntry) -> dict[str, Any]:
     """One adapter choice, its name one of the model's adapters (inlined: no ``$ref``)."""
-    from workers.contract import LoraChoice
-
     schema = LoraChoice.model_json_schema()
     schema["properties"]["name"]["enum"] = sorted(entry.loras)
     return schema
@@ -128,6 +132,20 @@ def kind_schema(kind: str, entry: ModelEntry) -> dict[str, Any]:
     }
 
 
+def _dataset(prop: dict[str, Any]) -> dict[str, Any]:
+    """A finetune dataset as a form offers it (``format: convoy-dataset``): a built-in set
+    of ``builtins`` by name, or an archive file that the form uploads first."""
+    from models.finetune.datasets import BUILTIN
+
+    return {"title": "Dataset", "type": "object", "format": "convoy-dataset",
+            "builtins": sorted(BUILTIN), "description": prop.get("description", ""),
+            "examples": prop.get("examples", [])}
+
+
 def model_inputs(entry: ModelEntry) -> dict[str, dict[str, Any]]:
-    """Every kind this model serves (that has an input schema) with its schema."""
-    return {kind: kind_schema(kind, entry) for kind in entry.kinds if kind in INPUTS}
+    """Every kind this model serves (that has an input schema) with its schema; a
+    classifier that can be a base has ``finetune`` too."""
+    kinds = [kind for kind in entry.kinds if kind in INPUTS]
+    if can_finetune(entry.family, entry.kinds, entry.weights is not None):
+        kinds.append("finetune")
+    return {kind: kind_schema(kind, entry) for kind in kinds}

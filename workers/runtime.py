@@ -24,7 +24,7 @@ from workers.batcher import Batcher, Item, OutOfMemory, Stopped
 from workers.blobs import BlobStore, open_blobs
 from workers.celery_app import dispatch, waiting_messages
 from workers.cluster_stats import open_cluster_stats
-from workers.contract import IMAGE_FIELDS, pixel_limit, prepare
+from workers.contract import FINETUNE_QUEUE, IMAGE_FIELDS, pixel_limit, prepare
 from workers.errors import (
     ConvoyError,
     GpuOutOfMemory,
@@ -42,10 +42,12 @@ from workers.stats import WorkerStats
 from workers.store import Job, JobStore, Outcome, StoreUnavailable
 from workers.store.base import StaleClaim
 from workers.store.patient import patient
+from workers.user_models import LocalWeights, open_user_models
 
 if TYPE_CHECKING:
     from celery import Celery
 
+    from models.catalog import ModelEntry
     from workers.cache import ModelCache
 
 log = logging.getLogger(__name__)
@@ -122,7 +124,7 @@ class WorkerRuntime:
         self.batcher = Batcher(enabled=settings.batching, on_batch=self.stats.batch,
                                canceled=self._canceled_among, poll_s=CANCEL_POLL_S,
                                progress=self._progress, on_device=self._on_device,
-                               on_measured=self._measured)
+                               on_measured=self._measured, stepping=settings.step_batching)
         self.queues: list[str] = []  # the queues this worker takes (in its heartbeat)
         self.order = open_order(store, settings.starvation_s)
         self.meter = open_meter(store, settings.quota_period_s)
@@ -139,6 +141,9 @@ class WorkerRuntime:
         self._rescued: dict[str, float] = {}  # job id → when rescue_stranded sent it again
         self._rescue_every = max(1, round(settings.stranded_after_s / 2 / settings.heartbeat_s))
         self._active_lock = threading.Lock()
+        self.user_models = open_user_models(store)  # fine-tuned models, served at once
+        self.local_weights = LocalWeights(settings.data_dir / "user-models", self.blobs)
+        self._training: Any = None  # workers.finetune.Training, made at the first finetune
 
     # -- jobs ----------------------------------------------------------------------------------
     def run_job(self, job_id: str) -> str:
@@ -209,6 +214,10 @@ class WorkerRuntime:
         else:
             try:
                 run.deadline = self._deadline(job)
+                if job.kind == "finetune":  # minutes on the device: not a batch
+                    run.future = self._train(job, run)
+                    self.batcher.unexpect()
+                    return
                 run.future = self.batcher.submit(self._item(job, run.deadline))
             except Exception as e:
                 self._failed(run, e)
@@ -221,7 +230,10 @@ class WorkerRuntime:
         try:
             output = run.future.result(timeout=5.0)
             assert run.job is not None
-            params = generation_parameters(run.job, self.catalog.get(run.job.model))
+            if run.job.kind == "finetune":  # its device time, as a batch's is measured
+                with self._active_lock:
+                    self._device_s[run.id] = float(output.get("train_seconds") or 0.0)
+            params = generation_parameters(run.job, self._entry(run.job))
             run.end("succeeded", "succeeded", output=store_artifacts(
                 self.blobs, run.id, output, params, charge=self._charge(run.id, run.token)))
         except Exception as e:
@@ -259,7 +271,7 @@ class WorkerRuntime:
     def _measured(self, items: list[Item], seconds: float) -> None:
         """A batch's forward pass took ``seconds``: each member's share, by images asked for."""
         self.stats.measured(items[0].entry.name, seconds, len(items))
-        weights = [len(it.request.input.get("seeds") or ()) or 1 for it in items]
+        weights = [it.request.input.n for it in items]
         with self._active_lock:
             for it, share in zip(items, shares(weights, seconds), strict=True):
                 self._device_s[it.job_id] = self._device_s.get(it.job_id, 0.0) + share
@@ -313,6 +325,37 @@ class WorkerRuntime:
             if self._active[job_id] <= 0:
                 del self._active[job_id]
 
+    def _entry(self, job: Job) -> ModelEntry:
+        """The job's model: the catalog's, else the owner's fine-tuned model (its weights
+        fetched from the blob store once)."""
+        try:
+            return self.catalog.get(job.model)
+        except ModelNotFound:
+            record = (None if self.user_models is None
+                      else self.user_models.get(job.owner, job.model))
+            if record is None:
+                raise
+            return self.local_weights.entry(record)
+
+    def _train(self, job: Job, run: _Run) -> Future[dict[str, Any]]:
+        """Hand a finetune job to this process's training thread (one run at a time). Its
+        deadline counts from the start of its training: it may wait for the run ahead."""
+        if self._training is None:
+            from workers.finetune import Training
+
+            if self.user_models is None:
+                raise ConvoyError(f"this worker's store ({type(self.store).__name__}) keeps "
+                                  "no models: it cannot run finetune jobs")
+            self._training = Training(self.store, self.blobs, self.catalog, self.user_models,
+                                      self.cache.device)
+        timeout = run.deadline - time.time()
+        run.deadline += self.settings.max_job_timeout_s
+
+        def on_start() -> bool:  # on the device now (a worker lost from here costs an attempt)
+            return not self._on_device([job.id])
+
+        return self._training.submit(job, timeout, on_start)  # type: ignore[no-any-return]
+
     def _deadline(self, job: Job) -> float:
         timeout = job.timeout_s or self.settings.job_timeout_s
         return time.time() + min(float(timeout), self.settings.max_job_timeout_s)
@@ -323,7 +366,7 @@ class WorkerRuntime:
         safetensors, its checksum differs: the ``ValueError`` of a load) cannot serve the
         job: ``InvalidInput``, as for a model the catalog does not have."""
         job_id = job.id
-        entry = self.catalog.get(job.model)
+        entry = self._entry(job)
         data = prepare(job.kind, load_inputs(job.input, IMAGE_FIELDS, self.blobs), entry,
                        pixel_limit(entry, self.settings.max_image_pixels,
                                    self.settings.input_scale))
@@ -407,7 +450,7 @@ class WorkerRuntime:
         # A queue with messages waiting is left alone (they may be the jobs' own), and asked
         # first: reading the queued jobs costs a read of each, and only a drained queue,
         # whose queued jobs are few, needs it.
-        drained = {q for q in {e.queue for e in self.catalog}
+        drained = {q for q in {e.queue for e in self.catalog} | {FINETUNE_QUEUE}
                    if waiting_messages(self.celery, q) == 0}
         if not drained:
             return 0

@@ -11,6 +11,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from workers.contract import FINETUNE_QUEUE
 from workers.settings import Settings
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ def job_threads(settings: Settings, catalog: Catalog, queues: list[str]) -> int:
     (a batch can only group jobs the worker has taken)."""
     if settings.worker_concurrency > 0:
         return settings.worker_concurrency
+    if queues == [FINETUNE_QUEUE]:  # one training run per device: take one job at a time
+        return 1
     batches = [e.max_batch for e in catalog if e.queue in queues] if settings.batching else []
     return max([8, *batches])
 
@@ -99,7 +102,7 @@ def run_worker(settings: Settings, queues: list[str] | None = None,
     for name in settings.preload:
         cache.get(catalog.get(name))
     if queues is None:
-        queues = sorted({e.queue for e in catalog})
+        queues = sorted({e.queue for e in catalog} | {FINETUNE_QUEUE})
     runtime.queues = list(queues)
     runtime.beat()
     runtime.start_supervision()

@@ -23,6 +23,7 @@ from PIL import Image
 from models.benchmarks.digit_judge import judge, load_judge, noise_figures, real_roughness
 from models.data.digits import load_digits_split
 from models.images import to_pil
+from models.kinds.generate import GenerateArgs
 from models.predictor import Request
 
 SEED = 70_000  # first seed (disjoint from the sampler rows and the trainer's figures)
@@ -48,10 +49,10 @@ def _run(predictor: Any, inputs: list[dict[str, Any]], chunk: int = 150) -> torc
     out = []
     for start in range(0, len(inputs), chunk):
         batch = [
-            Request("generate", {
-                "n": 1, "seeds": [SEED + start + i], "steps": STEPS, "scheduler": "dpmpp",
-                "guidance_scale": predictor.guidance, "preview_every": 0, **inp,
-            })
+            Request("generate", GenerateArgs(
+                seeds=[SEED + start + i], steps=STEPS, scheduler="dpmpp",
+                guidance_scale=predictor.guidance, **inp,
+            ))
             for i, inp in enumerate(inputs[start : start + chunk])
         ]
         for result in predictor.predict(batch):

@@ -9,6 +9,7 @@ import torch
 from models.checkpoint import load_model
 from models.device import compute_dtype, prepare_module, to_device
 from models.images import batch_tensor, normalization
+from models.kinds.classify import ClassifyArgs
 from models.predictor import Predictor, Request, StepCallback
 from models.registry import register_predictor
 
@@ -50,12 +51,12 @@ class ClassifierPredictor(Predictor):
 
     @torch.inference_mode()
     def predict(
-        self, batch: list[Request], on_step: StepCallback | None = None
+        self, batch: list[Request[ClassifyArgs]], on_step: StepCallback | None = None
     ) -> list[dict[str, Any] | None]:
         spec = self.entry.input
-        x = batch_tensor([r.input["image"] for r in batch], spec.channels, spec.height, spec.width)
+        x = batch_tensor([r.input.image for r in batch], spec.channels, spec.height, spec.width)
         x = to_device((x - self.mean) / self.std, self.device, self.dtype)
         logits = self.model(x)
-        ranked = top_k_rows(logits, self.entry.labels, [r.input.get("top_k", 5) for r in batch])
+        ranked = top_k_rows(logits, self.entry.labels, [r.input.top_k for r in batch])
         size = {"height": spec.height, "width": spec.width}
         return [{"predictions": p, "input_size": dict(size)} for p in ranked]

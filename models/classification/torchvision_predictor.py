@@ -19,6 +19,7 @@ from models.checkpoint import load_state
 from models.classification.predictor import top_k_rows
 from models.device import compute_dtype, prepare_module, to_device
 from models.images import to_tensor
+from models.kinds.classify import ClassifyArgs
 from models.predictor import Predictor, Request, StepCallback
 from models.registry import register_predictor
 
@@ -128,11 +129,11 @@ class TorchvisionPredictor(Predictor):
 
     @torch.inference_mode()
     def predict(
-        self, batch: list[Request], on_step: StepCallback | None = None
+        self, batch: list[Request[ClassifyArgs]], on_step: StepCallback | None = None
     ) -> list[dict[str, Any] | None]:
-        x = torch.stack([_resize_crop(r.input["image"], self.pre) for r in batch])
+        x = torch.stack([_resize_crop(r.input.image, self.pre) for r in batch])
         x = to_device((x - self.mean) / self.std, self.device, self.dtype)
         logits = self.model(x)  # (B, num_classes)
-        ranked = top_k_rows(logits, self.entry.labels, [r.input.get("top_k", 5) for r in batch])
+        ranked = top_k_rows(logits, self.entry.labels, [r.input.top_k for r in batch])
         size = {"height": self.pre.crop, "width": self.pre.crop}
         return [{"predictions": p, "input_size": dict(size)} for p in ranked]

@@ -10,6 +10,7 @@ from PIL import Image
 
 from models.checkpoint import load_model
 from models.images import batch_tensor, normalization, png_artifact
+from models.kinds.segment import SegmentArgs
 from models.predictor import Predictor, Request, StepCallback
 from models.registry import register_predictor
 
@@ -70,10 +71,10 @@ class SegmentationPredictor(Predictor):
 
     @torch.inference_mode()
     def predict(
-        self, batch: list[Request], on_step: StepCallback | None = None
+        self, batch: list[Request[SegmentArgs]], on_step: StepCallback | None = None
     ) -> list[dict[str, Any] | None]:
         spec = self.entry.input
-        images: list[Image.Image] = [r.input["image"] for r in batch]
+        images: list[Image.Image] = [r.input.image for r in batch]
         # 1. one forward pass for the whole batch at the model's size: (B, C, h, w)
         x = batch_tensor(images, spec.channels, spec.height, spec.width).to(self.device)
         logits = self.model((x - self.mean) / self.std)  # (B, K, h, w)

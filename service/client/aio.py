@@ -211,6 +211,10 @@ class AsyncClient:
     async def model(self, name: str) -> ModelInfo:
         return ModelInfo.model_validate(await self._json("GET", f"/v1/models/{name}"))
 
+    async def delete_model(self, name: str) -> None:
+        """Delete one of this key's fine-tuned models (``NotFound`` for anyone else's)."""
+        base.no_content(await self._request("DELETE", f"/v1/models/{name}"))
+
     async def workers(self) -> list[WorkerInfo]:
         listing = await self._json("GET", "/v1/workers")
         return [WorkerInfo.model_validate(w) for w in listing["workers"]]

@@ -210,6 +210,10 @@ class Client:
     def model(self, name: str) -> ModelInfo:
         return ModelInfo.model_validate(self._json("GET", f"/v1/models/{name}"))
 
+    def delete_model(self, name: str) -> None:
+        """Delete one of this key's fine-tuned models (``NotFound`` for anyone else's)."""
+        base.no_content(self._request("DELETE", f"/v1/models/{name}"))
+
     def workers(self) -> list[WorkerInfo]:
         return [WorkerInfo.model_validate(w)
                 for w in self._json("GET", "/v1/workers")["workers"]]

@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect
 
 from service.deps import Caller, CallerDep, State, StateDep
 from service.errors import V1_ERRORS, bounded_errors, error_responses, request_body_openapi
+from service.finetune import check_finetune
 from service.metrics import JOBS_SUBMITTED
 from service.multipart_jobs import is_multipart, submit_multipart, with_multipart
 from service.routes.health import NO_WORKER
@@ -28,7 +29,15 @@ from service.schemas import EVENTS_DESCRIPTION, JobList, JobRecord
 from service.submitter import BrokerDown
 from service.waiters import wait_terminal
 from workers.blobs import artifact_key
-from workers.contract import IMAGE_FIELDS, JOB_REQUEST, JobRequest, check, pixel_limit, request_hash
+from workers.contract import (
+    FINETUNE_QUEUE,
+    IMAGE_FIELDS,
+    JOB_REQUEST,
+    JobRequest,
+    check,
+    pixel_limit,
+    request_hash,
+)
 from workers.errors import (
     BadRequest,
     Conflict,
@@ -43,6 +52,7 @@ from workers.metering import delete_job as delete_job_data
 from workers.settings import new_id
 from workers.store import TERMINAL, Job, StoreUnavailable
 from workers.store.base import STATUSES, QueueFull, now_iso, usage_buckets
+from workers.user_models import resolve
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1_ERRORS)
@@ -214,7 +224,11 @@ def _prepare(state: State, caller: Caller, body: JobRequest
     """Check the input and build the job; (job, None), or (None, the existing record) for
     the idempotent resubmission of a job id."""
     settings = state.settings
-    entry = state.catalog.get(body.model)
+    if body.kind == "finetune":  # the base must be a catalog model
+        entry = state.catalog.get(body.model)
+        check_finetune(state, caller.owner, body.input)
+    else:
+        entry = resolve(state.catalog, state.user_models, caller.owner, body.model)
     max_pixels = pixel_limit(entry, settings.max_image_pixels, settings.input_scale)
     data = body.input.model_dump()
     data = check(body.kind, data, entry, max_pixels, upload_sizes(
@@ -231,7 +245,8 @@ def _prepare(state: State, caller: Caller, body: JobRequest
     data = stash_inputs(data, IMAGE_FIELDS, job_id, caller.owner, state.blobs,
                         settings.inline_image_bytes, max_pixels)
     return Job(
-        id=job_id, owner=caller.owner, kind=body.kind, model=entry.name, queue=entry.queue,
+        id=job_id, owner=caller.owner, kind=body.kind, model=entry.name,
+        queue=FINETUNE_QUEUE if body.kind == "finetune" else entry.queue,
         input=data, request_hash=fingerprint, created_at=now_iso(), timeout_s=body.timeout_s,
         webhook=body.webhook, **webhook_events, **state.lifecycle.admit(caller.owner,
                                                                          body.priority)), None

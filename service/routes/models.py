@@ -1,15 +1,19 @@
-"""``/v1/models`` and ``/v1/workers``."""
+"""``/v1/models`` and ``/v1/workers``. The models are the file catalog's and the caller's
+own fine-tuned ones (the runtime catalog, ``workers/user_models.py``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
+from models.catalog import ModelNotFound
 from service.deps import CallerDep, StateDep
-from service.errors import V1_ERRORS
+from service.errors import V1_ERRORS, error_responses
 from service.schemas import ModelInfo, ModelList, WorkerList
+from workers.errors import Conflict, NotFound
 from workers.model_inputs import model_inputs
+from workers.user_models import entry_of, model_prefix
 
 router = APIRouter(prefix="/v1", tags=["models"], responses=V1_ERRORS)
 
@@ -19,14 +23,43 @@ def list_models(state: StateDep, caller: CallerDep) -> dict[str, Any]:
     """The models this service serves, with their kinds, labels, input size, limits,
     held-out metrics, and ``inputs``: the JSON schema of each kind's input as this model
     takes it."""
-    return {"models": [{**e.public(), "inputs": model_inputs(e)} for e in state.catalog]}
+    own = [_own(r) for r in state.user_models.list(caller.owner)
+           if r["name"] not in state.catalog.entries]
+    return {"models": [{**e.public(), "inputs": model_inputs(e)} for e in state.catalog] + own}
+
+
+def _own(record: dict[str, Any]) -> dict[str, Any]:
+    """A fine-tuned model as the listing shows it: an entry, plus where it came from."""
+    entry = entry_of(record)
+    return {**entry.public(), "inputs": model_inputs(entry), "owned": True,
+            "base_model": record["base_model"], "mode": record["mode"],
+            "job_id": record["job_id"], "created_at": record["created_at"]}
 
 
 @router.get("/models/{name}", operation_id="getModel", response_model=ModelInfo)
 def get_model(name: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
-    """One model (404 for an unknown name)."""
-    entry = state.catalog.get(name)
-    return {**entry.public(), "inputs": model_inputs(entry)}
+    """One model (404 for an unknown name, and for another key's fine-tuned model)."""
+    if name in state.catalog.entries:
+        entry = state.catalog.get(name)
+        return {**entry.public(), "inputs": model_inputs(entry)}
+    record = state.user_models.get(caller.owner, name)
+    if record is None:
+        raise ModelNotFound(name)
+    return _own(record)
+
+
+@router.delete("/models/{name}", status_code=204, operation_id="deleteModel",
+               response_class=Response, responses=error_responses(409))
+def delete_model(name: str, state: StateDep, caller: CallerDep) -> Response:
+    """Delete one of the caller's fine-tuned models and its weights (404 for another key's;
+    409 for a catalog model, which only its catalog file removes). Jobs queued on it fail."""
+    if name in state.catalog.entries:
+        raise Conflict(f"{name!r} is a catalog model: remove it from its catalog file")
+    record = state.user_models.get(caller.owner, name)
+    if record is None or not state.user_models.delete(caller.owner, name):
+        raise NotFound(f"no model {name!r}")
+    state.blobs.delete_prefix(model_prefix(record["job_id"]))
+    return Response(status_code=204)
 
 
 @router.get("/workers", tags=["workers"], operation_id="listWorkers", response_model=WorkerList)

@@ -5,6 +5,9 @@ before the blob store, a 20 MB job record. An upload is a multipart file instead
 parser spools it to a temporary file (memory holds a chunk at a time), its header is read
 for the format and pixel checks that inline images get, and it is copied in chunks to the
 blob store. Jobs then send ``{"upload": "<id>"}``; uploads expire with job retention.
+
+A zip or tar (a ``finetune`` job's dataset, one folder per class) is stored as it is: its
+members are checked when a job names it (``models/finetune/archive.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from fastapi import APIRouter, Request, Response
 from PIL import Image
 from starlette.datastructures import UploadFile
 
+from models.finetune.archive import CONTENT_TYPES, archive_kind
 from service.deps import Caller, CallerDep, State, StateDep
 from service.errors import V1_ERRORS, error_responses
 from service.schemas import Upload
@@ -34,7 +38,8 @@ _TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "BMP":
 _FORM = {"multipart/form-data": {"schema": {
     "type": "object", "required": [FIELD],
     "properties": {FIELD: {"type": "string", "format": "binary",
-                           "description": "the image (PNG, JPEG, WebP, BMP)"}}}}}
+                           "description": "the image (PNG, JPEG, WebP, BMP), or a "
+                           "finetune dataset: a zip or tar of one folder per class"}}}}}
 
 
 def _rate(state: State, caller: Caller) -> None:
@@ -84,16 +89,22 @@ def _check_bound(state: State, owner: str, size: int) -> None:
 
 def store_upload(state: State, owner: str, file: IO[bytes], upload_id: str | None = None,
                  meta: dict[str, str] | None = None) -> dict[str, Any]:
-    """Check a spooled image file (format and pixels from its header, the owner's bound),
-    count it and copy it to the blob store in chunks: the upload's description. ``meta``
-    joins the blob's metadata (a job's files name their job)."""
-    fmt, width, height = _header(file, state.settings.max_image_pixels)
+    """Check a spooled file (an image's format and pixels from its header, or an archive),
+    and the owner's bound; count it and copy it to the blob store in chunks: the upload's
+    description. ``meta`` joins the blob's metadata (a job's files name their job)."""
+    archive = archive_kind(file.read(8), file)
+    file.seek(0)
+    if archive is not None:
+        content_type, width, height = CONTENT_TYPES[archive], 0, 0
+    else:
+        fmt, width, height = _header(file, state.settings.max_image_pixels)
+        content_type = _TYPES[fmt]
     size = file.seek(0, 2)
     file.seek(0)
     _check_bound(state, owner, size)
     state.store.count_owner_bytes(owner, size)
     upload_id = upload_id or new_id()
-    state.blobs.put(upload_key(upload_id), file, _TYPES[fmt], meta={
+    state.blobs.put(upload_key(upload_id), file, content_type, meta={
         **(meta or {}), "owner": owner, "width": str(width), "height": str(height),
         "created_at": now_iso()})
     return owned_upload(state.blobs, upload_id, owner)
@@ -105,7 +116,8 @@ def store_upload(state: State, owner: str, file: IO[bytes], upload_id: str | Non
              responses=error_responses(413, 415, 429))
 async def create_upload(request: Request, state: StateDep, caller: CallerDep) -> dict[str, Any]:
     """Upload an image (multipart/form-data, field ``file``) for jobs to name as
-    ``{"upload": id}``. Limits as for inline images: the body limit (413), the formats
+    ``{"upload": id}``, or a zip or tar of one folder per class for a ``finetune`` job's
+    ``dataset``. Limits as for inline images: the body limit (413), the formats
     (415) and the pixel bound (422); and the key's bound on stored bytes (413 for a file
     over it alone, 429 while the key stores too much)."""
     _rate(state, caller)

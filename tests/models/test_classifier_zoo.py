@@ -225,6 +225,7 @@ def test_trained_googlenet_is_served_without_aux_heads(tmp_path: Path) -> None:
     from models.checkpoint import load_sidecar, load_state
     from models.classification.predictor import ClassifierPredictor
     from models.data.shapes import SHAPE_LABELS
+    from models.kinds.classify import ClassifyArgs
     from models.predictor import Request
     from models.training.shapes import Recipe, _drop_aux, _train
 
@@ -254,7 +255,8 @@ def test_trained_googlenet_is_served_without_aux_heads(tmp_path: Path) -> None:
     predictor.load()
     x, _ = make_classification(2, seed=1)
     images = [Image.fromarray((t.permute(1, 2, 0).numpy() * 255).astype("uint8")) for t in x]
-    results = predictor.predict([Request("classify", {"image": im, "top_k": 2}) for im in images])
+    results = predictor.predict(
+        [Request("classify", ClassifyArgs(image=im, top_k=2)) for im in images])
     for result in results:
         assert result is not None and len(result["predictions"]) == 2
         assert {p["label"] for p in result["predictions"]} <= set(SHAPE_LABELS)
@@ -281,6 +283,7 @@ def test_a_traced_classifier_answers_as_the_eager_one_at_every_batch_size(
 
     from models.catalog import ModelEntry
     from models.classification.predictor import ClassifierPredictor
+    from models.kinds.classify import ClassifyArgs
     from models.predictor import Request
 
     builtin = {e.name: e for e in _builtin_catalog()}
@@ -298,12 +301,12 @@ def test_a_traced_classifier_answers_as_the_eager_one_at_every_batch_size(
     for n in (1, 3, 7):
         pixels = (torch.rand(n, spec.height, spec.width, spec.channels, generator=gen) * 255)
         images = [Image.fromarray(p.squeeze(-1).numpy().astype("uint8")) for p in pixels]
-        requests = [Request("classify", {"image": im, "top_k": 1 + i % 3})
+        requests = [Request("classify", ClassifyArgs(image=im, top_k=1 + i % 3))
                     for i, im in enumerate(images)]
         want, got = eager.predict(requests), traced.predict(requests)
         for w, g, r in zip(want, got, requests, strict=True):
             assert w is not None and g is not None
-            assert len(g["predictions"]) == r.input["top_k"]
+            assert len(g["predictions"]) == r.input.top_k
             assert [p["index"] for p in g["predictions"]] == [p["index"] for p in w["predictions"]]
             for pw, pg in zip(w["predictions"], g["predictions"], strict=True):
                 assert pg["score"] == pytest.approx(pw["score"], abs=1e-5)

@@ -25,6 +25,8 @@ from models.diffusion import (
     per_image_noise,
     sample_loop,
 )
+from models.kinds.classify import ClassifyArgs
+from models.kinds.generate import GenerateArgs
 from models.predictor import InvalidRequest, Request
 from models.registry import get_model
 
@@ -95,7 +97,6 @@ def image_tensor(artifact) -> torch.Tensor:  # type: ignore[no-untyped-def]
 
 def generate(n: int = 1, seeds: list[int] | None = None, **extra: object) -> Request:
     inp = {
-        "n": n,
         "seeds": seeds or list(range(n)),
         "class_index": 0,
         "prompt": None,
@@ -108,7 +109,7 @@ def generate(n: int = 1, seeds: list[int] | None = None, **extra: object) -> Req
         "preview_every": 0,
         **extra,
     }
-    return Request("generate", inp)
+    return Request("generate", GenerateArgs(**inp))
 
 
 class Recorder:
@@ -315,6 +316,6 @@ def test_shipped_ddpm_draws_the_requested_digit() -> None:
         for k in range(10)
     ]
     images = [Image.open(io.BytesIO(a.data)) for r in gen.predict(reqs) for a in r["images"]]  # type: ignore[index]
-    labels = judge.predict([Request("classify", {"image": im, "top_k": 1}) for im in images])
+    labels = judge.predict([Request("classify", ClassifyArgs(image=im, top_k=1)) for im in images])
     hits = sum(r["predictions"][0]["index"] == i // 2 for i, r in enumerate(labels))  # type: ignore[index]
     assert hits >= 16, f"only {hits}/20 generated digits were judged the requested class"

@@ -15,6 +15,7 @@ from models.catalog import ModelEntry
 from models.checkpoint import config_dict, save_checkpoint
 from models.diffusion import DiffusionConfig, DiffusionPredictor, NoiseSchedule, build_unet
 from models.editing import known_at
+from models.kinds.generate import GenerateArgs
 from models.predictor import InvalidRequest, Request
 
 TINY = DiffusionConfig(
@@ -74,7 +75,6 @@ def predictor(tmp_path_factory: pytest.TempPathFactory) -> DiffusionPredictor:
 
 def generate(n: int = 1, seeds: list[int] | None = None, **extra: object) -> Request:
     inp = {
-        "n": n,
         "seeds": seeds or list(range(n)),
         "class_index": 1,
         "steps": 10,
@@ -83,7 +83,7 @@ def generate(n: int = 1, seeds: list[int] | None = None, **extra: object) -> Req
         "preview_every": 0,
         **extra,
     }
-    return Request("generate", inp)
+    return Request("generate", GenerateArgs(**inp))
 
 
 def test_samples_are_upsampled_to_the_served_side(predictor: DiffusionPredictor) -> None:

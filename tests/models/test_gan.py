@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydantic import ValidationError
 
 from models.catalog import ModelEntry
 from models.checkpoint import config_dict, save_checkpoint
 from models.gan import DCGANConfig, Discriminator, GANPredictor, Generator, latent_for_seed
+from models.kinds.classify import ClassifyArgs
+from models.kinds.sample import SampleArgs
 from models.predictor import InvalidRequest, Request
 from models.registry import get_model
 
@@ -53,7 +56,6 @@ def predictor(tmp_path_factory: pytest.TempPathFactory) -> GANPredictor:
 
 def sample(n: int = 2, seeds: list[int] | None = None, **extra: object) -> Request:
     inp = {
-        "n": n,
         "seeds": seeds or list(range(n)),
         "class_index": None,
         "truncation": 1.0,
@@ -61,7 +63,7 @@ def sample(n: int = 2, seeds: list[int] | None = None, **extra: object) -> Reque
         "steps": None,
         **extra,
     }
-    return Request("sample", inp)
+    return Request("sample", SampleArgs(**inp))
 
 
 def test_shapes_and_range() -> None:
@@ -138,7 +140,9 @@ def test_refuses_what_it_cannot_do(predictor: GANPredictor) -> None:
     with pytest.raises(InvalidRequest, match="class index"):
         predictor.predict([sample(1, class_index=3)])
     with pytest.raises(InvalidRequest, match="truncation"):
-        predictor.predict([sample(1, truncation=0.0)])
+        predictor.predict([sample(1, truncation=float("inf"))])
+    with pytest.raises(ValidationError, match="truncation"):  # the typed input refuses it
+        sample(1, truncation=0.0)
 
 
 @pytest.mark.skipif(
@@ -155,6 +159,6 @@ def test_shipped_dcgan_draws_the_requested_digit() -> None:
     judge.load()
     out = gan.predict([sample(4, [100 + i for i in range(4)], class_index=k) for k in range(10)])
     images = [Image.open(io.BytesIO(a.data)) for r in out for a in r["images"]]  # type: ignore[index]
-    labels = judge.predict([Request("classify", {"image": im, "top_k": 1}) for im in images])
+    labels = judge.predict([Request("classify", ClassifyArgs(image=im, top_k=1)) for im in images])
     hits = sum(r["predictions"][0]["index"] == i // 4 for i, r in enumerate(labels))  # type: ignore[index]
     assert hits >= 30, f"only {hits}/40 generated digits were judged the requested class"

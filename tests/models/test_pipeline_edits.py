@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from models.catalog import LoraSpec, ModelEntry
+from models.kinds.generate import GenerateArgs
 from models.pipelines import PipelinePredictor
 from models.predictor import InvalidRequest, Request
 from tests.models.tiny_pipeline import (
@@ -39,7 +40,6 @@ def half_mask(side: int = 16, height: int | None = None) -> Image.Image:
 
 def generate(n: int = 1, seeds: list[int] | None = None, **extra: object) -> Request:
     inp = {
-        "n": n,
         "seeds": seeds or list(range(n)),
         "class_index": None,
         "prompt": "a red cat",
@@ -52,7 +52,7 @@ def generate(n: int = 1, seeds: list[int] | None = None, **extra: object) -> Req
         "preview_every": 0,
         **extra,
     }
-    return Request("generate", inp)
+    return Request("generate", GenerateArgs(**inp))
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_lora_scale_zero_is_the_base_model_and_one_is_not(text: PipelinePredicto
 def test_adapter_sets_batch_apart_and_unknown_ones_are_refused(text: PipelinePredictor) -> None:
     keys = {
         text.batch_key(generate(1, loras=x))
-        for x in (None, [{"name": "red", "scale": 1.0}], [{"name": "red", "scale": 0.5}],
+        for x in ([], [{"name": "red", "scale": 1.0}], [{"name": "red", "scale": 0.5}],
                   [{"name": "blue", "scale": 1.0}])
     }
     assert len(keys) == 4

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from models.catalog import ModelEntry
+from models.kinds.generate import GenerateArgs
 from models.pipelines import PipelinePredictor
 from models.predictor import InvalidRequest, Request
 from tests.models.tiny_pipeline import (
@@ -42,7 +43,6 @@ def pixel(tmp_path_factory: pytest.TempPathFactory) -> PipelinePredictor:
 
 def generate(n: int = 1, seeds: list[int] | None = None, **extra: object) -> Request:
     inp = {
-        "n": n,
         "seeds": seeds or list(range(n)),
         "class_index": None,
         "prompt": "a red cat",
@@ -55,7 +55,7 @@ def generate(n: int = 1, seeds: list[int] | None = None, **extra: object) -> Req
         "preview_every": 0,
         **extra,
     }
-    return Request("generate", inp)
+    return Request("generate", GenerateArgs(**inp))
 
 
 class Recorder:
@@ -83,6 +83,15 @@ def test_prompt_gives_images_with_seeds_and_previews_come_first(text: PipelinePr
     assert names == [[None], ["preview-2.png"], [None], ["preview-4.png"]]
     preview = Image.open(io.BytesIO(rec.calls[1][2][0].data))
     assert preview.size[0] > 16 and preview.mode == "RGB"  # both images, decoded by the VAE
+
+
+def test_the_last_preview_of_each_scheduler_is_close_to_the_image(text: PipelinePredictor) -> None:
+    for scheduler in ("dpmpp", "ddim", "euler"):  # clean-sample estimate, or latents at unit scale
+        rec = Recorder()
+        out = text.predict([generate(1, [3], scheduler=scheduler, steps=4, preview_every=4)], rec)[0]
+        image = np.asarray(Image.open(io.BytesIO(out["images"][0].data)), np.float32)  # type: ignore[index]
+        preview = np.asarray(Image.open(io.BytesIO(rec.calls[-1][2][0].data)), np.float32)
+        assert np.abs(preview - image).mean() < 4, scheduler  # of 255
 
 
 def test_same_seed_same_png_bytes_and_prompts_matter(text: PipelinePredictor) -> None:

@@ -15,6 +15,7 @@ from models.catalog import ModelEntry
 from models.checkpoint import UnsafeCheckpoint, load_state
 from models.classification.torchvision_predictor import TorchvisionPredictor, preprocess_for
 from models.convert import convert_pth
+from models.kinds.classify import ClassifyArgs
 from models.predictor import Request
 
 
@@ -120,7 +121,7 @@ def test_random_resnet18_classifies_with_torchvision_preprocessing(
     predictor = TorchvisionPredictor(_resnet18_entry(tmp_path, path))
     predictor.load()
     images = [_image(1, (300, 260)), _image(2, (180, 240)).convert("L")]
-    results = predictor.predict([Request("classify", {"image": im, "top_k": 3}) for im in images])
+    results = predictor.predict([Request("classify", ClassifyArgs(image=im, top_k=3)) for im in images])
     transform = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
     with torch.inference_mode():
         expected = torch.softmax(

@@ -13,6 +13,7 @@ from PIL import Image
 from models.catalog import ModelEntry
 from models.checkpoint import config_dict, save_checkpoint
 from models.images import batch_tensor
+from models.kinds.segment import SegmentArgs
 from models.predictor import Request
 from models.segmentation.predictor import SegmentationPredictor
 from models.segmentation.unet import UNet, UNetConfig, unet
@@ -153,7 +154,7 @@ def decode(artifact) -> Image.Image:  # type: ignore[no-untyped-def]
 def test_segment_returns_a_mask_of_the_input_size_with_areas(tmp_path: Path) -> None:
     p = make_predictor(tmp_path, 3)
     image = random_image(50, 37)
-    (out,) = p.predict([Request("segment", {"image": image})])
+    (out,) = p.predict([Request("segment", SegmentArgs(image=image))])
     mask = decode(out["mask"])
     assert mask.mode == "L" and mask.size == (50, 37)
     assert out["mask"].name == "mask.png" and out["mask"].meta["width"] == 50
@@ -175,7 +176,7 @@ def test_segment_returns_a_mask_of_the_input_size_with_areas(tmp_path: Path) -> 
 def test_mask_is_scaled_back_with_nearest_neighbour(tmp_path: Path) -> None:
     p = make_predictor(tmp_path, 3)
     image = random_image(32, 32, seed=3)
-    (out,) = p.predict([Request("segment", {"image": image})])
+    (out,) = p.predict([Request("segment", SegmentArgs(image=image))])
     with torch.no_grad():
         small = p.model(batch_tensor([image], 3, 16, 16)).argmax(1)[0].numpy()
     assert len(np.unique(small)) > 1  # the check below means something
@@ -184,9 +185,9 @@ def test_mask_is_scaled_back_with_nearest_neighbour(tmp_path: Path) -> None:
 
 def test_grayscale_image_into_rgb_model_and_rgb_into_grayscale_model(tmp_path: Path) -> None:
     rgb_model, grey_model = make_predictor(tmp_path, 3), make_predictor(tmp_path, 1)
-    (a,) = rgb_model.predict([Request("segment", {"image": random_image(20, 24, "L")})])
-    (b,) = grey_model.predict([Request("segment", {"image": random_image(20, 24, "RGB")})])
-    (c,) = grey_model.predict([Request("segment", {"image": random_image(20, 24, "RGBA")})])
+    (a,) = rgb_model.predict([Request("segment", SegmentArgs(image=random_image(20, 24, "L")))])
+    (b,) = grey_model.predict([Request("segment", SegmentArgs(image=random_image(20, 24, "RGB")))])
+    (c,) = grey_model.predict([Request("segment", SegmentArgs(image=random_image(20, 24, "RGBA")))])
     for out in (a, b, c):
         assert decode(out["mask"]).size == (20, 24)
         assert decode(out["overlay"]).mode == "RGB"
@@ -197,10 +198,10 @@ def test_a_batch_shares_one_forward_pass_and_matches_single_runs(tmp_path: Path)
     calls: list[int] = []
     p.model.register_forward_hook(lambda _m, args, _o: calls.append(len(args[0])))
     images = [random_image(16 + 8 * i, 16, seed=i) for i in range(3)]
-    together = p.predict([Request("segment", {"image": im}) for im in images])
+    together = p.predict([Request("segment", SegmentArgs(image=im)) for im in images])
     assert calls == [3]
     for image, out in zip(images, together, strict=True):
-        (alone,) = p.predict([Request("segment", {"image": image})])
+        (alone,) = p.predict([Request("segment", SegmentArgs(image=image))])
         assert masks_agree(alone["mask"].data, out["mask"].data)
 
 
@@ -209,7 +210,7 @@ def test_a_large_input_gets_its_mask_and_overlay_at_the_bounded_size(tmp_path: P
     p.entry = p.entry.model_copy(update={"limits": p.entry.limits.model_copy(
         update={"max_side": 64})})
     image = Image.new("RGB", (400, 200), (200, 30, 30))
-    (out,) = p.predict([Request("segment", {"image": image})])
+    (out,) = p.predict([Request("segment", SegmentArgs(image=image))])
     assert decode(out["mask"]).size == (64, 32) and decode(out["overlay"]).size == (64, 32)
     assert out["mask"].meta["width"] == 64
     assert sum(c["pixels"] for c in out["classes"]) == 64 * 32

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydantic import ValidationError
 
 from models.catalog import ModelEntry
 from models.checkpoint import config_dict, save_checkpoint
+from models.kinds.reconstruct import ReconstructArgs
+from models.kinds.sample import SampleArgs
 from models.predictor import InvalidRequest, Request
 from models.vae import VAE, VAEConfig, elbo_loss, kl_divergence, psnr, vae
 from models.vae_predictor import VAEPredictor
@@ -179,13 +182,13 @@ def pixels(artifact) -> np.ndarray:  # type: ignore[no-untyped-def]
 
 
 def sample(n: int = 2, seeds: list[int] | None = None, **extra: object) -> Request:
-    inp = {"n": n, "seeds": seeds if seeds is not None else list(range(n)), "class_index": None,
+    inp = {"seeds": seeds if seeds is not None else list(range(n)), "class_index": None,
            "truncation": 1.0, "interpolate_between": None, "steps": None, **extra}
-    return Request("sample", inp)
+    return Request("sample", SampleArgs(**inp))
 
 
 def test_reconstruct_reports_latent_mse_and_psnr(grey: VAEPredictor) -> None:
-    (out,) = grey.predict([Request("reconstruct", {"image": image(50, 40, "L")})])
+    (out,) = grey.predict([Request("reconstruct", ReconstructArgs(image=image(50, 40, "L")))])
     assert out["reconstruction"].name == "reconstruction.png"
     assert pixels(out["reconstruction"]).shape == (16, 16)
     assert len(out["latent"]) == GREY.latent_dim and all(isinstance(v, float) for v in out["latent"])
@@ -197,9 +200,9 @@ def test_reconstruct_reports_latent_mse_and_psnr(grey: VAEPredictor) -> None:
 def test_reconstruct_converts_rgb_for_a_grey_model_and_grey_for_an_rgb_model(
     grey: VAEPredictor, rgb: VAEPredictor
 ) -> None:
-    (a,) = grey.predict([Request("reconstruct", {"image": image(20, 30, "RGB")})])
-    (b,) = rgb.predict([Request("reconstruct", {"image": image(20, 30, "L")})])
-    (c,) = rgb.predict([Request("reconstruct", {"image": image(20, 30, "RGBA")})])
+    (a,) = grey.predict([Request("reconstruct", ReconstructArgs(image=image(20, 30, "RGB")))])
+    (b,) = rgb.predict([Request("reconstruct", ReconstructArgs(image=image(20, 30, "L")))])
+    (c,) = rgb.predict([Request("reconstruct", ReconstructArgs(image=image(20, 30, "RGBA")))])
     assert pixels(a["reconstruction"]).shape == (16, 16)
     assert pixels(b["reconstruction"]).shape == pixels(c["reconstruction"]).shape == (16, 16, 3)
     assert len(b["latent"]) == RGB.latent_dim
@@ -209,10 +212,10 @@ def test_reconstructions_share_one_forward_pass(grey: VAEPredictor) -> None:
     calls: list[int] = []
     handle = grey.model.encoder.register_forward_hook(lambda _m, args, _o: calls.append(len(args[0])))
     images = [image(16, 16, "L", seed=i) for i in range(3)]
-    together = grey.predict([Request("reconstruct", {"image": im}) for im in images])
+    together = grey.predict([Request("reconstruct", ReconstructArgs(image=im)) for im in images])
     handle.remove()
     assert calls == [3]
-    (alone,) = grey.predict([Request("reconstruct", {"image": images[1]})])
+    (alone,) = grey.predict([Request("reconstruct", ReconstructArgs(image=images[1]))])
     assert png_close(alone["reconstruction"].data, together[1]["reconstruction"].data)
     assert alone["latent"] == pytest.approx(together[1]["latent"], abs=1e-6)
 
@@ -241,7 +244,7 @@ def test_interpolation_path_runs_between_the_two_reconstructions(grey: VAEPredic
     names = [im.name for im in path["images"]]
     assert names == [f"path-{i}.png" for i in range(5)]
     assert [im.meta["t"] for im in path["images"]] == pytest.approx([0, 0.25, 0.5, 0.75, 1])
-    ra, rb = grey.predict([Request("reconstruct", {"image": a}), Request("reconstruct", {"image": b})])
+    ra, rb = grey.predict([Request("reconstruct", ReconstructArgs(image=a)), Request("reconstruct", ReconstructArgs(image=b))])
     assert png_close(path["images"][0].data, ra["reconstruction"].data)
     assert png_close(path["images"][-1].data, rb["reconstruction"].data)
     assert path["images"][2].data not in (ra["reconstruction"].data, rb["reconstruction"].data)
@@ -250,8 +253,10 @@ def test_interpolation_path_runs_between_the_two_reconstructions(grey: VAEPredic
 def test_sample_refusals_and_batch_keys(grey: VAEPredictor) -> None:
     with pytest.raises(InvalidRequest, match="class"):
         grey.predict([sample(1, class_index=0)])
-    with pytest.raises(InvalidRequest, match="2 steps"):
-        grey.predict([sample(1, interpolate_between=[image(8, 8), image(8, 8)], steps=1)])
-    rec = Request("reconstruct", {"image": image(8, 8)})
+    with pytest.raises(ValidationError, match="steps"):  # the typed input refuses a 1-point path
+        sample(1, interpolate_between=[image(8, 8), image(8, 8)], steps=1)
+    with pytest.raises(ValidationError, match="interpolate_between"):
+        sample(1, interpolate_between=[image(8, 8)])
+    rec = Request("reconstruct", ReconstructArgs(image=image(8, 8)))
     assert grey.batch_key(rec) != grey.batch_key(sample(1))
     assert grey.batch_key(sample(1)) == grey.batch_key(sample(3, steps=4))

@@ -195,3 +195,22 @@ def save_tiny_lora(pipeline_folder: Path, out_file: Path, seed: int = 0, rank: i
         out_file.parent, unet_lora_layers=layers, weight_name=out_file.name, safe_serialization=True
     )
     return out_file
+
+
+def save_tiny_controlnet(pipeline_folder: Path, out_folder: Path, seed: int = 0) -> Path:
+    """A ControlNetModel (safetensors folder) for the UNet of the tiny text pipeline in
+    ``pipeline_folder``: ``from_unet`` copies its encoder; the zero convolutions that would
+    make it a no-op until trained get random weights, so a control image steers the image.
+    Its conditioning embedding halves the side once, as the tiny VAE does."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(Path(pipeline_folder) / "unet", use_safetensors=True)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+            conv.weight.normal_(0, 0.3)
+        # the control image's own path, strong enough that two control images differ
+        controlnet.controlnet_cond_embedding.conv_out.weight.normal_(0, 3.0)
+    controlnet.save_pretrained(out_folder, safe_serialization=True)
+    return Path(out_folder)

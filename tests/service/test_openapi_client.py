@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 OPERATIONS = {"submitJob", "listJobs", "getJob", "cancelJob", "streamJobEvents", "getArtifact",
               "listModels", "getModel", "listWorkers", "health", "ready", "metrics",
               "deleteJob", "createUpload", "getUpload", "deleteUpload",
-              "getUsage", "getWebhookSecret"}
+              "getUsage", "getWebhookSecret", "deleteModel"}
 # The artifact route answers image/png; the generator reads it as bytes when told so.
 CONFIG = "content_type_overrides:\n  image/png: application/octet-stream\n"
 
@@ -122,8 +122,9 @@ def test_every_route_has_a_readable_operation_id_and_typed_answers(service: Serv
         assert name in schemas, name
     events = doc["paths"]["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]
     assert set(events["content"]["text/event-stream"]["x-event-payloads"]) == {
-        "status", "progress", "preview", "log", "output", "error", "queue", "webhook"}
-    for kind in ("Classify", "Segment", "Reconstruct", "Sample", "Generate"):
+        "status", "progress", "preview", "log", "output", "error", "queue", "webhook",
+        "train", "epoch"}
+    for kind in ("Classify", "Segment", "Reconstruct", "Sample", "Generate", "Finetune"):
         assert schemas[f"{kind}Job"]["examples"], kind
         for name, field in schemas[f"{kind}Input"]["properties"].items():
             assert field.get("description") and field.get("examples"), (kind, name)

@@ -3,6 +3,8 @@
 - ``sleepy``: an iterative ``generate`` predictor that sleeps ``step_s`` per step, reports
   every step, emits previews and honours cancellation — for cancel, SSE and fault tests.
 - ``poison``: kills its worker process on every attempt.
+- ``slow-diffusers``: a diffusers pipeline whose UNet sleeps ``step_s`` per forward, so
+  that jobs can arrive while its sampling loop runs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 
 from models.images import png_artifact
+from models.pipelines import PipelinePredictor
 from models.predictor import Artifact, Predictor, Request, StepCallback
 from models.registry import register_predictor
 
@@ -36,12 +39,12 @@ class SleepyPredictor(Predictor):
         self.marker = str(marker) if marker else None
 
     def batch_key(self, request: Request) -> Any:
-        return (request.kind, request.input["steps"])
+        return (request.kind, request.input.steps)
 
     def predict(self, batch: list[Request], on_step: StepCallback | None = None
                 ) -> list[dict[str, Any] | None]:
         live = list(range(len(batch)))
-        total = batch[0].input["steps"]
+        total = batch[0].input.steps
         if self.marker:
             with open(self.marker, "a") as f:
                 f.write(f"{os.getpid()}\n")
@@ -51,7 +54,7 @@ class SleepyPredictor(Predictor):
                 continue
             previews: Sequence[Artifact | None] = [
                 png_artifact(f"preview-{step}.png", _image(step + self.stamp))
-                if batch[i].input.get("preview_every") and step % batch[i].input["preview_every"] == 0
+                if batch[i].input.preview_every and step % batch[i].input.preview_every == 0
                 else None
                 for i in live
             ]
@@ -61,7 +64,7 @@ class SleepyPredictor(Predictor):
                 break
         results: list[dict[str, Any] | None] = [None] * len(batch)
         for i in live:
-            seeds = batch[i].input["seeds"]
+            seeds = batch[i].input.seeds
             results[i] = {"images": [png_artifact(f"image-{j}.png", _image(s + self.stamp), seed=s)
                                      for j, s in enumerate(seeds)]}
         return results
@@ -77,3 +80,16 @@ class PoisonPredictor(Predictor):
     def predict(self, batch: list[Request], on_step: StepCallback | None = None
                 ) -> list[dict[str, Any] | None]:
         os._exit(17)
+
+
+@register_predictor("slow-diffusers")
+class SlowPipelinePredictor(PipelinePredictor):
+    def load(self) -> None:
+        super().load()
+        step_s, forward = float(self.entry.config.get("step_s", 0.05)), self.pipe.unet.forward
+
+        def slowed(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(step_s)
+            return forward(*args, **kwargs)
+
+        self.pipe.unet.forward = slowed

@@ -31,6 +31,7 @@ def build_tiny_catalog(folder: Path) -> Path:
     from torchvision.models import resnet18
 
     from tests.models.tiny_pipeline import (
+        save_tiny_controlnet,
         save_tiny_lora,
         save_tiny_text_pipeline,
         save_tiny_unet_pipeline,
@@ -53,6 +54,7 @@ def build_tiny_catalog(folder: Path) -> Path:
     save_tiny_text_pipeline(folder / "tiny-sd")
     save_tiny_lora(folder / "tiny-sd", folder / "lora-red.safetensors", seed=1)
     save_tiny_lora(folder / "tiny-sd", folder / "lora-blue.safetensors", seed=2)
+    save_tiny_controlnet(folder / "tiny-sd", folder / "tiny-controlnet", seed=3)
     save_tiny_unet_pipeline(folder / "tiny-ddpm")
     pickled = save_tiny_unet_pipeline(folder / "pickle-only")
     for f in pickled.rglob("*.safetensors"):  # keep only a pickle copy of the weights
@@ -100,6 +102,14 @@ max_batch = 4
 limits = {{ max_side = 64, max_steps = 50 }}
 loras.red = {{ path = "lora-red.safetensors" }}
 loras.blue = {{ path = "lora-blue.safetensors" }}
+
+[models.tiny-sd-control]
+family = "diffusers"
+kinds = ["generate"]
+path = "tiny-sd"
+controlnet_path = "tiny-controlnet"
+max_batch = 4
+limits = {{ max_side = 64, max_steps = 50 }}
 
 [models.tiny-ddpm]
 family = "diffusers"

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from models.catalog import Catalog, ModelEntry
+from models.kinds.generate import GenerateArgs
 from models.predictor import Artifact, Predictor, Request, StepCallback
 from models.registry import register_predictor
 from tests.support.jobs import job, put
@@ -58,24 +59,24 @@ class Steps(Predictor):
         self.step_s = float(self.entry.config.get("step_s", 0.0))
 
     def batch_key(self, request: Request) -> Any:
-        return (request.kind, request.input["steps"])
+        return (request.kind, request.input.steps)
 
     def predict(self, batch: list[Request], on_step: StepCallback | None = None
                 ) -> list[dict[str, Any] | None]:
         live = list(range(len(batch)))
         sizes = []
-        total = batch[0].input["steps"]
+        total = batch[0].input.steps
         for step in range(1, total + 1):
             time.sleep(self.step_s)
             sizes.append(len(live))
             if on_step is not None:
                 keep = on_step(step, total, None)
                 live = [i for i, k in zip(live, keep, strict=True) if k]
-        Steps.log.append((self.entry.name, [r.input["seeds"][0] for r in batch],
-                          [r.input["steps"] for r in batch], sizes))
+        Steps.log.append((self.entry.name, [r.input.seeds[0] for r in batch],
+                          [r.input.steps for r in batch], sizes))
         results: list[dict[str, Any] | None] = [None] * len(batch)
         for i in live:
-            results[i] = {"seed": batch[i].input["seeds"][0], "batch": len(batch)}
+            results[i] = {"seed": batch[i].input.seeds[0], "batch": len(batch)}
         return results
 
 
@@ -94,7 +95,7 @@ def item(predictor: Predictor, seed: int, steps: int = 2, wanted: Any = None,
     def on_preview(_: Artifact) -> None: ...
 
     return Item(job_id=f"job-{seed}", predictor=predictor, entry=predictor.entry,
-                request=request or Request("generate", {"seeds": [seed], "steps": steps}),
+                request=request or Request("generate", GenerateArgs(seeds=[seed], steps=steps)),
                 wanted=wanted or (lambda: None), on_progress=on_progress, on_preview=on_preview)
 
 
@@ -199,9 +200,9 @@ class OutOfMemoryAbove(Predictor):
 
     def predict(self, batch: list[Request], on_step: StepCallback | None = None
                 ) -> list[dict[str, Any] | None]:
-        seeds = [r.input["seeds"][0] for r in batch]
+        seeds = [r.input.seeds[0] for r in batch]
         OutOfMemoryAbove.batches.append(seeds)
-        if len(batch) > self.fits or any(r.input["n"] > 1 for r in batch):
+        if len(batch) > self.fits or any(r.input.n > 1 for r in batch):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return [{"seed": s} for s in seeds]
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from models.catalog import Catalog
+from models.kinds.generate import GenerateArgs
 from models.predictor import Predictor, Request, StepCallback
 from models.registry import register_predictor
 from tests.workers.test_batcher import behind_gate, item, loaded, model
@@ -54,11 +55,11 @@ class DeviceHog(Predictor):
 
     def predict(self, batch: list[Request], on_step: StepCallback | None = None
                 ) -> list[dict[str, Any] | None]:
-        images = sum(4 * r.input["n"] if r.input["n"] > 1 else 1 for r in batch)
+        images = sum(4 * r.input.n if r.input.n > 1 else 1 for r in batch)
         hog = torch.empty(self.share * images, dtype=torch.uint8, device="cuda")
         hog.fill_(1)
         del hog
-        return [{"seed": r.input["seeds"][0]} for r in batch]
+        return [{"seed": r.input.seeds[0]} for r in batch]
 
 
 def test_a_device_out_of_memory_splits_the_batch_and_the_device_recovers() -> None:
@@ -66,7 +67,7 @@ def test_a_device_out_of_memory_splits_the_batch_and_the_device_recovers() -> No
     sizes: list[int] = []
 
     def request(seed: int, n: int = 1) -> Request:
-        return Request("generate", {"n": n, "seeds": [seed + i for i in range(n)], "steps": 1})
+        return Request("generate", GenerateArgs(seeds=[seed + i for i in range(n)], steps=1))
 
     fits = [item(hog, s, request=request(s)) for s in (1, 2, 3, 4)]
     batcher = Batcher(on_batch=sizes.append)

@@ -81,6 +81,8 @@ def test_defaults_and_upper_bounds_are_accepted(entry: ModelEntry) -> None:
                 data[name] = p["maximum"]
             elif p.get("enum"):
                 data[name] = p["enum"][-1]
+            elif name in schema["required"] and p.get("examples"):
+                data[name] = p["examples"][0]
             elif p.get("default") is not None:
                 data[name] = p["default"]
         validated = INPUTS[kind](**data).model_dump()

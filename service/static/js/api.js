@@ -121,6 +121,20 @@ export async function follow(jobId, onEvent, {after = 0, signal} = {}) {
   }
 }
 
+// A file to POST /v1/uploads (multipart); its id, for an input's {"upload": id}.
+export async function upload(file) {
+  const form = new FormData();
+  form.append("file", file, file.name);
+  let r;
+  try {
+    r = await fetch("/v1/uploads", {method: "POST", headers: headers(), body: form});
+  } catch (e) {
+    throw new ApiError(0, "unreachable", `the service does not answer (${e.message})`);
+  }
+  if (!r.ok) throw await failure(r);
+  return (await r.json()).id;
+}
+
 export function fileToDataUrl(file) {
   return new Promise((ok, fail) => {
     const r = new FileReader();

@@ -24,6 +24,7 @@ const DICE = '<svg viewBox="0 0 24 24" width="18" height="18" aria-hidden="true"
 
 const isImage = (p) => p.type === "string" && (p.contentMediaType || "").startsWith("image/");
 const isImageList = (p) => p.type === "array" && p.items && isImage(p.items);
+const isArchive = (p) => p.format === "convoy-dataset";
 const placeholder = (v) => typeof v === "string" && /^<\d+ characters>$/.test(v);
 
 function range(p) {
@@ -68,6 +69,35 @@ function imageInput(name, title, onChange) {
       preview.src = value;
       preview.hidden = false;
       hint.textContent = "image";
+    },
+  };
+}
+
+// A training set: a built-in one by name (with images per class), or an archive file of
+// one folder per class, which the studio uploads before it submits ({file} until then).
+function datasetInput(name, p) {
+  const ARCHIVE = "(archive file)";
+  const select = el("select", {name, id: `f-${name}`, style: "flex: 1; min-width: 0"},
+                    [ARCHIVE, ...p.builtins].map((v) => el("option", {value: v}, v)));
+  const file = el("input", {type: "file", accept: ".zip,.tar,.tgz,.tar.gz,.tar.bz2,.tar.xz",
+                            "data-field": name});
+  const perClass = el("input", {type: "number", min: 1, max: 500, value: 20, title: "images per class",
+                                style: "flex: 0 0 4.5em"});
+  const show = () => { file.hidden = select.value !== ARCHIVE; perClass.hidden = !file.hidden; };
+  select.addEventListener("change", show);
+  select.value = p.builtins[0];
+  show();
+  return {
+    node: el("span", {class: "with-button"}, select, file, perClass),
+    get: () => {
+      if (select.value !== ARCHIVE) return {builtin: select.value, per_class: parseInt(perClass.value, 10)};
+      if (!file.files[0]) throw new Error("Dataset: pick an archive, or a built-in set");
+      return {file: file.files[0]};
+    },
+    set: (v) => {
+      if (v && v.builtin) { select.value = v.builtin; perClass.value = v.per_class ?? 20; }
+      else select.value = ARCHIVE;
+      show();
     },
   };
 }
@@ -140,6 +170,8 @@ export function buildForm(container, schema, {initial = {}, onImage} = {}) {
         },
         set: (v) => (v || []).forEach((x, i) => parts[i]?.set(x)),
       };
+    } else if (isArchive(p)) {
+      control = datasetInput(name, p);
     } else {
       control = scalarInput(name, p, initial[name]);
     }

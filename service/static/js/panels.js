@@ -9,7 +9,8 @@ const placeholder = (v) => typeof v === "string" && /^<\d+ characters>$/.test(v)
 
 function params(input) {
   return Object.entries(input || {}).filter(([, v]) => v !== null && v !== undefined).map(([k, v]) => {
-    const shown = placeholder(v) ? "image" : Array.isArray(v) ? v.map((x) => placeholder(x) ? "image" : x).join(", ") : String(v);
+    const shown = placeholder(v) ? "image" : Array.isArray(v) ? v.map((x) => placeholder(x) ? "image" : x).join(", ")
+      : typeof v === "object" ? Object.values(v).join(" ") : String(v);  // {upload: id}, {builtin, per_class}
     return el("span", {class: "chip"}, `${k}: ${shown}`);
   });
 }

@@ -47,6 +47,20 @@ function classify(out, inputSrc) {
   return el("div", {class: "pair", "data-result": "classify"}, input, bars);
 }
 
+// A finetune job: the new model (served now, under classify), its figures, its weights.
+function finetune(out) {
+  const m = out.metrics || {};
+  const resumed = out.resumed_from_epoch ? ` (resumed after epoch ${out.resumed_from_epoch})` : "";
+  const rows = [["model", out.model.name], ["base", `${out.model.base_model} · ${out.model.mode}`],
+                ["classes", out.model.labels.join(", ")], ["validation accuracy", m.val_accuracy ?? "—"],
+                ["training accuracy", m.train_accuracy], ["epochs", m.epochs_run],
+                ["trainable parameters", m.trainable_parameters], ["steps", `${out.steps}${resumed}`]];
+  return el("div", {class: "finetune", "data-result": "finetune"},
+    el("table", {class: "table"}, rows.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, String(v))))),
+    el("p", {class: "note"}, `${out.model.name} is served now: pick it under classify. `,
+       downloadLink(out.weights, "weights", "model.safetensors")));
+}
+
 function loadImage(src) {
   return new Promise((ok, fail) => {
     const img = new Image();
@@ -140,6 +154,7 @@ export function renderOutput(kind, out, {inputSrc} = {}) {
   if (kind === "classify") return classify(out, inputSrc);
   if (kind === "segment") return segment(out, inputSrc);
   if (kind === "reconstruct") return reconstruct(out, inputSrc);
+  if (kind === "finetune") return finetune(out);
   if (out.images) return images(out);
   return el("pre", {}, JSON.stringify(out, null, 2));
 }

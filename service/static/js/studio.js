@@ -2,7 +2,7 @@
 // watch status, progress and previews, cancel; a reload reattaches to the job it was
 // following (resuming its event stream after the last event seen).
 
-import {ApiError, blobUrl, call, follow, key} from "./api.js";
+import {ApiError, blobUrl, call, follow, key, upload} from "./api.js";
 import {buildForm, el} from "./form.js";
 import {renderOutput} from "./results.js";
 import {renderCards, renderHistory, startOps} from "./panels.js";
@@ -101,6 +101,14 @@ function setProgress(step, total) {
   $("progress-text").textContent = total ? `step ${step} / ${total}` : "";
 }
 
+function setTraining(event, d) {
+  // a finetune job: the step's loss and accuracy, or the epoch's validation accuracy
+  const acc = event === "epoch" && d.val_accuracy != null ? ` · val acc ${d.val_accuracy}`
+    : ` · train acc ${d.train_accuracy}`;
+  const eta = d.eta_s != null ? ` · ETA ${Math.round(d.eta_s)} s` : "";
+  $("progress-text").textContent = `epoch ${d.epoch}/${d.epochs} · step ${d.step}/${d.steps} · loss ${d.loss}${acc}${eta}`;
+}
+
 function setQueue(queue) {
   // where a queued job stands: position on its queue and, once workers have run times, an ETA
   if (!queue || $("status").textContent !== "queued") return;
@@ -158,6 +166,7 @@ export async function attach(job, {after = 0, inputSrc = null} = {}) {
       state.job.last = id;
       if (event === "status") setStatus(data.status);
       else if (event === "progress") setProgress(data.step, data.total);
+      else if (event === "train" || event === "epoch") setTraining(event, data);
       else if (event === "queue") setQueue(data);
       else if (event === "preview") showPreview(job.id, data);
       else if (event === "error") showError("run-error", new ApiError(0, data.code, data.message));
@@ -170,6 +179,10 @@ export async function attach(job, {after = 0, inputSrc = null} = {}) {
   if (abort.signal.aborted) return;
   const final = await call(`/v1/jobs/${job.id}`);
   showJob(final, inputSrc);
+  if (final.kind === "finetune" && final.status === "succeeded") {  // the new model: try it
+    await loadModels();
+    if (state.kind === final.kind) state.form.set(final.input || {});
+  }
   refreshHistory();
   window.dispatchEvent(new Event("convoy:job-ended"));
 }
@@ -182,6 +195,12 @@ async function run() {
   try { input = state.form.values(); } catch (e) { showError("form-error", e); return; }
   $("run").disabled = true;
   try {
+    for (const [name, v] of Object.entries(input)) {  // files (a finetune archive) go first
+      if (v && v.file instanceof File) {
+        $("form-note").textContent = `uploading ${v.file.name}…`;
+        input[name] = {upload: await upload(v.file)};
+      }
+    }
     const job = await call("/v1/jobs", {method: "POST", body: {kind: state.kind, model: state.model.name, input}});
     $("form-note").textContent = `submitted ${job.id}`;
     refreshHistory();
