@@ -6,6 +6,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY workers ./workers
 COPY models ./models
+COPY bench ./bench
 RUN pip install --no-cache-dir .
 EXPOSE 8000
 CMD ["convoy", "serve", "--host", "0.0.0.0", "--no-worker"]

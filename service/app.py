@@ -120,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     store = open_store(settings)
     celery = make_celery(settings)
     hub = EventHub(store)
+    lifecycle = Lifecycle.open(settings, store)
     state = State(
         settings=settings,
         store=store,
@@ -129,9 +130,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
         waiters=Waiters(store, hub),
         submitter=Submitter.for_celery(store, celery, settings.max_queued_per_owner,
-                                       settings.max_queue_depth),
+                                       settings.max_queue_depth, lifecycle.enqueued),
         outbox=open_outbox(store),
-        lifecycle=Lifecycle.open(settings, store),
+        lifecycle=lifecycle,
         hub=hub,
         open_per_key=OpenPerKey(settings.max_streams_per_key),
         blobs=open_blobs(settings),

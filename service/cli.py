@@ -12,12 +12,12 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from service.bench import register as _register_bench
+from bench.cli import register as _register_bench
 from service.cli_client import UsageError
 from service.cli_client import register as _register_client
 from service.client import ConvoyClientError
@@ -60,6 +60,8 @@ def serve(
     port: Annotated[int, typer.Option(envvar="CONVOY_PORT")] = 8000,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="API only")] = False,
     insecure: Annotated[bool, typer.Option("--insecure", help="public bind without keys")] = False,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, help="API processes on the port (for hosts with many cores)")] = 1,
 ) -> None:
     """Start the API (and, unless --no-worker, one worker process beside it)."""
     import uvicorn
@@ -69,7 +71,9 @@ def serve(
     from workers.settings import Settings, UnsafeSettings
 
     _logging()
-    settings = Settings(insecure=True) if insecure else Settings()
+    if insecure:  # the environment carries it to API processes that uvicorn spawns
+        os.environ["CONVOY_INSECURE"] = "true"
+    settings = Settings()
     try:
         settings.check_bind(host)
     except UnsafeSettings as e:
@@ -81,7 +85,7 @@ def serve(
     mode = "embedded (SQLite + local broker under " + str(settings.data_dir) + ")" \
         if settings.embedded else "distributed (Redis)"
     console.print(f"convoy on http://{host}:{port} — {mode}")
-    app = create_app(settings)
+    app = create_app(settings) if workers == 1 else None
     worker = None
     if not no_worker and importlib.util.find_spec("torch") is None:
         console.print("No worker: this install has no torch (pip install 'convoy[worker]'); "
@@ -92,16 +96,45 @@ def serve(
 
         worker = WorkerChild([sys.executable, "-m", "service.cli", "worker"],
                              max_delay_s=settings.worker_restart_max_s)
-        app.state.worker_child = worker
+        if app is not None:
+            app.state.worker_child = worker
         worker.start()
     sys.setswitchinterval(settings.switch_interval_s)  # as the worker does
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning",
-                    timeout_graceful_shutdown=5,
-                    http=timed_protocol(settings.header_timeout_s, settings.body_timeout_s))
+        if app is not None:
+            uvicorn.run(app, host=host, port=port, log_level="warning",
+                        timeout_graceful_shutdown=5,
+                        http=timed_protocol(settings.header_timeout_s, settings.body_timeout_s))
+        else:  # uvicorn spawns the processes, which import the app and protocol by name
+            uvicorn.run("service.cli:api_process_app", factory=True, workers=workers,
+                        host=host, port=port, log_level="warning", timeout_graceful_shutdown=5,
+                        http="service.cli:TimedProtocol")
     finally:
         if worker is not None:
             worker.stop(signal.SIGTERM)
+
+
+def api_process_app() -> Any:
+    """The app of one of ``serve --workers N``'s API processes, from the environment's
+    settings (each process has its own store connections and finish subscription)."""
+    from service.app import create_app
+    from workers.settings import Settings
+
+    settings = Settings()
+    sys.setswitchinterval(settings.switch_interval_s)
+    return create_app(settings)
+
+
+def __getattr__(name: str) -> Any:
+    """``TimedProtocol``: the HTTP protocol with the read timeouts of the environment's
+    settings, for the API processes uvicorn spawns (they import it by name)."""
+    if name != "TimedProtocol":
+        raise AttributeError(name)
+    from service.http import timed_protocol
+    from workers.settings import Settings
+
+    settings = Settings()
+    return timed_protocol(settings.header_timeout_s, settings.body_timeout_s)
 
 
 @app.command()

@@ -15,7 +15,7 @@ from typing import Any
 from workers.errors import InvalidInput, RateLimited
 from workers.metering import Meter, open_meter, period_start
 from workers.queue_eta import QueueEstimator
-from workers.queue_order import QueueOrder, created_at, open_order
+from workers.queue_order import Entry, QueueOrder, created_at, open_order
 from workers.settings import Settings, limits_of
 from workers.store import Job, JobStore, StoreUnavailable
 
@@ -49,10 +49,10 @@ class Lifecycle:
                                   " device-seconds in this period", retry_after=max(1.0, retry))
         return {"priority": priority}
 
-    def enqueued(self, job: Job) -> None:
-        """Put a created job in its queue's order."""
-        if self.order is not None:
-            self.order.add(job.queue, job.id, job.priority, created_at(job))
+    def enqueued(self, jobs: list[Job]) -> None:
+        """Put jobs about to be recorded in their queues' order (one store step)."""
+        if self.order is not None and jobs:
+            self.order.add([(j.queue, Entry(j.id, j.priority, created_at(j))) for j in jobs])
 
     def decorate(self, records: list[dict[str, Any]], jobs: list[Job]
                  ) -> list[dict[str, Any]]:

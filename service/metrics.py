@@ -49,5 +49,6 @@ class WorkerCollector(Collector):
                                         sum_value=agg["sum"])
 
 
-def render(store: JobStore) -> bytes:
+def render() -> bytes:
+    """The API's counters and the live workers' reports, as Prometheus text."""
     return generate_latest(REGISTRY)

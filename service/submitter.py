@@ -35,9 +35,11 @@ class Submitter:
     max_group = 256
 
     def __init__(self, store: JobStore, send: Callable[[list[str], str], None],
-                 max_mine: int, max_all: int) -> None:
+                 max_mine: int, max_all: int,
+                 index: Callable[[list[Job]], None] | None = None) -> None:
         self.store = store
         self.send = send
+        self.index = index  # puts a group in the queue order before its records and message
         self.max_mine = max_mine
         self.max_all = max_all
         self._pending: list[tuple[Job, asyncio.Future[Accepted]]] = []
@@ -45,8 +47,10 @@ class Submitter:
         self._drainer: asyncio.Task[None] | None = None
 
     @classmethod
-    def for_celery(cls, store: JobStore, app: Any, max_mine: int, max_all: int) -> Submitter:
-        return cls(store, lambda ids, queue: dispatch(app, ids, queue), max_mine, max_all)
+    def for_celery(cls, store: JobStore, app: Any, max_mine: int, max_all: int,
+                   index: Callable[[list[Job]], None] | None = None) -> Submitter:
+        return cls(store, lambda ids, queue: dispatch(app, ids, queue), max_mine, max_all,
+                   index)
 
     async def submit(self, job: Job) -> tuple[Job, bool]:
         """Record and queue the job; (its record, True), or (the record that holds its id
@@ -83,6 +87,8 @@ class Submitter:
             self._writing = False
 
     def _write(self, jobs: list[Job]) -> list[Accepted | Exception]:
+        if self.index is not None:
+            self.index(jobs)
         queues: dict[str, list[str]] = {}
         for job in jobs:
             queues.setdefault(job.queue, []).append(job.id)

@@ -1,12 +1,11 @@
-"""Real processes for integration tests: the API under uvicorn and ``convoy worker``s."""
+"""Real processes for integration tests: the API under uvicorn and ``convoy worker``s,
+started by the launcher the benchmarks use (``bench.processes``)."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from bench.processes import Processes, free_port, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,12 +47,6 @@ description = "test model: kills its worker"
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Service:
     """An API process and any number of worker processes sharing one store and broker."""
 
@@ -77,15 +72,13 @@ class Service:
         self.env.pop("CONVOY_REDIS_URL", None)
         if redis_url:
             self.env["CONVOY_REDIS_URL"] = redis_url
+        self.processes = Processes(tmp, self.env, cwd=ROOT)
+        self.logs = self.processes.logs  # one per process started, in order
         self.api: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
-        self.logs: list[Path] = []
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log = self.tmp / f"{name}-{len(self.logs)}.log"
-        self.logs.append(log)
-        return subprocess.Popen([sys.executable, "-m", "service.cli", *args], cwd=ROOT,
-                                env=self.env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+        return self.processes.spawn(name, ["-m", "service.cli", *args])
 
     def start_api(self) -> None:
         self.api = self._spawn("api", ["serve", "--no-worker", "--port", str(self.port)])
@@ -107,19 +100,10 @@ class Service:
             return set()
 
     def _wait(self, ok: Any, what: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if ok():
-                    return
-            except (httpx.HTTPError, OSError):
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{what} did not come up; logs:\n{self.tail()}")
+        self.processes.wait_until(ok, what, timeout, errors=(httpx.HTTPError, OSError))
 
     def tail(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
-                         for p in self.logs if p.exists())
+        return self.processes.tail()
 
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -138,12 +122,8 @@ class Service:
 
     def stop(self) -> None:
         self.kill_workers(signal.SIGKILL)
-        if self.api is not None and self.api.poll() is None:
-            self.api.terminate()
-            try:
-                self.api.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.api.kill()
+        if self.api is not None:
+            stop(self.api, timeout=10)
 
 
 def wait_status(client: httpx.Client, job_id: str, statuses: tuple[str, ...],

@@ -115,8 +115,8 @@ class Reporter:
 
 @dataclass
 class BatchStats:
-    batches: int = 0
-    items: int = 0
+    batches: int = 0  # batches run so far
+    items: int = 0  # requests in them
 
 
 class Batcher:

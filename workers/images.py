@@ -5,6 +5,11 @@ A lossless WebP or PNG of flat colour declaring 4096x4096 is under 1 KB and deco
 (more with the copies made on the way): the header bound alone lets sixteen such requests
 in flight take gigabytes. The budget makes the decodes past it wait their turn (and the API
 answers 503 with Retry-After when the wait is over ``wait_s``).
+
+The API's event loop decodes small images itself (``small_decodes_only``): handing a
+thumbnail to a worker thread and back costs more CPU than decoding it. Anything larger, or
+anything that would wait for the budget, raises ``WouldBlock`` there instead, and goes to a
+worker thread.
 """
 
 from __future__ import annotations
@@ -24,8 +29,27 @@ from PIL import Image
 from workers.errors import InvalidInput, Unavailable, UnsupportedMediaType
 
 ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP", "BMP"}
+INLINE_PIXELS = 128 * 128  # decodes in a fraction of a millisecond: fine on the event loop
 _DATA_URL = re.compile(r"^data:([\w/+.-]+);base64,", re.IGNORECASE)
 Image.MAX_IMAGE_PIXELS = None  # we bound pixels ourselves, with a clear error
+
+
+class WouldBlock(Exception):
+    """A decode under ``small_decodes_only`` would take long or wait for the budget."""
+
+
+_small = threading.local()
+
+
+@contextmanager
+def small_decodes_only() -> Iterator[None]:
+    """On this thread, within the block, decode only images of at most INLINE_PIXELS that
+    need not wait for the budget; raise WouldBlock for any other (before decoding it)."""
+    _small.on = True
+    try:
+        yield
+    finally:
+        _small.on = False
 
 
 class DecodeBudget:
@@ -48,6 +72,8 @@ class DecodeBudget:
     def hold(self, pixels: int) -> Iterator[None]:
         """Hold ``pixels`` of the budget; Unavailable when it stays taken past ``wait_s``."""
         with self._cond:
+            if self.used and self.used + pixels > self.pixels and getattr(_small, "on", False):
+                raise WouldBlock("the decode budget is in use")
             deadline = None if self.wait_s is None else time.monotonic() + self.wait_s
             while self.used and self.used + pixels > self.pixels:
                 left = None if deadline is None else deadline - time.monotonic()
@@ -106,6 +132,8 @@ def decode_image(value: str, max_pixels: int, field: str = "image",
         raise InvalidInput(
             f"{field} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
         )
+    if width * height > INLINE_PIXELS and getattr(_small, "on", False):
+        raise WouldBlock(f"{field} is too large to decode here")
     with (budget or DECODE_BUDGET).hold(width * height):
         try:
             image.load()

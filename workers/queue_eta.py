@@ -81,6 +81,7 @@ class QueueEstimator:
     def __init__(self, store: JobStore, order: QueueOrder, ttl_s: float = 1.0) -> None:
         self.store, self.order, self.ttl_s = store, order, ttl_s
         self._cache: dict[str, QueueState] = {}
+        self._models: dict[str, dict[str, str]] = {}  # queue → queued job id → its model
         self._lock = threading.Lock()
 
     def state(self, queue: str, fresh: bool = False) -> QueueState:
@@ -125,11 +126,16 @@ class QueueEstimator:
             else:
                 left = max(0.0, mean_run.get(job.model, 0.0) - elapsed)
             busy[worker] = max(busy.get(worker, 0.0), left)
+        known = self._models.get(queue, {})  # a job's model never changes: read it once
         models = {}
         for e in entries:
-            job = self.store.get(e.job_id)
-            if job is not None:
-                models[e.job_id] = job.model
+            if e.job_id not in known:
+                job = self.store.get(e.job_id)
+                if job is None:
+                    continue
+                known[e.job_id] = job.model
+            models[e.job_id] = known[e.job_id]
+        self._models[queue] = models  # jobs that left the queue are forgotten
         return QueueState(now, [e.job_id for e in entries], models, mean_job, mean_run,
                           len(workers), sum(busy.values()),
                           created={e.job_id: e.created for e in entries})

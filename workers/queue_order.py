@@ -56,23 +56,13 @@ class QueueOrder(ABC):
         self.starvation_s = starvation_s
 
     @abstractmethod
-    def add(self, queue: str, job_id: str, priority: int, created: float) -> None: ...
+    def add(self, entries: list[tuple[str, Entry]]) -> None:
+        """Index jobs, each (its queue, its entry), in one store step; a job taken already
+        is not indexed again."""
 
     @abstractmethod
     def entries(self, queue: str) -> list[Entry]:
         """The queue's indexed jobs that are still queued, best first."""
-
-    @abstractmethod
-    def _reserve(self, queue: str, own: str | None) -> str | None:
-        """Take the best queued job of ``queue`` out of the index; mark it as run by another
-        message unless it is ``own``."""
-
-    @abstractmethod
-    def _token(self, job_id: str) -> tuple[str | None, str]:
-        """What a message naming ``job_id`` is: (its queue, 'free') if another message ran
-        the job (the mark is used up); (its queue, 'own') if the job waits in the index;
-        (None, 'taken') if the job was taken already (a message sent twice); (None,
-        'unknown') if the job is not indexed."""
 
     @abstractmethod
     def queues(self) -> list[str]:
@@ -86,26 +76,14 @@ class QueueOrder(ABC):
     def lead(self, name: str, holder: str, ttl_s: float) -> bool:
         """Whether ``holder`` holds (or now takes) the lease ``name`` for ``ttl_s`` more."""
 
+    @abstractmethod
     def pick(self, job_ids: list[str], store: JobStore | None = None) -> list[str]:
-        """The jobs to run for a message that named ``job_ids``. A job missing from the index
+        """The jobs to run for a message that named ``job_ids``, in order: for each, the
+        best queued job of its queue, taken out of the index. A job missing from the index
         (submitted past the API, or its entry dropped before it was created) is run by its
         own message; one taken already (a message sent again, a job queued again after its
-        worker died) too."""
-        out = []
-        for job_id in job_ids:
-            try:
-                queue, kind = self._token(job_id)
-                if kind == "taken":
-                    out.append(job_id)
-                    continue
-                if queue is None:  # not indexed (the API indexes a job before its message
-                    out.append(job_id)  # exists): its message runs it, as without an index
-                    continue
-                best = self._reserve(queue, None if kind == "free" else job_id)
-            except StoreUnavailable:
-                best = None
-            out.append(best or job_id)
-        return out
+        worker died) too. A message whose job another message ran is a token: it runs the
+        best job left."""
 
     def positions(self, queue: str) -> dict[str, int]:
         """Job id → 1-based position among the queue's queued jobs."""
@@ -143,10 +121,11 @@ class SQLiteOrder(QueueOrder):
             self._local.db = db
         return db
 
-    def add(self, queue: str, job_id: str, priority: int, created: float) -> None:
+    def add(self, entries: list[tuple[str, Entry]]) -> None:
         try:
-            self._db().execute("INSERT OR IGNORE INTO queue_order VALUES (?, ?, ?, ?, 0)",
-                               (job_id, queue, priority, created))
+            self._db().executemany(
+                "INSERT OR IGNORE INTO queue_order VALUES (?, ?, ?, ?, 0)",
+                [(e.job_id, queue, e.priority, e.created) for queue, e in entries])
         except sqlite3.OperationalError as e:
             raise StoreUnavailable(f"sqlite: {e}") from e
 
@@ -181,7 +160,28 @@ class SQLiteOrder(QueueOrder):
             return False
         return cur.rowcount == 1
 
+    def pick(self, job_ids: list[str], store: JobStore | None = None) -> list[str]:
+        out = []
+        for job_id in job_ids:
+            try:
+                queue, kind = self._token(job_id)
+                if kind == "taken":
+                    out.append(job_id)
+                    continue
+                if queue is None:  # not indexed (the API indexes a job before its message
+                    out.append(job_id)  # exists): its message runs it, as without an index
+                    continue
+                best = self._reserve(queue, None if kind == "free" else job_id)
+            except StoreUnavailable:
+                best = None
+            out.append(best or job_id)
+        return out
+
     def _token(self, job_id: str) -> tuple[str | None, str]:
+        """What a message naming ``job_id`` is: (its queue, 'free') if another message ran
+        the job (the mark is used up); (its queue, 'own') if the job waits in the index;
+        (None, 'taken') if the job was taken already (a message sent twice); (None,
+        'unknown') if the job is not indexed."""
         db = self._db()
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -201,6 +201,8 @@ class SQLiteOrder(QueueOrder):
         return (None, "taken") if row[1] else (str(row[0]), "own")
 
     def _reserve(self, queue: str, own: str | None) -> str | None:
+        """Take the best queued job of ``queue`` out of the index; mark it as run by another
+        message unless it is ``own``."""
         db = self._db()
         bound = time.time() - self.starvation_s
         try:
@@ -220,30 +222,51 @@ class SQLiteOrder(QueueOrder):
 
 
 _P = "convoy:order:"
-# KEYS: the queue's level sets (priority 0 .. MAX), the queued set. ARGV: now, starvation,
-# own id ('' for none), token prefix, queue, ttl. → the job taken, or nil
-_RESERVE = """
-local top, topkey, old, oldkey, oldscore
-for i = #KEYS - 1, 1, -1 do
-  while true do
-    local h = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
-    if #h == 0 then break end
-    if redis.call('SISMEMBER', KEYS[#KEYS], h[1]) == 1 then
-      if not top then top, topkey = h[1], KEYS[i] end
-      if not old or tonumber(h[2]) < oldscore then old, oldkey, oldscore = h[1], KEYS[i], tonumber(h[2]) end
-      break
+# A message's picks in one step. ARGV: now, starvation, key prefix, ttl, the highest
+# priority, then the message's job ids. For each id, as ``SQLiteOrder.pick`` does it: a token
+# mark left by another message ('free': take the best job of the queue), or the job still in
+# the index ('own': take the best, which may be itself), or else the job runs itself. Taking a
+# job other than the message's own leaves that job's message a token. → the job to run for
+# each id, in order
+_PICK = """
+local now, starve, P, ttl, top = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4],
+                                 tonumber(ARGV[5])
+local function reserve(queue, own)
+  local best, bestkey, old, oldkey, oldscore
+  for p = top, 0, -1 do
+    local key = P .. queue .. ':' .. p
+    while true do
+      local h = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      if #h == 0 then break end
+      if redis.call('SISMEMBER', 'convoy:queued', h[1]) == 1 then
+        if not best then best, bestkey = h[1], key end
+        if not old or tonumber(h[2]) < oldscore then old, oldkey, oldscore = h[1], key, tonumber(h[2]) end
+        break
+      end
+      redis.call('ZREM', key, h[1]); redis.call('HDEL', P .. 'where', h[1])
     end
-    redis.call('ZREM', KEYS[i], h[1]); redis.call('HDEL', ARGV[4] .. 'where', h[1])
   end
+  if old and now - oldscore > starve then best, bestkey = old, oldkey end
+  if not best then return false end
+  redis.call('ZREM', bestkey, best)
+  redis.call('HDEL', P .. 'where', best)
+  redis.call('SET', P .. 'taken:' .. best, 1, 'EX', ttl)
+  if best ~= own then redis.call('SET', P .. 'token:' .. best, queue, 'EX', ttl) end
+  return best
 end
-local pick, key = top, topkey
-if old and tonumber(ARGV[1]) - oldscore > tonumber(ARGV[2]) then pick, key = old, oldkey end
-if not pick then return false end
-redis.call('ZREM', key, pick)
-redis.call('HDEL', ARGV[4] .. 'where', pick)
-redis.call('SET', ARGV[4] .. 'taken:' .. pick, 1, 'EX', ARGV[6])
-if pick ~= ARGV[3] then redis.call('SET', ARGV[4] .. 'token:' .. pick, ARGV[5], 'EX', ARGV[6]) end
-return pick
+local out = {}
+for i = 6, #ARGV do
+  local id, picked = ARGV[i], false
+  local queue = redis.call('GETDEL', P .. 'token:' .. id)
+  if queue then
+    picked = reserve(queue, '')
+  else
+    queue = redis.call('HGET', P .. 'where', id)
+    if queue then picked = reserve(queue, id) end
+  end
+  out[#out + 1] = picked or id
+end
+return out
 """
 
 
@@ -258,31 +281,16 @@ return 1
 """
 
 
-# KEYS: the job's token mark, the where hash, the job's taken mark. ARGV: id.
-# → {kind, queue}: as ``QueueOrder._token``, in one step
-_TOKEN = """
-local q = redis.call('GETDEL', KEYS[1])
-if q then return {'free', q} end
-q = redis.call('HGET', KEYS[2], ARGV[1])
-if q then return {'own', q} end
-if redis.call('EXISTS', KEYS[3]) == 1 then return {'taken', false} end
-return {'unknown', false}
-"""
-
-
 class RedisOrder(QueueOrder):
     def __init__(self, client: Any, starvation_s: float, retention_s: int) -> None:
-        import redis
-
         from workers.store.redis_errors import REDIS_ERRORS
 
         super().__init__(starvation_s)
         self.r = client
         self.retention_s = retention_s
         self._errors = REDIS_ERRORS
-        self._reserve_script = client.register_script(_RESERVE)
+        self._pick_script = client.register_script(_PICK)
         self._add_script = client.register_script(_ADD)
-        self._token_script = client.register_script(_TOKEN)
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -294,10 +302,13 @@ class RedisOrder(QueueOrder):
     def _levels(queue: str) -> list[str]:
         return [f"{_P}{queue}:{p}" for p in range(MAX_PRIORITY + 1)]
 
-    def add(self, queue: str, job_id: str, priority: int, created: float) -> None:
-        self._call(self._add_script, keys=[f"{_P}{queue}:{priority}", f"{_P}where",
-                                           f"{_P}queues", f"{_P}taken:{job_id}"],
-                   args=[job_id, created, queue])
+    def add(self, entries: list[tuple[str, Entry]]) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for queue, e in entries:
+            self._add_script(keys=[f"{_P}{queue}:{e.priority}", f"{_P}where", f"{_P}queues",
+                                   f"{_P}taken:{e.job_id}"],
+                             args=[e.job_id, e.created, queue], client=pipe)
+        self._call(pipe.execute)
 
     def queues(self) -> list[str]:
         return sorted(q.decode() for q in self._call(self.r.smembers, f"{_P}queues"))
@@ -341,16 +352,14 @@ class RedisOrder(QueueOrder):
         return sorted((e for e, q in zip(found, queued, strict=True) if q),
                       key=lambda e: rank(e, now, self.starvation_s))
 
-    def _token(self, job_id: str) -> tuple[str | None, str]:
-        kind, queue = self._call(self._token_script, keys=[
-            f"{_P}token:{job_id}", f"{_P}where", f"{_P}taken:{job_id}"], args=[job_id])
-        return (queue.decode() if queue else None), kind.decode()
-
-    def _reserve(self, queue: str, own: str | None) -> str | None:
-        got = self._call(self._reserve_script, keys=[*self._levels(queue), "convoy:queued"],
-                         args=[time.time(), self.starvation_s, own or "", _P, queue,
-                               self.retention_s])
-        return got.decode() if got else None
+    def pick(self, job_ids: list[str], store: JobStore | None = None) -> list[str]:
+        """One round trip for the whole message (a script), however many jobs it names."""
+        try:
+            picked = self._call(self._pick_script, args=[
+                time.time(), self.starvation_s, _P, self.retention_s, MAX_PRIORITY, *job_ids])
+        except StoreUnavailable:
+            return list(job_ids)
+        return [p.decode() for p in picked]
 
 
 def open_order(store: JobStore, starvation_s: float) -> QueueOrder | None:

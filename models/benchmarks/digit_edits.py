@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.benchmarks.digit_judge import judge, load_judge, noise_figures, real_roughness
 from models.data.digits import load_digits_split
+from models.evaluation.digit_judge import judge, load_judge, noise_figures, real_roughness
 from models.images import to_pil
 from models.kinds.generate import GenerateArgs
 from models.predictor import Request

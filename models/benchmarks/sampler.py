@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from models.benchmarks.digit_judge import (
+from models.checkpoint import load_model
+from models.evaluation.digit_judge import (
     conditional_accuracy,
     frechet_distance,
     judge,
@@ -30,7 +31,6 @@ from models.benchmarks.digit_judge import (
     real_roughness,
     real_test_features,
 )
-from models.checkpoint import load_model
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 ROWS = [("ddpm", 1000), ("ddim", 50), ("dpmpp", 20), ("dpmpp", 10), ("euler", 20)]

@@ -25,15 +25,6 @@ from typing import Any
 
 import torch
 
-from models.benchmarks.digit_judge import (
-    conditional_accuracy,
-    frechet_distance,
-    judge,
-    load_judge,
-    noise_figures,
-    real_roughness,
-    real_test_features,
-)
 from models.checkpoint import config_dict, save_checkpoint
 from models.data.digits import LABELS, load_digits_split
 from models.diffusion import (
@@ -44,6 +35,15 @@ from models.diffusion import (
     per_image_noise,
     sample_loop,
     to_output_size,
+)
+from models.evaluation.digit_judge import (
+    conditional_accuracy,
+    frechet_distance,
+    judge,
+    load_judge,
+    noise_figures,
+    real_roughness,
+    real_test_features,
 )
 from models.registry import register_trainer
 from models.training.loop import batches, seed_everything, train_epochs

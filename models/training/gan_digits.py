@@ -15,15 +15,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from models.benchmarks.digit_judge import (
+from models.checkpoint import config_dict, save_checkpoint
+from models.data.digits import LABELS, augment, load_digits_split
+from models.evaluation.digit_judge import (
     conditional_accuracy,
     frechet_distance,
     judge,
     load_judge,
     real_test_features,
 )
-from models.checkpoint import config_dict, save_checkpoint
-from models.data.digits import LABELS, augment, load_digits_split
 from models.gan import DCGANConfig, Discriminator, Generator, latent_for_seed
 from models.registry import register_trainer
 from models.training.loop import batches, seed_everything, train_epochs

@@ -72,6 +72,6 @@ def readyz(state: StateDep, request: Request) -> JSONResponse:
 
 @router.get("/metrics", response_class=Response, operation_id="metrics",
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
-def metrics(state: StateDep) -> Response:
+def metrics() -> Response:
     """Prometheus text: jobs by kind, model and status, queue wait, run time, batches, workers."""
-    return Response(render(state.store), media_type="text/plain; version=0.0.4")
+    return Response(render(), media_type="text/plain; version=0.0.4")

@@ -47,6 +47,7 @@ from workers.errors import (
     RateLimited,
     Unavailable,
 )
+from workers.images import WouldBlock, small_decodes_only
 from workers.inputs import stash_inputs, upload_sizes
 from workers.metering import delete_job as delete_job_data
 from workers.settings import new_id
@@ -74,7 +75,7 @@ def _prefer_wait(prefer: str | None, limit: float) -> float:
     return min(float(match.group(1)), limit) if match else 0.0
 
 
-INLINE_CHECK_BYTES = 8 * 1024  # smaller bodies without images are checked on the event loop
+INLINE_CHECK_BYTES = 8 * 1024  # smaller bodies are checked on the event loop (small images too)
 MAX_FIELDS = 64  # more keys than any kind's schema has: refused before validation
 # Threads that parse, check and decode submissions (a decode may wait for the budget): a
 # burst of them must leave threads for everything else.
@@ -102,8 +103,8 @@ async def submit(
     the model's own limits (``GET /v1/models``) may be tighter than the schema's bounds.
 
     The key and its rate limit are checked before the body is read; the body is parsed,
-    validated and its images decoded on a worker thread (a small body without images on
-    the event loop), so that no body holds up other requests."""
+    validated and its images decoded on a worker thread (a small body whose images are at
+    most 128x128 on the event loop), so that no body holds up other requests."""
     retry = state.limiter.take(caller.key) if state.keys else 0.0
     if retry > 0:
         raise RateLimited("too many requests for this API key", retry_after=retry)
@@ -126,11 +127,15 @@ async def _submit_body(state: State, caller: Caller, raw: bytes, wait: float) ->
     else:
         body = await anyio.to_thread.run_sync(parse_job, raw, settings.max_error_details,
                                               limiter=CHECKS)
-    if body.id is None and len(raw) <= INLINE_CHECK_BYTES and not _has_images(body):
-        job, existing = _prepare(state, caller, body)
-    else:
-        job, existing = await anyio.to_thread.run_sync(_prepare, state, caller, body,
-                                                       limiter=CHECKS)
+    prepared = None
+    if body.id is None and len(raw) <= INLINE_CHECK_BYTES and not _has_uploads(body):
+        try:  # small images decode here: a thread hop would cost more than the decode
+            with small_decodes_only():
+                prepared = _prepare(state, caller, body)
+        except WouldBlock:
+            pass
+    job, existing = prepared or await anyio.to_thread.run_sync(
+        _prepare, state, caller, body, limiter=CHECKS)
     if job is None:
         return JSONResponse(existing.public(), status_code=200)
     with state.open_per_key.hold(caller.key) if wait > 0 else nullcontext():
@@ -146,7 +151,6 @@ async def _accept(state: State, caller: Caller, body: JobRequest, job: Job,
     settings = state.settings
     if job.webhook:
         await anyio.to_thread.run_sync(state.outbox.watch, job.id)  # before the job exists
-    await anyio.to_thread.run_sync(state.lifecycle.enqueued, job)  # before its message exists
     try:
         record, created = await state.submitter.submit(job)
     except QueueFull as e:
@@ -175,10 +179,12 @@ async def _accept(state: State, caller: Caller, body: JobRequest, job: Job,
     return JSONResponse(record.public(), status_code=202)
 
 
-def _has_images(body: JobRequest) -> bool:
+def _has_uploads(body: JobRequest) -> bool:
+    """Whether an image of the input names an upload (checking it reads the blob store)."""
     data = body.input
-    return any(getattr(data, name, None) is not None for name in (*IMAGE_FIELDS,
-                                                                  "interpolate_between"))
+    values = [getattr(data, name, None) for name in IMAGE_FIELDS]
+    values += list(getattr(data, "interpolate_between", None) or [])
+    return any(v is not None and not isinstance(v, str) for v in values)
 
 
 def parse_job(raw: bytes, max_errors: int) -> JobRequest:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.benchmarks.digit_judge import conditional_accuracy, frechet_distance
+from models.evaluation.digit_judge import conditional_accuracy, frechet_distance
 
 
 def test_frechet_distance_of_a_set_with_itself_is_zero() -> None:

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
+from service.lifecycle import Lifecycle
 from service.streams import EventHub
 from service.submitter import BrokerDown, Submitter
 from service.waiters import Waiters
 from tests.support.jobs import NO_LIMIT, job
+from workers.settings import Settings
 from workers.store import Job, Outcome
 from workers.store.base import QueueFull
 from workers.store.sqlite import SQLiteStore
@@ -51,6 +53,33 @@ def test_submissions_that_arrive_together_share_a_store_step_and_a_message(tmp_p
     assert store.groups == [1, 10]
     assert sent == [(["j0"], "convoy"), ([f"j{i}" for i in range(1, 11)], "convoy")]
     assert store.count_queued() == 11
+
+
+def test_a_group_enters_the_queue_order_in_one_step_before_its_records(tmp_path: Path
+                                                                      ) -> None:
+    from workers.queue_order import open_order
+
+    store = SlowStore(tmp_path / "s.db")
+    order = open_order(store, 300.0)
+    assert order is not None
+    indexed: list[list[str]] = []
+
+    def index(jobs: list[Job]) -> None:
+        assert all(store.get(j.id) is None for j in jobs)  # before the records (and message)
+        indexed.append([j.id for j in jobs])
+        Lifecycle(Settings(data_dir=tmp_path), order, None, None).enqueued(jobs)
+
+    submitter = Submitter(store, lambda ids, queue: None, 100, 100, index)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(submitter.submit(job("j0")))
+        await asyncio.sleep(0.01)
+        rest = [asyncio.ensure_future(submitter.submit(job(f"j{i}"))) for i in range(1, 6)]
+        await asyncio.gather(first, *rest)
+
+    asyncio.run(main())
+    assert indexed == [["j0"], [f"j{i}" for i in range(1, 6)]]
+    assert list(order.positions("convoy")) == [f"j{i}" for i in range(6)]
 
 
 def test_a_job_over_its_limit_is_refused_alone(tmp_path: Path) -> None:

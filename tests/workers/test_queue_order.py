@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.jobs import job, put
-from workers.queue_order import QueueOrder, open_order
+from workers.queue_order import Entry, QueueOrder, open_order
 from workers.store import Job, JobStore, Outcome
 from workers.store.sqlite import SQLiteStore
 
@@ -36,7 +36,7 @@ def submit(store: JobStore, order: QueueOrder, jid: str, priority: int = 0,
            created: float | None = None, index: bool = True) -> str:
     put(store, job(jid, owner="o", kind="generate", input={}, priority=priority))
     if index:
-        order.add("convoy", jid, priority, time.time() if created is None else created)
+        order.add([("convoy", Entry(jid, priority, time.time() if created is None else created))])
     return jid
 
 
@@ -138,3 +138,47 @@ def test_one_reporter_leads_at_a_time(store: JobStore) -> None:
     assert order.lead("x", "w1", 5.0) and order.lead("x", "w1", 5.0)
     assert not order.lead("x", "w2", 5.0)
     assert order.lead("x", "w2", 5.0) is False and order.lead("y", "w2", 5.0)
+
+
+def test_a_message_of_several_jobs_picks_as_messages_of_one_would(store: JobStore) -> None:
+    order = order_of(store)
+    lows = [submit(store, order, f"low-{i}") for i in range(4)]
+    highs = [submit(store, order, f"high-{i}", priority=5) for i in range(2)]
+    assert order.pick(lows[:3], store) == [*highs, lows[0]]
+    # the messages of the jobs run in their place are tokens: they take the best left
+    assert order.pick([highs[0], lows[0]], store) == lows[1:3]
+    assert order.pick([highs[1], lows[3]], store) == [lows[3], lows[3]]
+
+
+def test_redis_picks_a_whole_message_in_one_round_trip(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.store.redis import RedisStore
+
+    store = RedisStore(redis_url)
+    order = order_of(store)
+    jobs = [submit(store, order, f"j{i}") for i in range(10)]
+    calls: list[object] = []
+    real = order.r.execute_command  # type: ignore[attr-defined]
+    monkeypatch.setattr(order.r, "execute_command",  # type: ignore[attr-defined]
+                        lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    assert order.pick(jobs, store) == jobs
+    assert len(calls) == 1
+
+
+def test_queue_estimates_read_each_queued_job_once(store: JobStore,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.queue_eta import QueueEstimator
+
+    order = order_of(store)
+    jobs = [submit(store, order, f"q{i}") for i in range(5)]
+    estimator = QueueEstimator(store, order, ttl_s=0.0)
+    reads: list[str] = []
+    real = store.get
+    monkeypatch.setattr(store, "get", lambda job_id: reads.append(job_id) or real(job_id))
+    assert estimator.state("convoy").models == dict.fromkeys(jobs, "m")
+    assert sorted(reads) == jobs
+    run_message(store, order, jobs[0])  # it leaves the queue (and runs)
+    reads.clear()
+    later = submit(store, order, "later")
+    assert estimator.state("convoy").models == dict.fromkeys([*jobs[1:], later], "m")
+    assert reads == [later]  # the newcomer only

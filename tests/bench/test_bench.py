@@ -11,8 +11,9 @@ from typing import ClassVar
 
 import pytest
 
-from service.bench import pct
-from service.bench_stack import bench_redis_url, run_clients
+from bench.load import run_clients
+from bench.report import pct
+from bench.stack import bench_redis_url
 
 
 def test_the_bench_never_flushes_the_services_own_redis_database(
@@ -74,7 +75,8 @@ def test_the_load_generator_stops_at_a_job_that_did_not_succeed(jobs_server: str
 
 
 def test_the_trace_scenario_times_both_forwards_alone_and_in_company(tmp_path: Path) -> None:
-    from service.bench import BenchOptions, trace
+    from bench.report import BenchOptions
+    from bench.trace import trace
 
     result = trace(BenchOptions(out=tmp_path, scale=0.1, model="lenet5-digits"), batch=4)
     assert [r["busy_threads"] for r in result["rows"]] == [0, 2]

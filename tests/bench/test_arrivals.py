@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from service.bench_arrivals import _next_db, poisson_arrivals, replay
-from tests.service.test_bench import _Jobs, jobs_server  # noqa: F401  (a fixture)
+from bench.arrivals import _next_db, poisson_arrivals, replay
+from tests.bench.test_bench import _Jobs, jobs_server  # noqa: F401  (a fixture)
 
 
 def test_poisson_arrivals_have_the_asked_rate_and_repeat_with_their_seed() -> None:

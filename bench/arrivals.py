@@ -20,25 +20,18 @@ import contextlib
 import json
 import random
 import time
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
 from rich.table import Table
 
-from service.bench import (
-    GENERATE_MODEL,
-    BenchOptions,
-    _batch_counts,
-    _stack,
-    _write,
-    console,
-    generate,
-    ms,
-    pct,
-)
-from service.bench_stack import _request, _response, load_catalog, run_clients
+from bench.generate import GENERATE_MODEL, generate
+from bench.inprocess import load_catalog
+from bench.load import _request, _response, run_clients
+from bench.report import BenchOptions, console, ms, pct, write
+from bench.stack import Stack
+from bench.throughput import batch_counts
 
 MODES = (("static", "false"), ("step", "true"))  # label, CONVOY_STEP_BATCHING
 P50_TARGET = 0.6  # step-level p50 at most this share of static's
@@ -64,7 +57,8 @@ def replay(url: str, arrivals: list[float], body_for: Any) -> tuple[float, list[
 async def _replay(url: str, arrivals: list[float], body_for: Any) -> tuple[float, list[float]]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    requests = [_request(host, json.dumps(body_for(i)).encode()) for i in range(len(arrivals))]
+    requests = [_request(host, "/v1/jobs", {"Prefer": "wait=60"}, json.dumps(body_for(i)).encode())
+                for i in range(len(arrivals))]
     start = time.perf_counter() + 0.2
     done: list[float] = []
 
@@ -119,8 +113,9 @@ def open_loop(opts: BenchOptions, load: float = 0.7, steps: tuple[int, ...] = (2
         services = {}
         for k, (label, flag) in enumerate(MODES):  # in Redis mode: the bench's database, the next
             own = BenchOptions(**{**vars(opts), "redis_url": _next_db(opts.redis_url, k)})
-            services[label] = stacks.enter_context(
-                _stack(own, mode, entry.name, CONVOY_STEP_BATCHING=flag))
+            services[label] = stacks.enter_context(Stack(
+                mode, own.redis_url if mode == "redis" else None, device=opts.device,
+                env={"CONVOY_PRELOAD": entry.name, "CONVOY_STEP_BATCHING": flag}))
             services[label].start()
         clients = 2 * entry.max_batch
         for stack in services.values():
@@ -132,7 +127,7 @@ def open_loop(opts: BenchOptions, load: float = 0.7, steps: tuple[int, ...] = (2
         saturated = {label: 2 * n / seconds for label, seconds in busy.items()}
         capacity = saturated["static"]
         time.sleep(1.5)  # the warm-up's batches reach /metrics with the next heartbeat
-        before = {label: _batch_counts(s.url) for label, s in services.items()}
+        before = {label: batch_counts(s.url) for label, s in services.items()}
         spans: dict[str, float] = dict.fromkeys(services, 0.0)
         latencies: dict[str, list[float]] = {label: [] for label in services}
         for r in range(rounds):
@@ -145,7 +140,7 @@ def open_loop(opts: BenchOptions, load: float = 0.7, steps: tuple[int, ...] = (2
                 spans[label] += span
                 latencies[label] += lat
         time.sleep(1.5)
-        after = {label: _batch_counts(s.url) for label, s in services.items()}
+        after = {label: batch_counts(s.url) for label, s in services.items()}
     rows = []
     for label in services:
         lat = latencies[label]
@@ -179,49 +174,31 @@ def open_loop(opts: BenchOptions, load: float = 0.7, steps: tuple[int, ...] = (2
     result = {"scenario": "generate-poisson", "model": entry.name, "mode": mode,
               "steps": list(steps), "load": load, "capacity_jobs_per_s": capacity,
               "arrival_rate": rate, "seed": seed, "rounds": rounds, "rows": rows, **verdict}
-    _write(opts, "generate-poisson", result)
+    write(opts, "generate-poisson", result)
     return result
 
 
-def register_generate(app: Any, options: Any) -> None:
-    """The ``generate`` command: closed-loop images/s against in-process (the default), or
-    open-loop arrivals with ``--arrivals poisson``."""
-
-    @app.command("generate")
-    def run(
-        out: Annotated[Path, typer.Option(help="folder for the JSON results")] = Path("bench-out"),
-        device: Annotated[str, typer.Option(help="cpu | cuda | auto")] = "cpu",
-        redis_url: Annotated[str | None, typer.Option(
-            help="Redis database the bench flushes (default: --redis-db on the server of "
-                 "CONVOY_REDIS_URL, or the local one)")] = None,
-        redis_db: Annotated[int, typer.Option(
-            help="database number to flush and use (poisson: this one and the next)")] = 9,
-        modes: Annotated[str, typer.Option(help="embedded | redis (the last one is used)")
-                         ] = "redis",
-        scale: Annotated[float, typer.Option(help="multiplies the number of jobs")] = 1.0,
-        model: Annotated[str | None, typer.Option(help="another catalog model")] = None,
-        arrivals: Annotated[str, typer.Option(
-            help="closed: saturating clients, against in-process; poisson: open-loop "
-                 "arrivals, static against step-level batching")] = "closed",
-        load: Annotated[float, typer.Option(help="poisson: share of the measured capacity")
-                        ] = 0.7,
-        steps: Annotated[str, typer.Option(
-            help="sampling steps of every job; poisson: a comma-separated mix to draw each "
-                 "job's from")] = "20",
-        jobs: Annotated[int, typer.Option(help="poisson: jobs per batching mode")] = 150,
-        seed: Annotated[int, typer.Option(help="poisson: seed of the arrival times")] = 0,
-        rounds: Annotated[int, typer.Option(help="poisson: alternations of the two services")
-                          ] = 3,
-    ) -> None:
-        """Generate jobs: images/s against the sampling loop in-process (closed), or p50/p99
-        latency and throughput under Poisson arrivals, static against step-level batching."""
-        opts = options(out, device, redis_url, redis_db, modes, scale, model)
-        mix = tuple(int(s) for s in steps.split(",") if s.strip())
-        if arrivals == "closed":
-            generate(opts, steps=mix[0])
-        elif arrivals == "poisson":
-            if not 0 < load < 1:
-                raise typer.BadParameter(f"load must be between 0 and 1, got {load}")
-            open_loop(opts, load=load, steps=mix, jobs=jobs, seed=seed, rounds=rounds)
-        else:
-            raise typer.BadParameter(f"arrivals must be closed or poisson, not {arrivals!r}")
+def generate_jobs(
+    opts: BenchOptions,
+    arrivals: Annotated[str, typer.Option(
+        help="closed: saturating clients, against in-process; poisson: open-loop arrivals, "
+             "static against step-level batching (on the bench's database and the next)")
+    ] = "closed",
+    load: Annotated[float, typer.Option(help="poisson: share of the measured capacity")] = 0.7,
+    steps: Annotated[str, typer.Option(
+        help="sampling steps of every job; poisson: a comma-separated mix to draw each job's "
+             "from")] = "20",
+    jobs: Annotated[int, typer.Option(help="poisson: jobs per batching mode")] = 150,
+    seed: Annotated[int, typer.Option(help="poisson: seed of the arrival times")] = 0,
+    rounds: Annotated[int, typer.Option(help="poisson: alternations of the two services")] = 3,
+) -> dict[str, Any] | None:
+    """Generate jobs: images/s against the sampling loop in-process (closed), or p50/p99
+    latency and throughput under Poisson arrivals, static against step-level batching."""
+    mix = tuple(int(s) for s in steps.split(",") if s.strip())
+    if arrivals == "closed":
+        return generate(opts, steps=mix[0])
+    if arrivals != "poisson":
+        raise typer.BadParameter(f"arrivals must be closed or poisson, not {arrivals!r}")
+    if not 0 < load < 1:
+        raise typer.BadParameter(f"load must be between 0 and 1, got {load}")
+    return open_loop(opts, load=load, steps=mix, jobs=jobs, seed=seed, rounds=rounds)
