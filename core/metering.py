@@ -7,6 +7,11 @@ and writes them before recording the outcome, in one step: per job (shown on the
 record), per owner and period (``GET /v1/usage`` and quotas) and per owner and model (the
 ``convoy_device_seconds`` counter, which lives in the store so that it never goes backwards
 when a worker exits).
+
+Stored bytes are the other meter (counted by the store in time buckets, see
+``usage_buckets``): ``delete_job`` and ``refund_upload`` give an owner back what a deleted
+job or upload counted, in the buckets it was counted in, so that deleting makes room at
+once rather than when those bytes would have expired.
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
-from core.store.base import JobStore, StoreUnavailable
+from core.blobs import BlobInfo, BlobStore, job_prefix, upload_key
+from core.job import Job
+from core.store.base import JobStore, StoreUnavailable, input_size, usage_buckets
 
 Charge = tuple[str, str, str, float]  # job id, owner, model, seconds
+SENT_WITH = "job"  # an upload's metadata: the job whose submission carried it
 
 
 def shares(weights: Sequence[float], seconds: float) -> list[float]:
@@ -183,3 +192,57 @@ def _store_error(exc: Exception) -> StoreUnavailable:
     from core.store.redis_errors import store_errors
 
     return store_errors(exc) or StoreUnavailable(f"redis: {exc}")
+
+
+def _refs(job: Job, kind: str) -> set[str]:
+    """What the job's input images name by ``kind``: 'blob' (inputs moved to the blob
+    store, counted with the input) or 'upload'."""
+    data = job.input
+    values = [*data.values(), *(data.get("interpolate_between") or [])]
+    return {v[kind] for v in values if isinstance(v, dict) and kind in v}
+
+
+def counted_bytes(job: Job, blobs: Iterable[BlobInfo], retention_s: int
+                  ) -> dict[int, int]:
+    """What a job counted against its owner's stored bytes, by bucket: its input at
+    submission (the bucket of ``created_at``) and each blob its worker wrote (the bucket
+    of the blob's time; the worker counts a blob just before writing it)."""
+    width = usage_buckets(retention_s)[1]
+    counted: dict[int, int] = {}
+
+    def add(when: float, size: int) -> None:
+        bucket = int(when // width)
+        counted[bucket] = counted.get(bucket, 0) + size
+
+    if job.created_at:
+        add(datetime.fromisoformat(job.created_at).timestamp(), input_size(job))
+    moved = _refs(job, "blob")
+    for info in blobs:
+        if info.key not in moved:
+            add(info.modified, info.size)
+    return counted
+
+
+def delete_job(store: JobStore, blobs: BlobStore, job: Job) -> None:
+    """Delete a finished job's blobs, record and the uploads sent with it (a multipart
+    submission's files), and give its owner back the bytes they counted. The blobs are
+    listed and deleted before the record and once more after it (a preview written while
+    the job stopped). Uploads the job merely names stay."""
+    prefix = job_prefix(job.id)
+    gone = blobs.entries(prefix)
+    blobs.delete([b.key for b in gone])
+    store.delete(job.id)
+    late = blobs.entries(prefix)
+    blobs.delete([b.key for b in late])
+    store.refund_owner_bytes(job.owner, counted_bytes(job, [*gone, *late], store.retention_s))
+    for upload_id in sorted(_refs(job, "upload")):
+        info = blobs.head(upload_key(upload_id))
+        if (info is not None and info.meta.get("owner") == job.owner
+                and info.meta.get(SENT_WITH) == job.id and blobs.delete([info.key])):
+            refund_upload(store, job.owner, info)
+
+
+def refund_upload(store: JobStore, owner: str, info: BlobInfo) -> None:
+    """Give the owner back a deleted upload's bytes (counted when it was uploaded)."""
+    width = usage_buckets(store.retention_s)[1]
+    store.refund_owner_bytes(owner, {int(info.modified // width): info.size})

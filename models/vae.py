@@ -28,6 +28,11 @@ class VAEConfig:
     norm: Literal["batch", "group", "none"] = "batch"  # normalisation after each conv
     kl_weight: float = 1.0  # weight of the KL term in the loss (1.0 = the true ELBO)
     recon_scale: float = 1.0  # weight of the summed squared error (1 / (2 sigma^2))
+    # 0: a flat code through linear layers. Else the code is a map of side latent_side (the
+    # deepest feature map's, image_size / 2^len(channels)) with latent_dim / latent_side^2
+    # channels, through 1x1 and 3x3 convolutions, as latent diffusion's autoencoders keep
+    # where things are; latents are still handled flattened, (B, latent_dim).
+    latent_side: int = 0
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -83,6 +88,11 @@ class VAE(nn.Module):
         self.bottom = config.image_size // factor  # spatial side of the deepest feature map
         top = config.channels[-1]
         flat = top * self.bottom * self.bottom
+        side = config.latent_side
+        if side and (side != self.bottom or config.latent_dim % (side * side)):
+            raise ValueError(f"latent_side {side} must be the deepest map's side {self.bottom} "
+                             f"and divide latent_dim {config.latent_dim} into channels")
+        self.latent_channels = config.latent_dim // (side * side) if side else 0
 
         encoder: list[nn.Module] = []
         c_in = config.in_channels
@@ -90,10 +100,14 @@ class VAE(nn.Module):
             encoder += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), _norm(config.norm, c_out),
                         nn.LeakyReLU(0.2)]
             c_in = c_out
-        self.encoder = nn.Sequential(*encoder, nn.Flatten())
-        self.to_stats = nn.Linear(flat, 2 * config.latent_dim)  # mean and log-variance
-
-        self.from_latent = nn.Linear(config.latent_dim, flat)
+        if side:  # mean and log-variance per position of the map
+            self.encoder = nn.Sequential(*encoder)
+            self.to_stats: nn.Module = nn.Conv2d(top, 2 * self.latent_channels, 1)
+            self.from_latent: nn.Module = nn.Conv2d(self.latent_channels, top, 3, padding=1)
+        else:
+            self.encoder = nn.Sequential(*encoder, nn.Flatten())
+            self.to_stats = nn.Linear(flat, 2 * config.latent_dim)  # mean and log-variance
+            self.from_latent = nn.Linear(config.latent_dim, flat)
         decoder: list[nn.Module] = []
         widths = list(reversed(config.channels))
         for c_in, c_out in pairwise(widths):  # each doubles the side
@@ -112,14 +126,16 @@ class VAE(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log-variance, each (B, latent_dim)."""
         self._check(x)
-        stats = self.to_stats(self.encoder(x))  # (B, 2 * latent_dim)
-        mu, logvar = stats.chunk(2, dim=-1)
-        return mu, logvar.clamp(-30.0, 20.0)
+        stats = self.to_stats(self.encoder(x))  # (B, 2 * latent_dim) or (B, 2 * C, side, side)
+        mu, logvar = stats.chunk(2, dim=1)
+        return mu.flatten(1), logvar.flatten(1).clamp(-30.0, 20.0)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) in [0, 1] from latents (B, latent_dim)."""
         if z.ndim != 2 or z.shape[1] != self.config.latent_dim:
             raise ValueError(f"expected latents of shape (B, {self.config.latent_dim}), got {tuple(z.shape)}")
+        if self.latent_channels:
+            z = z.view(-1, self.latent_channels, self.bottom, self.bottom)
         h = self.from_latent(z).view(-1, self.config.channels[-1], self.bottom, self.bottom)
         return self.decoder(h)
 

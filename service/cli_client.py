@@ -47,8 +47,23 @@ def _read_image(value: str) -> str:
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
 
 
-def parse_inputs(kind: str, items: list[str], image: Path | None = None) -> dict[str, Any]:
-    """``key=value`` strings to the kind's input, each value typed from the kind's schema."""
+def _file_ref(value: str, part: str, files: dict[str, Path]) -> Any:
+    """``@path`` as ``{"file": part}`` with the path kept in ``files`` (sent as a file part
+    of a multipart submission, streamed from disk); other values as they are."""
+    if not value.startswith("@"):
+        return value
+    path = Path(value[1:]).expanduser()
+    if not path.is_file():
+        raise UsageError(f"no such file: {path}")
+    files[part] = path
+    return {"file": part}
+
+
+def parse_inputs(kind: str, items: list[str], image: Path | None = None,
+                 files: dict[str, Path] | None = None) -> dict[str, Any]:
+    """``key=value`` strings to the kind's input, each value typed from the kind's schema.
+    An ``@path`` image is read as base64, or with ``files`` named as ``{"file": part}``
+    and its path put in ``files`` under that part's name."""
     schema = INPUTS.get(kind)
     if schema is None:
         raise UsageError(f"unknown kind {kind!r}; kinds: {', '.join(INPUTS)}")
@@ -65,6 +80,12 @@ def parse_inputs(kind: str, items: list[str], image: Path | None = None) -> dict
         raw.setdefault(key, []).append(value)
     out: dict[str, Any] = {}
     for key, values in raw.items():
+        if key in IMAGE_INPUTS and files is not None:
+            refs = [_file_ref(v, key if len(values) == 1 else f"{key}-{i}", files)
+                    for i, v in enumerate(values)]
+            if any(isinstance(r, dict) for r in refs):  # checked by the server, with the files
+                out[key] = refs if _is_list(fields[key].annotation) else refs[-1]
+                continue
         if key in IMAGE_INPUTS:
             values = [_read_image(v) for v in values]
         annotation = fields[key].annotation
@@ -131,9 +152,11 @@ def submit(
     """Submit a job; with --wait show its progress and print its output."""
     if out is not None and not wait:
         raise UsageError("--out saves the artifacts of a finished job: add --wait")
-    data = parse_inputs(kind, inputs or [], image)
+    files: dict[str, Path] = {}  # image files go with the request as multipart parts
+    data = parse_inputs(kind, inputs or [], image, files)
     with Client(url, key) as client:
-        job = client.submit(kind, model, data, id=job_id, timeout_s=timeout_s)
+        job = client.submit(kind, model, data, id=job_id, timeout_s=timeout_s,
+                            files=dict(files) or None)
         if not wait:
             typer.echo(job.model_dump_json(indent=2) if as_json else f"job {job.id} {job.status}")
             return
@@ -142,13 +165,16 @@ def submit(
         _report(client, job, out, as_json)
 
 
-_NOT_FIGURES = ("epoch", "seconds", "batch", "n_", "lr", "seed", "steps")
+_NOT_FIGURES = ("epoch", "seconds", "batch", "n_", "lr", "seed", "steps", "seen")
+_HEADLINE = ("top1", "mean_iou", "psnr", "shape_kept", "conditional_accuracy")  # shown first
 
 
 def _figures(metrics: dict[str, Any]) -> str:
-    """The held-out figures of a sidecar, without its training settings (epochs, times)."""
-    flat = [f"{k}={v:.4g}" for k, v in metrics.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
+    """The held-out figures of a sidecar, without its training settings (epochs, times);
+    the headline figures first."""
+    keys = sorted(metrics, key=lambda k: _HEADLINE.index(k) if k in _HEADLINE else len(_HEADLINE))
+    flat = [f"{k}={metrics[k]:.4g}" for k in keys
+            if isinstance(metrics[k], int | float) and not isinstance(metrics[k], bool)
             and not any(word in k for word in _NOT_FIGURES)]
     return ", ".join(flat[:2])
 

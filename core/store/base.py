@@ -239,6 +239,12 @@ class JobStore(ABC):
     def count_owner_bytes(self, owner: str, size: int) -> None:
         """Count ``size`` bytes the owner stored (an upload) against their stored bytes."""
 
+    @abstractmethod
+    def refund_owner_bytes(self, owner: str, counted: dict[int, int]) -> None:
+        """Give back bytes the owner deleted before they expired: ``counted`` maps each
+        bucket (see ``usage_buckets``) to the bytes counted in it. A bucket never drops
+        below zero, and one already forgotten is left alone."""
+
     # -- workers -------------------------------------------------------------------------
     @abstractmethod
     def heartbeat(self, worker: str, info: dict[str, Any], ttl_s: float) -> None: ...

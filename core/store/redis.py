@@ -401,6 +401,13 @@ class RedisStore(JobStore):
         pipe.execute()
 
     @_guard
+    def refund_owner_bytes(self, owner: str, counted: dict[int, int]) -> None:
+        if counted:
+            script = _SCRIPTS["refund"]
+            self._eval([(script, script.bind(buckets=[f"{USAGE}{owner}:{b}" for b in counted],
+                                             sizes=list(counted.values())))])
+
+    @_guard
     def get_artifact(self, job_id: str, name: str) -> tuple[bytes, str] | None:
         data, ctype = self.r.hmget(f"{P}art:{job_id}", [f"d:{name}", f"t:{name}"])
         return (data, ctype.decode()) if data is not None and ctype is not None else None

@@ -85,4 +85,4 @@ class Script:
 
 
 SCRIPTS = ("accept", "claim", "finish", "requeue", "cancel", "append", "mark", "put_artifact",
-           "count_blob")
+           "count_blob", "refund")

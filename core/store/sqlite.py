@@ -408,6 +408,11 @@ class SQLiteStore(JobStore):
         with self._tx() as db:
             self._count_bytes(db, owner, size)
 
+    def refund_owner_bytes(self, owner: str, counted: dict[int, int]) -> None:
+        with self._tx() as db:
+            db.executemany("UPDATE usage SET bytes = max(0, bytes - ?) WHERE owner = ? AND "
+                           "bucket = ?", [(n, owner, b) for b, n in counted.items()])
+
     # -- workers -----------------------------------------------------------------------------
     def heartbeat(self, worker: str, info: dict[str, Any], ttl_s: float) -> None:
         with self._tx() as db:

@@ -121,15 +121,36 @@ _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"
                 ".webp": "image/webp", ".bmp": "image/bmp"}
 
 
-def upload_files(source: Path | bytes, filename: str | None) -> tuple[dict[str, Any], Any]:
-    """(``files=`` for httpx, the open file to close afterwards or None) of an upload: a
-    path is streamed from disk, never read whole."""
+def _file_part(source: Path | bytes, filename: str | None) -> tuple[tuple[str, Any, str], Any]:
+    """(an httpx file part, the open file to close afterwards or None): a path is streamed
+    from disk, never read whole."""
     if isinstance(source, bytes):
-        return {"file": (filename or "image", source, "application/octet-stream")}, None
+        return (filename or "image", source, "application/octet-stream"), None
     path = Path(source)
     handle = path.open("rb")
-    ctype = _IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream")
-    return {"file": (filename or path.name, handle, ctype)}, handle
+    return (filename or path.name, handle,
+            _IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream")), handle
+
+
+def upload_files(source: Path | bytes, filename: str | None) -> tuple[dict[str, Any], Any]:
+    """(``files=`` for httpx, the open file to close afterwards or None) of an upload."""
+    part, handle = _file_part(source, filename)
+    return {"file": part}, handle
+
+
+def job_parts(body: dict[str, Any], files: dict[str, Path | bytes]
+              ) -> tuple[list[tuple[str, Any]], list[Any]]:
+    """(``files=`` for httpx, the open files to close afterwards) of a multipart submission:
+    the request as the part ``job`` and each file as the part of its key, which the input
+    names as ``{"file": key}``."""
+    parts: list[tuple[str, Any]] = [("job", (None, json.dumps(body), "application/json"))]
+    handles = []
+    for name, source in files.items():
+        part, handle = _file_part(source, None)
+        parts.append((name, part))
+        if handle is not None:
+            handles.append(handle)
+    return parts, handles
 
 
 def artifacts(job: JobRecord) -> list[Artifact]:

@@ -62,13 +62,26 @@ class AsyncClient:
     async def submit(self, kind: str, model: str, input: dict[str, Any], *, id: str | None = None,
                timeout_s: float | None = None, wait: float | None = None,
                priority: int | None = None, webhook: str | None = None,
-               webhook_events: list[str] | None = None) -> JobRecord:
+               webhook_events: list[str] | None = None,
+               files: dict[str, Path | bytes] | None = None) -> JobRecord:
         """Submit a job; with ``wait`` the server holds the answer up to that many seconds
-        (``Prefer: wait``, at most 60) and returns the finished record if the job ends."""
+        (``Prefer: wait``, at most 60) and returns the finished record if the job ends.
+
+        ``files`` (name → path or bytes) go with the request in one multipart body; the
+        input names each as ``{"file": name}`` (``{"image": {"file": "photo"}}``), and
+        they are stored as the job's own uploads, deleted with it."""
         body = base.job_body(kind, model, input, id, timeout_s, priority=priority,
                              webhook=webhook, webhook_events=webhook_events)
-        return JobRecord.model_validate(
-            await self._json("POST", "/v1/jobs", json=body, headers=base.prefer(wait)))
+        if not files:
+            return JobRecord.model_validate(
+                await self._json("POST", "/v1/jobs", json=body, headers=base.prefer(wait)))
+        parts, handles = base.job_parts(body, files)
+        try:
+            return JobRecord.model_validate(await self._json(
+                "POST", "/v1/jobs", files=parts, headers=base.prefer(wait)))
+        finally:
+            for handle in handles:
+                handle.close()
 
     async def get(self, job_id: str) -> JobRecord:
         return JobRecord.model_validate(await self._json("GET", f"/v1/jobs/{job_id}"))

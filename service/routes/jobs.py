@@ -18,7 +18,7 @@ from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
-from core.blobs import artifact_key, job_prefix
+from core.blobs import artifact_key
 from core.contract import (
     FINETUNE_QUEUE,
     IMAGE_FIELDS,
@@ -39,6 +39,7 @@ from core.errors import (
 )
 from core.images import WouldBlock, small_decodes_only
 from core.inputs import stash_inputs, upload_sizes
+from core.metering import delete_job as delete_job_data
 from core.settings import new_id
 from core.store import TERMINAL, Job, StoreUnavailable
 from core.store.base import STATUSES, QueueFull, now_iso, usage_buckets
@@ -47,6 +48,7 @@ from service.deps import Caller, CallerDep, State, StateDep
 from service.errors import V1_ERRORS, bounded_errors, error_responses, request_body_openapi
 from service.finetune import check_finetune
 from service.metrics import JOBS_SUBMITTED
+from service.multipart_jobs import is_multipart, submit_multipart, with_multipart
 from service.routes.health import NO_WORKER
 from service.routes.webhooks import check_webhook
 from service.schemas import EVENTS_DESCRIPTION, JobList, JobRecord
@@ -84,7 +86,7 @@ _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 @router.post("", status_code=202, operation_id="submitJob", response_model=JobRecord,
              response_description="accepted: the job record (queued, or running)",
-             openapi_extra=request_body_openapi(),
+             openapi_extra=with_multipart(request_body_openapi()),
              responses={200: {"model": JobRecord, "description": "finished within Prefer: "
                               "wait, or an idempotent resubmission of a client-chosen id"},
                         **error_responses(409, 415, 429)})
@@ -96,7 +98,7 @@ async def submit(
         description="wait=N: hold the reply up to N seconds (at most CONVOY_MAX_WAIT_S, 60 by "
         "default); 200 with the finished record if the job ends by then, else 202",
         examples=["wait=10"])] = None,
-) -> JSONResponse:
+) -> Response:
     """Submit a job. The input schema depends on ``kind`` (see the request body's variants);
     the model's own limits (``GET /v1/models``) may be tighter than the schema's bounds.
 
@@ -106,12 +108,20 @@ async def submit(
     retry = state.limiter.take(caller.key) if state.keys else 0.0
     if retry > 0:
         raise RateLimited("too many requests for this API key", retry_after=retry)
-    settings = state.settings
-    wait = _prefer_wait(prefer, settings.max_wait_s)
+    wait = _prefer_wait(prefer, state.settings.max_wait_s)
     try:
+        if is_multipart(request):  # the request and its image files in one body
+            return await submit_multipart(request, state, caller,
+                                          lambda raw: _submit_body(state, caller, raw, wait))
         raw = await request.body()
     except ClientDisconnect:  # gone, or cut off by the body read timeout: nobody to answer
         return JSONResponse({}, status_code=408)
+    return await _submit_body(state, caller, raw, wait)
+
+
+async def _submit_body(state: State, caller: Caller, raw: bytes, wait: float) -> Response:
+    """Parse, check and accept a submission's JSON body."""
+    settings = state.settings
     if len(raw) <= INLINE_CHECK_BYTES:
         body = parse_job(raw, settings.max_error_details)
     else:
@@ -412,9 +422,7 @@ def delete_job(job_id: str, state: StateDep, caller: CallerDep) -> Response:
         job = wait_terminal(state.store, job_id, DELETE_WAIT_S) or job
         if not job.terminal:
             raise Conflict(f"job {job_id!r} is still stopping; try again")
-    state.blobs.delete_prefix(job_prefix(job_id))
-    state.store.delete(job_id)
-    state.blobs.delete_prefix(job_prefix(job_id))  # a preview written while it stopped
+    delete_job_data(state.store, state.blobs, job)  # and refund its stored bytes
     return Response(status_code=204)
 
 

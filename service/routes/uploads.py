@@ -24,6 +24,7 @@ from core.blobs import upload_key
 from core.errors import InvalidInput, PayloadTooLarge, RateLimited, UnsupportedMediaType
 from core.images import ALLOWED_FORMATS
 from core.inputs import owned_upload
+from core.metering import refund_upload
 from core.settings import new_id
 from core.store.base import now_iso, usage_buckets
 from models.finetune.archive import CONTENT_TYPES, archive_kind
@@ -86,7 +87,11 @@ def _check_bound(state: State, owner: str, size: int) -> None:
                           retry_after=float(usage_buckets(state.settings.retention_s)[1]))
 
 
-def _store(state: State, owner: str, file: IO[bytes]) -> dict[str, Any]:
+def store_upload(state: State, owner: str, file: IO[bytes], upload_id: str | None = None,
+                 meta: dict[str, str] | None = None) -> dict[str, Any]:
+    """Check a spooled file (an image's format and pixels from its header, or an archive),
+    and the owner's bound; count it and copy it to the blob store in chunks: the upload's
+    description. ``meta`` joins the blob's metadata (a job's files name their job)."""
     archive = archive_kind(file.read(8), file)
     file.seek(0)
     if archive is not None:
@@ -98,9 +103,10 @@ def _store(state: State, owner: str, file: IO[bytes]) -> dict[str, Any]:
     file.seek(0)
     _check_bound(state, owner, size)
     state.store.count_owner_bytes(owner, size)
-    upload_id = new_id()
+    upload_id = upload_id or new_id()
     state.blobs.put(upload_key(upload_id), file, content_type, meta={
-        "owner": owner, "width": str(width), "height": str(height), "created_at": now_iso()})
+        **(meta or {}), "owner": owner, "width": str(width), "height": str(height),
+        "created_at": now_iso()})
     return owned_upload(state.blobs, upload_id, owner)
 
 
@@ -121,7 +127,7 @@ async def create_upload(request: Request, state: StateDep, caller: CallerDep) ->
         upload = form.get(FIELD)
         if not isinstance(upload, UploadFile):
             raise InvalidInput(f"send the image as the multipart file field {FIELD!r}")
-        return await anyio.to_thread.run_sync(_store, state, caller.owner, upload.file)
+        return await anyio.to_thread.run_sync(store_upload, state, caller.owner, upload.file)
 
 
 @router.get("/{upload_id}", operation_id="getUpload", response_model=Upload)
@@ -133,7 +139,10 @@ def get_upload(upload_id: str, state: StateDep, caller: CallerDep) -> dict[str, 
 @router.delete("/{upload_id}", status_code=204, operation_id="deleteUpload",
                response_class=Response)
 def delete_upload(upload_id: str, state: StateDep, caller: CallerDep) -> Response:
-    """Delete the upload now rather than at the end of retention; jobs queued with it fail."""
+    """Delete the upload now rather than at the end of retention (its bytes no longer count
+    against the key's bound); jobs queued with it fail."""
     owned_upload(state.blobs, upload_id, caller.owner)
-    state.blobs.delete([upload_key(upload_id)])
+    info = state.blobs.head(upload_key(upload_id))
+    if state.blobs.delete([upload_key(upload_id)]) and info is not None:
+        refund_upload(state.store, caller.owner, info)
     return Response(status_code=204)

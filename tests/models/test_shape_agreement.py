@@ -33,3 +33,18 @@ def test_a_perfect_reconstruction_keeps_every_shape_a_blank_one_none() -> None:
     assert perfect is not None and blank is not None
     assert perfect["reconstruction_class_kept"] == perfect["input_class_right"] >= 0.9
     assert blank["reconstruction_class_kept"] <= 0.5  # one class for every image
+
+
+SHIPPED = SHAPES_JUDGE.with_name("vae-shapes.safetensors")
+
+
+@pytest.mark.skipif(not SHAPES_JUDGE.exists(), reason="resnet18-shapes is not trained")
+def test_the_shipped_vae_keeps_the_shape_of_held_out_shapes() -> None:
+    from models.checkpoint import load_sidecar
+    from models.training.vae import shipped_shape_agreement
+
+    assert SHIPPED.stat().st_size < 8 * 1024 * 1024  # small enough to ship in the repository
+    metrics = load_sidecar(SHIPPED)["metrics"]
+    found = shipped_shape_agreement(2000)  # the trainer's held-out set: the sidecar's figure
+    assert found is not None and found["reconstruction_class_kept"] == metrics["shape_kept"]
+    assert metrics["shape_kept"] >= 0.95 and metrics["shapes"]["n_eval"] == 2000

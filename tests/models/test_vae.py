@@ -115,11 +115,28 @@ def test_a_few_steps_lower_the_loss() -> None:
 @pytest.mark.parametrize(
     "kwargs, words",
     [({"image_size": 20}, "divisible"), ({"channels": []}, "channels"), ({"in_channels": 2}, "in_channels"),
-     ({"norm": "layer"}, "norm"), ({"latent_dim": 0}, "latent_dim")],
+     ({"norm": "layer"}, "norm"), ({"latent_dim": 0}, "latent_dim"),
+     ({"latent_side": 8}, "latent_side"), ({"latent_dim": 30, "latent_side": 4}, "latent_side")],
 )
 def test_bad_configs_are_refused_in_plain_words(kwargs: dict, words: str) -> None:
     with pytest.raises(ValueError, match=words):
         vae(**kwargs)
+
+
+def test_a_spatial_latent_keeps_where_things_are_behind_the_flat_interface() -> None:
+    config = VAEConfig(in_channels=3, image_size=16, latent_dim=4 * 4 * 4, channels=(8, 16),
+                       latent_side=4)
+    model = VAE(config).eval()
+    x = torch.zeros(2, 3, 16, 16)
+    x[0, :, :4, :4] = 1.0  # a corner lit in one image only
+    mu, logvar = model.encode(x)
+    assert mu.shape == logvar.shape == (2, 64)
+    assert model.decode(mu).shape == (2, 3, 16, 16)
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    # the code of the far corner does not see the lit one: a 4x4 map, one cell per 4x4 patch
+    maps = mu.view(2, 4, 4, 4)
+    assert torch.allclose(maps[0, :, 3, 3], maps[1, :, 3, 3])
+    assert not torch.allclose(maps[0, :, 0, 0], maps[1, :, 0, 0])
 
 
 def test_psnr_of_a_known_error() -> None:

@@ -61,6 +61,23 @@ def test_inputs_are_typed_from_the_kinds_schema(tmp_path: Path) -> None:
             parse_inputs(kind, items)
 
 
+def test_image_files_become_parts_of_a_multipart_submission(tmp_path: Path) -> None:
+    png = tmp_path / "a.png"
+    png.write_bytes(b"\x89PNG fake")
+    files: dict[str, Path] = {}
+    data = parse_inputs("generate", [f"image=@{png}", f"mask=@{png}", "n=2"], files=files)
+    assert data == {"image": {"file": "image"}, "mask": {"file": "mask"}, "n": 2}
+    assert files == {"image": png, "mask": png}
+    files = {}
+    both = parse_inputs("sample", [f"interpolate_between=@{png}", f"interpolate_between=@{png}"],
+                        files=files)
+    assert both == {"interpolate_between": [{"file": "interpolate_between-0"},
+                                            {"file": "interpolate_between-1"}]}
+    assert list(files) == ["interpolate_between-0", "interpolate_between-1"]
+    with pytest.raises(UsageError, match="no such file"):
+        parse_inputs("classify", ["image=@/no/such.png"], files={})
+
+
 def test_models_listing_fits_80_columns_and_shows_labels() -> None:
     models = [ModelInfo.model_validate(e.public()) for e in Catalog.load()]
     text = format_models(models)
@@ -116,3 +133,13 @@ def test_submit_and_jobs_commands(service: Service, tmp_path: Path) -> None:
     assert text and all(len(line) <= 100 for line in text) and parked_id in text[0]
     assert convoy("jobs", "delete", job_id, url=url).stdout.strip() == f"job {job_id} deleted"
     one_line_error(convoy("jobs", "get", job_id, url=url), "404", "not_found")
+
+
+def test_the_models_listing_leads_with_the_headline_figures() -> None:
+    from service.cli_client import _figures
+
+    vae = {"epochs": 40, "images_seen": 81920, "kl": 93.1, "mse": 0.004, "psnr": 24.1,
+           "shape_kept": 0.97, "train_seconds": 3000.0}
+    assert _figures(vae) == "psnr=24.1, shape_kept=0.97"
+    assert _figures({"conditional_accuracy": 1.0, "batch_size": 64, "frechet_distance": 3.7}
+                    ) == "conditional_accuracy=1, frechet_distance=3.7"
