@@ -206,7 +206,8 @@ class AsyncClient:
 
     # -- models, workers, health ----------------------------------------------------------------
     async def models(self) -> list[ModelInfo]:
-        return [ModelInfo.model_validate(m) for m in await self._json("GET", "/v1/models")["models"]]
+        listing = await self._json("GET", "/v1/models")
+        return [ModelInfo.model_validate(m) for m in listing["models"]]
 
     async def model(self, name: str) -> ModelInfo:
         return ModelInfo.model_validate(await self._json("GET", f"/v1/models/{name}"))

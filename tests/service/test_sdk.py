@@ -184,13 +184,14 @@ def test_a_job_life_through_the_sdk(service: Service, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_async_client_runs_a_job(service: Service) -> None:
-    async def go() -> tuple[JobRecord, list[str]]:
+    async def go() -> tuple[JobRecord, list[str], list[str]]:
         async with AsyncClient(service.url) as c:
             job = await c.run("generate", "tiny-ddpm", {"n": 1, "seed": 9, "steps": 2},
                               timeout=120)
             listed = [j.id async for j in c.iter_jobs(kind="generate", page_size=2)]
-            return job, listed
+            return job, listed, [m.name for m in await c.models()]
 
-    job, listed = asyncio.run(go())
+    job, listed, models = asyncio.run(go())
+    assert "tiny-ddpm" in models
     assert job.status == "succeeded" and isinstance(job.output, ImagesOutput)
     assert job.output.images[0].seed == 9 and job.id in listed
