@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from abc import ABC, abstractmethod
 from typing import Any
 
+from core.sqlite_local import ThreadLocalDB
 from core.store.base import JobStore, StoreUnavailable
 
 
@@ -55,17 +55,8 @@ class ClusterStats(ABC):
 class SQLiteClusterStats(ClusterStats):
     def __init__(self, path: Any) -> None:
         self.path = path
-        self._local = threading.local()
-        self._db().execute("CREATE TABLE IF NOT EXISTS worker_totals (worker TEXT PRIMARY KEY, "
-                           "data TEXT NOT NULL, saved REAL NOT NULL)")
-
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
-                                 check_same_thread=False)
-            self._local.db = db
-        return db
+        self._db = ThreadLocalDB(path, "CREATE TABLE IF NOT EXISTS worker_totals (worker TEXT "
+                                       "PRIMARY KEY, data TEXT NOT NULL, saved REAL NOT NULL)")
 
     def save(self, worker: str, snapshot: dict[str, Any]) -> None:
         try:

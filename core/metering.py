@@ -17,7 +17,6 @@ once rather than when those bytes would have expired.
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 
 from core.blobs import BlobInfo, BlobStore, job_prefix, upload_key
 from core.job import Job
+from core.sqlite_local import ThreadLocalDB
 from core.store.base import JobStore, StoreUnavailable, input_size, usage_buckets
 
 Charge = tuple[str, str, str, float]  # job id, owner, model, seconds
@@ -79,16 +79,7 @@ class SQLiteMeter(Meter):
     def __init__(self, path: Any, period_s: int) -> None:
         super().__init__(period_s)
         self.path = path
-        self._local = threading.local()
-        self._db().executescript(_SCHEMA)
-
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
-                                 check_same_thread=False)
-            self._local.db = db
-        return db
+        self._db = ThreadLocalDB(path, _SCHEMA)
 
     def charge(self, charges: Iterable[Charge]) -> None:
         period = period_start(time.time(), self.period_s)

@@ -23,13 +23,13 @@ import base64
 import json
 import secrets
 import sqlite3
-import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from core.sqlite_local import ThreadLocalDB
 from core.store.base import JobStore, StoreUnavailable
 
 
@@ -100,16 +100,7 @@ class SQLiteOutbox(Outbox):
     def __init__(self, path: Path, retention_s: int) -> None:
         self.path = path
         self.retention_s = retention_s
-        self._local = threading.local()
-        self._db().executescript(_SCHEMA)
-
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
-                                 check_same_thread=False)
-            self._local.db = db
-        return db
+        self._db = ThreadLocalDB(path, _SCHEMA)
 
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         try:
@@ -200,7 +191,6 @@ return 1
 
 class RedisOutbox(Outbox):
     def __init__(self, client: Any, retention_s: int) -> None:
-        import redis
 
         from core.store.redis_errors import REDIS_ERRORS
 

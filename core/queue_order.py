@@ -16,7 +16,6 @@ The same order gives each queued job its position (``positions``).
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from core.job import Job
+from core.sqlite_local import ThreadLocalDB
 from core.store.base import JobStore, StoreUnavailable
 
 MAX_PRIORITY = 9  # priorities are 0 (default) .. MAX_PRIORITY
@@ -110,16 +110,7 @@ class SQLiteOrder(QueueOrder):
     def __init__(self, path: Any, starvation_s: float) -> None:
         super().__init__(starvation_s)
         self.path = path
-        self._local = threading.local()
-        self._db().executescript(_SCHEMA)
-
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
-                                 check_same_thread=False)
-            self._local.db = db
-        return db
+        self._db = ThreadLocalDB(path, _SCHEMA)
 
     def add(self, entries: list[tuple[str, Entry]]) -> None:
         try:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from core.blobs import KEPT_PREFIX, BlobStore, check_key
+from core.sqlite_local import ThreadLocalDB
 from core.store.base import JobStore, StoreUnavailable
 from models.catalog import Catalog, ModelEntry, ModelNotFound
 from models.kinds.finetune import NAME_PATTERN
@@ -61,16 +62,7 @@ CREATE TABLE IF NOT EXISTS user_models (owner TEXT NOT NULL, name TEXT NOT NULL,
 class SQLiteUserModels(UserModels):
     def __init__(self, path: Any) -> None:
         self.path = path
-        self._local = threading.local()
-        self._db().executescript(_SCHEMA)
-
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
-                                 check_same_thread=False)
-            self._local.db = db
-        return db
+        self._db = ThreadLocalDB(path, _SCHEMA)
 
     def _run(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         try:
