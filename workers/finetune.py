@@ -31,6 +31,7 @@ from core.store import Job
 from core.store.base import JobStore, StaleClaim, StoreUnavailable, now_iso
 from core.user_models import UserModels, model_prefix
 from models.catalog import Catalog
+from models.kinds.finetune import BuiltinDataset, FinetuneArgs
 from models.predictor import Artifact
 from workers.batcher import Stopped
 
@@ -123,16 +124,16 @@ class Training:
             raise Stopped("lost")
         return self.run(job, time.time() + timeout_s)
 
-    def dataset(self, job: Job) -> Dataset:
+    def dataset(self, args: FinetuneArgs) -> Dataset:
         from models.finetune.datasets import builtin, from_archive
 
-        spec = job.input["dataset"]
-        if "builtin" in spec:
-            return builtin(spec["builtin"], spec.get("per_class", 20), job.input["seed"])
-        data = self.blobs.read(upload_key(spec["upload"]))
+        spec = args.dataset
+        if isinstance(spec, BuiltinDataset):
+            return builtin(spec.builtin, spec.per_class, args.seed)
+        data = self.blobs.read(upload_key(spec.upload))
         if data is None:
             raise InvalidInput("dataset: the archive is gone (its upload expired or was deleted)")
-        return from_archive(data, f"upload {spec['upload']}")
+        return from_archive(data, f"upload {spec.upload}")
 
     def _resume(self, job_id: str) -> Checkpoint | None:
         from safetensors.torch import load
@@ -150,12 +151,14 @@ class Training:
         from models.finetune.loop import Stopped as LoopStopped
         from models.finetune.transfer import Base
 
-        data = job.input
+        args = FinetuneArgs.model_validate(job.input)
         base = Base.from_entry(self.catalog.get(job.model))
-        dataset = self.dataset(job)
-        hyper = Hyper(**{k: data[k] for k in ("mode", "epochs", "batch_size", "learning_rate",
-                                               "backbone_lr_factor", "augment", "val_share",
-                                               "early_stopping", "seed")})
+        dataset = self.dataset(args)
+        hyper = Hyper(mode=args.mode, epochs=args.epochs, batch_size=args.batch_size,
+                      learning_rate=args.learning_rate,
+                      backbone_lr_factor=args.backbone_lr_factor, augment=args.augment,
+                      val_share=args.val_share, early_stopping=args.early_stopping,
+                      seed=args.seed)
         hooks = _Hooks(self.store, self.blobs, job, deadline)
         resume = self._resume(job.id)
         if resume is not None:
@@ -174,7 +177,7 @@ class Training:
             **result.sidecar["finetune"], "dataset": {"source": dataset.source,
                                                       "sha256": dataset.sha256,
                                                       "images": dataset.counts()}}}
-        record = self._register(job, base, result.model, sidecar)
+        record = self._register(job, args.name, result.model, sidecar)
         self.blobs.delete(list(checkpoint_keys(job.id)))  # done: no run resumes from it
         return {"model": {k: record[k] for k in ("name", "base_model", "mode", "labels")},
                 "metrics": result.metrics, "steps": result.steps,
@@ -185,7 +188,7 @@ class Training:
                                     "application/octet-stream"),
                 "sidecar": Artifact("model.json", record["_sidecar"], "application/json")}
 
-    def _register(self, job: Job, base: Any, model: Any, sidecar: dict[str, Any]
+    def _register(self, job: Job, name: str, model: Any, sidecar: dict[str, Any]
                   ) -> dict[str, Any]:
         """Weights and sidecar under ``models/<job id>/``, and the owner's catalog entry."""
         import hashlib
@@ -198,7 +201,6 @@ class Training:
         self.blobs.put(prefix + "model.safetensors", weights, "application/octet-stream")
         self.blobs.put(prefix + "model.json", side, "application/json")
         base_entry = self.catalog.get(job.model)
-        name = job.input["name"]
         entry = {
             "name": name, "family": base_entry.family, "arch": base_entry.arch,
             "kinds": ["classify"], "labels": sidecar["labels"],
