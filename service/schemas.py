@@ -243,6 +243,8 @@ class ModelInfo(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
+    partial: bool = Field(False, description="true while the store does not answer: the file "
+                          "catalog's models are listed, the caller's fine-tuned ones are not")
 
 
 class WorkerInfo(BaseModel):

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Response
 
 from core.errors import Conflict, NotFound
 from core.model_inputs import model_inputs
+from core.store.base import StoreUnavailable
 from core.user_models import entry_of, model_prefix
 from models.catalog import ModelNotFound
 from service.deps import CallerDep, StateDep
@@ -22,10 +23,15 @@ router = APIRouter(prefix="/v1", tags=["models"], responses=V1_ERRORS)
 def list_models(state: StateDep, caller: CallerDep) -> dict[str, Any]:
     """The models this service serves, with their kinds, labels, input size, limits,
     held-out metrics, and ``inputs``: the JSON schema of each kind's input as this model
-    takes it."""
-    own = [_own(r) for r in state.user_models.list(caller.owner)
-           if r["name"] not in state.catalog.entries]
-    return {"models": [{**e.public(), "inputs": model_inputs(e)} for e in state.catalog] + own}
+    takes it. While the store does not answer, the file catalog's models are still listed,
+    with ``partial`` true: the caller's fine-tuned models are missing from that listing."""
+    catalog = [{**e.public(), "inputs": model_inputs(e)} for e in state.catalog]
+    try:
+        records = state.user_models.list(caller.owner)
+    except StoreUnavailable:  # the file catalog needs no store: list it, and say what is missing
+        return {"models": catalog, "partial": True}
+    own = [_own(r) for r in records if r["name"] not in state.catalog.entries]
+    return {"models": catalog + own, "partial": False}
 
 
 def _own(record: dict[str, Any]) -> dict[str, Any]:

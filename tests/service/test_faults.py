@@ -276,7 +276,9 @@ def _assert_unavailable(c: httpx.Client, job_id: str) -> None:
     r = c.post("/v1/jobs", json=sleepy(4))
     assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
     assert int(r.headers["retry-after"]) >= 1 and time.monotonic() - t0 < 5
-    assert c.get("/v1/models").status_code == 200  # the catalog needs no Redis
+    listing = c.get("/v1/models")  # the catalog needs no Redis; fine-tuned models are missing
+    assert listing.status_code == 200 and listing.json()["partial"] is True
+    assert any(m["name"] == "sleepy" for m in listing.json()["models"])
 
 
 def _submit_when_back(c: httpx.Client, body: dict[str, Any], timeout: float = 60.0) -> str:
