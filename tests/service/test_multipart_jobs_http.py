@@ -14,10 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures import Service
-from tests.helpers import digit_images
 from core.blobs import FolderBlobs
 from core.store import JobStore
+from tests.fixtures import Service
+from tests.helpers import digit_images
+from tests.service.test_faults import store_of
 
 pytestmark = pytest.mark.slow
 
@@ -44,15 +45,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         svc.start_worker(False)
         with svc.client("key-ann") as c:  # /v1/workers needs a key here
             svc._wait(lambda: c.get("/v1/workers").json()["workers"], "worker")
-        store: JobStore
-        if redis_url:
-            from core.store.redis import RedisStore
-
-            store = RedisStore(redis_url)
-        else:
-            from core.store.sqlite import SQLiteStore
-
-            store = SQLiteStore(svc.tmp / "data" / "convoy.db")
+        store = store_of(svc)
         yield Stack(svc, store)
     finally:
         svc.stop()

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.fixtures import Service, wait_status
-from tests.support.s3 import S3Server, start_s3
 from core.store import JobStore
+from tests.fixtures import Service, wait_status
+from tests.service.test_faults import store_of
+from tests.support.s3 import S3Server, start_s3
 
 pytestmark = pytest.mark.slow
 BOUND = 400_000
@@ -43,15 +44,7 @@ def bounded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         svc.start_worker(False)
         with svc.client("key-ann") as c:  # /v1/workers needs a key here
             svc._wait(lambda: c.get("/v1/workers").json()["workers"], "worker")
-        store: JobStore
-        if redis_url:
-            from core.store.redis import RedisStore
-
-            store = RedisStore(redis_url)
-        else:
-            from core.store.sqlite import SQLiteStore
-
-            store = SQLiteStore(svc.tmp / "data" / "convoy.db")
+        store = store_of(svc)
         yield svc, store
     finally:
         svc.stop()
