@@ -30,6 +30,7 @@ from service.limits import BodyLimit, OpenPerKey, RateLimiter
 from service.metrics import REGISTRY, WorkerCollector
 from service.openapi import install as install_openapi
 from service.routes import health, jobs, models, uploads, usage, webhooks
+from service.routes.jobs import SubmitFastPath
 from service.streams import EventHub
 from service.submitter import Submitter
 from service.waiters import Waiters
@@ -48,31 +49,36 @@ def _error(status: int, code: str, message: str, details: object = None,
                         status_code=status, headers=headers)
 
 
-def _install_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ConvoyError)
-    async def convoy_error(_: Request, exc: ConvoyError) -> JSONResponse:
+def error_response(exc: Exception) -> JSONResponse | None:
+    """The answer to an error of the service's own kinds (None: not one of them)."""
+    if isinstance(exc, ConvoyError):
         headers = None
         if isinstance(exc, RateLimited | Unavailable):
             headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
         return _error(exc.status, exc.code, exc.message, exc.details, headers)
-
-    @app.exception_handler(ModelNotFound)
-    async def model_not_found(_: Request, exc: ModelNotFound) -> JSONResponse:
+    if isinstance(exc, ModelNotFound):
         return _error(404, "not_found", str(exc))
-
-    @app.exception_handler(StoreUnavailable)
-    async def store_down(_: Request, exc: StoreUnavailable) -> JSONResponse:
-        if isinstance(exc, StoreFull):
-            return _error(503, "unavailable", "the job store is full; try again later",
-                          headers={"Retry-After": "10"})
+    if isinstance(exc, StoreFull):
+        return _error(503, "unavailable", "the job store is full; try again later",
+                      headers={"Retry-After": "10"})
+    if isinstance(exc, StoreUnavailable):
         return _error(503, "unavailable", "the job store does not answer; try again shortly",
                       headers={"Retry-After": "2"})
-
-    @app.exception_handler(BlobError)
-    async def blobs_down(_: Request, exc: BlobError) -> JSONResponse:
+    if isinstance(exc, BlobError):
         log.warning("blob store: %s", exc)
         return _error(503, "unavailable", "the blob store does not answer; try again shortly",
                       headers={"Retry-After": "2"})
+    return None
+
+
+def _install_handlers(app: FastAPI) -> None:
+    async def own(_: Request, exc: Exception) -> JSONResponse:
+        response = error_response(exc)
+        assert response is not None, f"no answer for {type(exc).__name__}"
+        return response
+
+    for kind in (ConvoyError, ModelNotFound, StoreUnavailable, BlobError):
+        app.add_exception_handler(kind, own)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -151,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.convoy = state
+    app.add_middleware(SubmitFastPath, answer_error=error_response)  # within the body limit
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     _install_handlers(app)
     app.include_router(jobs.router)
