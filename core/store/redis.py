@@ -154,17 +154,17 @@ class RedisStore(JobStore):
     def accept(self, jobs: list[Job], max_mine: int, max_all: int,
                messages: list[tuple[str, str]] | None = None) -> list[Accepted]:
         script = _SCRIPTS["accept"]
-        calls = []
-        for job in jobs:
-            usage, usage_ttl = self._usage(job.owner)
-            calls.append((script, script.bind(
-                job=self._k(job.id), counter=f"{P}counter", owner_jobs=f"{P}owner:{job.owner}",
-                queued=f"{P}queued", owner_queued=f"{P}queued:{job.owner}",
-                events=f"{P}events:{job.id}", usage=usage,
-                id=job.id, owner=job.owner, fixed=json.dumps(job.fixed()), ttl=self.retention_s,
-                first_type=QUEUED[0], first_data=json.dumps(QUEUED[1]), size=input_size(job),
-                usage_ttl=usage_ttl, max_mine=max_mine, max_all=max_all,
-                max_bytes=self.max_owner_bytes)))
+        buckets, width = usage_buckets(self.retention_s)
+        first = json.dumps(QUEUED[1])
+        calls = [(script, script.bind(
+            job=self._k(job.id), counter=f"{P}counter", owner_jobs=f"{P}owner:{job.owner}",
+            queued=f"{P}queued", owner_queued=f"{P}queued:{job.owner}",
+            events=f"{P}events:{job.id}",
+            id=job.id, owner=job.owner, fixed=json.dumps(job.fixed()), ttl=self.retention_s,
+            first_type=QUEUED[0], first_data=first, size=input_size(job), usage_prefix=USAGE,
+            bucket=buckets[0], buckets=len(buckets), usage_ttl=self.retention_s + 2 * width,
+            max_mine=max_mine, max_all=max_all, max_bytes=self.max_owner_bytes))
+            for job in jobs]
         replies = self._eval(calls, transaction=True, tail=messages)
         out: list[Accepted] = []
         for job, reply in zip(jobs, replies, strict=True):
