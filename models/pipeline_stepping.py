@@ -57,6 +57,7 @@ class PixelStepper:
         unet = self.predictor.pipe.unet
         return StepLoop(unet, "class_labels" if unet.config.num_class_embeds else None)
 
+    @torch.inference_mode()
     def begin(self, request: Request) -> Member:
         p, inp = self.predictor, request.input
         p._check(request)
@@ -88,6 +89,7 @@ class PixelStepper:
             context={"seeds": seeds, "repaint": repaint, "given": given},
         )
 
+    @torch.inference_mode()
     def finish(self, member: Member) -> dict[str, Any]:
         ctx = member.context
         images = ((member.latents.float() + 1) / 2).clamp(0, 1).cpu()
@@ -95,6 +97,7 @@ class PixelStepper:
             images = ctx["repaint"] * images + (1 - ctx["repaint"]) * ctx["given"]
         return _images(member, images)
 
+    @torch.inference_mode()
     def preview(self, member: Member) -> Artifact:
         assert member.x0 is not None, "a preview before the first step"
         return preview_artifact(member.index, member.x0)
@@ -135,6 +138,7 @@ class LatentTextStepper:
     def loop(self) -> StepLoop:
         return StepLoop(self.predictor.pipe.unet, "encoder_hidden_states")
 
+    @torch.inference_mode()
     def begin(self, request: Request) -> Member:
         from diffusers.utils.torch_utils import randn_tensor
 
@@ -162,10 +166,12 @@ class LatentTextStepper:
             context={"seeds": seeds},
         )
 
+    @torch.inference_mode()
     def finish(self, member: Member) -> dict[str, Any]:
         images = (self.predictor._decode(member.latents).float() / 2 + 0.5).clamp(0, 1)
         return _images(member, images.cpu())
 
+    @torch.inference_mode()
     def preview(self, member: Member) -> Artifact:
         assert member.x0 is not None, "a preview before the first step"
         return preview_artifact(member.index, self.predictor._decode(member.x0))

@@ -93,6 +93,7 @@ class StepLoop:
     def drop(self, member: Member) -> None:
         self.members.remove(member)
 
+    @torch.inference_mode()
     def step(self) -> list[Member]:
         """One step of every member; returns those that ran their last step (they leave)."""
         live = list(self.members)
@@ -188,6 +189,7 @@ class DiffusionStepper:
     def loop(self) -> StepLoop:
         return StepLoop(self.predictor.unet, "class_labels")
 
+    @torch.inference_mode()
     def begin(self, request: Request) -> Member:
         p, inp = self.predictor, request.input
         p._check(request)
@@ -213,6 +215,7 @@ class DiffusionStepper:
             context={"seeds": seeds, "class": cls, "repaint": repaint, "given": given},
         )
 
+    @torch.inference_mode()
     def finish(self, member: Member) -> dict[str, Any]:
         p, ctx = self.predictor, member.context
         images = to_output_size(member.latents.cpu(), p.config)
@@ -224,6 +227,7 @@ class DiffusionStepper:
         return {"images": [png_artifact(f"image-{i}.png", image, seed=seed, **meta)
                            for i, (image, seed) in enumerate(zip(images, ctx["seeds"], strict=True))]}
 
+    @torch.inference_mode()
     def preview(self, member: Member) -> Artifact:
         assert member.x0 is not None, "a preview before the first step"
         return preview_artifact(member.index, member.x0)

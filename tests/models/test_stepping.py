@@ -143,3 +143,17 @@ def test_a_member_without_steps_is_refused(calm: DiffusionPredictor) -> None:
     with pytest.raises(ValueError, match="no step to run"):
         StepLoop(calm.unet, "class_labels").admit(member)
 
+
+
+def test_a_step_records_no_autograd_graph(calm: DiffusionPredictor) -> None:
+    # the UNet's weights require grad: a step run with autograd on keeps every forward's
+    # graph alive through the latents, which slows each step as a static batch's is not
+    assert any(p.requires_grad for p in calm.unet.parameters())
+    stepper = calm.stepper()
+    loop = stepper.loop()
+    member = stepper.begin(generate(1, [41], steps=3, preview_every=1))
+    loop.admit(member)
+    loop.step()
+    assert member.latents.grad_fn is None and not member.latents.requires_grad
+    assert member.x0 is not None and member.x0.grad_fn is None
+    assert stepper.preview(member).name == "preview-1.png"
