@@ -127,7 +127,9 @@ class Batcher:
     of a batch just before it runs, and answers as ``canceled`` does.
     ``progress(job_ids, step, total)``, where given, reports a step for all the batch's
     members in one call instead of each member's ``on_progress``. With ``stepping``, the
-    jobs of models that offer a stepper run in step loops (``workers/stepper.py``)."""
+    jobs of models that offer a stepper run in step loops (``workers/stepper.py``).
+    With ``lone_threads``, a batch of one on the CPU with nothing waiting behind it runs
+    with that many torch threads, and every other batch with the count it found."""
 
     def __init__(self, enabled: bool = True, on_batch: Callable[[int], None] | None = None,
                  canceled: Callable[[list[str]], set[str] | dict[str, str]] | None = None,
@@ -135,8 +137,10 @@ class Batcher:
                  progress: Callable[[list[str], int, int], None] | None = None,
                  on_device: Callable[[list[str]], dict[str, str]] | None = None,
                  on_measured: Callable[[list[Item], float], None] | None = None,
-                 stepping: bool = False) -> None:
+                 stepping: bool = False, lone_threads: int | None = None) -> None:
         self.enabled = enabled
+        self.lone_threads = lone_threads
+        self._busy_threads: int | None = None  # torch's count outside lone batches
         self.stepping = stepping and enabled
         self._steppers: weakref.WeakKeyDictionary[Predictor, Stepper | None] = (
             weakref.WeakKeyDictionary())
@@ -331,6 +335,7 @@ class Batcher:
         if self.on_batch is not None:
             self.on_batch(len(items))
         predictor = items[0].predictor
+        self._set_threads(predictor, len(items))
         started = time.monotonic()
         results = predictor.predict([it.request for it in items], on_step=on_step)
         self._last_run[items[0].key] = time.monotonic() - started
@@ -340,6 +345,21 @@ class Batcher:
             raise RuntimeError(f"{predictor.entry.name} returned {len(results)} results for "
                                f"{len(items)} requests")
         return results
+
+    def _set_threads(self, predictor: Predictor, size: int) -> None:
+        """Every core for a lone request on the CPU, the usual count otherwise (torch's
+        count is the process's: only the executor changes it, between forwards)."""
+        if self.lone_threads is None:
+            return
+        import torch
+
+        lone = (size == 1 and not self._pending and not self._incoming
+                and torch.device(predictor.device).type == "cpu")
+        if self._busy_threads is None:
+            self._busy_threads = torch.get_num_threads()
+        want = self.lone_threads if lone else self._busy_threads
+        if torch.get_num_threads() != want:
+            torch.set_num_threads(want)
 
 
 def _free() -> None:

@@ -43,6 +43,7 @@ from models.predictor import Artifact, InvalidRequest, Request
 from workers.artifacts import generation_parameters, store_artifacts
 from workers.batcher import Batcher, Item, OutOfMemory, Stopped
 from workers.stats import WorkerStats
+from workers.worker import lone_threads
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -124,7 +125,8 @@ class WorkerRuntime:
         self.batcher = Batcher(enabled=settings.batching, on_batch=self.stats.batch,
                                canceled=self._canceled_among, poll_s=CANCEL_POLL_S,
                                progress=self._progress, on_device=self._on_device,
-                               on_measured=self._measured, stepping=settings.step_batching)
+                               on_measured=self._measured, stepping=settings.step_batching,
+                               lone_threads=lone_threads(settings))
         self.queues: list[str] = []  # the queues this worker takes (in its heartbeat)
         self.order = open_order(store, settings.starvation_s)
         self.meter = open_meter(store, settings.quota_period_s)

@@ -272,3 +272,35 @@ def test_a_lone_job_of_a_slow_model_waits_max_wait_for_company_and_of_a_fast_one
         batcher.submit(pair[1])
         assert [p.future.result(timeout=30)["batch"] for p in pair] == (
             [2, 2] if predictor is slow else [1, 1])
+
+
+@register_predictor("test-threads")
+class Threads(Predictor):
+    """Answers each batch with torch's thread count during its forward."""
+
+    kinds = ("generate",)
+
+    def load(self) -> None: ...
+
+    def predict(self, batch: list[Request], on_step: StepCallback | None = None
+                ) -> list[dict[str, Any] | None]:
+        return [{"threads": torch.get_num_threads(), "batch": len(batch)} for _ in batch]
+
+
+def test_a_lone_request_on_the_cpu_gets_every_core_and_a_batch_the_usual_count() -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        threads = loaded(Threads, model("threads", family="test-threads"))
+        batcher = Batcher(lone_threads=2)
+        lone = batcher.submit(item(threads, 0)).result(10)
+        assert lone == {"threads": 2, "batch": 1}
+        items = [item(threads, s) for s in range(1, 4)]
+        behind_gate(batcher, items)  # three wait together: a batch, not a lone request
+        assert [it.future.result(10) for it in items] == [{"threads": 1, "batch": 3}] * 3
+        assert batcher.submit(item(threads, 9)).result(10) == {"threads": 2, "batch": 1}
+        torch.set_num_threads(1)
+        fixed = Batcher()  # the count set by CONVOY_TORCH_THREADS: left alone
+        assert fixed.submit(item(threads, 10)).result(10) == {"threads": 1, "batch": 1}
+    finally:
+        torch.set_num_threads(before)
