@@ -118,6 +118,24 @@ class SQLiteMeter(Meter):
 
 
 _P = "convoy:usage:"
+# A group of charges in one step (a script runs whole). ARGV: key prefix, period, a job
+# key's ttl, an owner-period key's ttl, the number of jobs, then (job id, seconds) for each
+# job, then (owner, model, seconds) for each owner and model, the seconds summed.
+_CHARGE = """
+local P, period, job_ttl, owner_ttl, n = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+for i = 6, 5 + 2 * n, 2 do
+  local key = P .. 'job:' .. ARGV[i]
+  redis.call('INCRBYFLOAT', key, ARGV[i + 1])
+  redis.call('EXPIRE', key, job_ttl)
+end
+for i = 6 + 2 * n, #ARGV, 3 do
+  local key = P .. 'owner:' .. ARGV[i] .. ':' .. period
+  redis.call('HINCRBYFLOAT', key, ARGV[i + 1], ARGV[i + 2])
+  redis.call('EXPIRE', key, owner_ttl)
+  redis.call('HINCRBYFLOAT', P .. 'totals', ARGV[i] .. '|' .. ARGV[i + 1], ARGV[i + 2])
+end
+return 1
+"""
 
 
 class RedisMeter(Meter):
@@ -128,6 +146,7 @@ class RedisMeter(Meter):
         self.r = client
         self.retention_s = retention_s
         self._errors = REDIS_ERRORS
+        self._charge = client.register_script(_CHARGE)
 
     def _call(self, fn: Any, *args: Any) -> Any:
         try:
@@ -136,15 +155,20 @@ class RedisMeter(Meter):
             raise _store_error(e) from e
 
     def charge(self, charges: Iterable[Charge]) -> None:
-        period = period_start(time.time(), self.period_s)
-        pipe = self.r.pipeline()  # MULTI/EXEC: all of the charges or none
+        """All of the charges in one script call (all or none), the owners' and models'
+        sums added once each."""
+        jobs: list[Any] = []
+        by_model: dict[tuple[str, str], float] = {}
         for job_id, owner, model, seconds in charges:
-            pipe.incrbyfloat(f"{_P}job:{job_id}", seconds)
-            pipe.expire(f"{_P}job:{job_id}", self.retention_s)
-            pipe.hincrbyfloat(f"{_P}owner:{owner}:{period}", model, seconds)
-            pipe.expire(f"{_P}owner:{owner}:{period}", max(self.retention_s, 2 * self.period_s))
-            pipe.hincrbyfloat(f"{_P}totals", f"{owner}|{model}", seconds)
-        self._call(pipe.execute)
+            jobs += [job_id, seconds]
+            by_model[(owner, model)] = by_model.get((owner, model), 0.0) + seconds
+        if not jobs:
+            return
+        args: list[Any] = [_P, period_start(time.time(), self.period_s), self.retention_s,
+                           max(self.retention_s, 2 * self.period_s), len(jobs) // 2, *jobs]
+        for (owner, model), seconds in by_model.items():
+            args += [owner, model, seconds]
+        self._call(lambda: self._charge(args=args))
 
     def job_seconds(self, job_ids: list[str]) -> dict[str, float]:
         if not job_ids:

@@ -115,3 +115,8 @@ def test_owner_periods_are_apart(store: JobStore) -> None:
     assert meter.job_seconds(["j1", "j2", "nope"]) == {"j1": 1.75, "j2": 0.5}
     assert meter.spent("alice") == pytest.approx(2.25) and meter.spent("carol") == 0
     assert meter.owner_seconds("alice", 0) == {}  # another period
+    meter.charge([("j4", "carol", "m1", 1.0), ("j5", "carol", "m1", 0.5),
+                  ("j6", "carol", "m2", 0.125)])  # one owner and model, jobs apart
+    assert meter.job_seconds(["j4", "j5"]) == {"j4": 1.0, "j5": 0.5}
+    assert meter.spent("carol") == pytest.approx(1.625)
+    assert meter.totals()[("carol", "m1")] == pytest.approx(1.5)
