@@ -282,8 +282,9 @@ def _prepare(state: State, caller: Caller, body: JobRequest
     if body.timeout_s is not None and body.timeout_s > settings.max_job_timeout_s:
         raise InvalidInput(f"timeout_s is over the limit of {settings.max_job_timeout_s}")
     webhook_events = check_webhook(settings, body.webhook, body.webhook_events)
-    fingerprint = request_hash(body.model_dump(mode="json", exclude={"id"}))
+    fingerprint = ""  # only a client-chosen id can be sent again: only its job needs one
     if body.id is not None:
+        fingerprint = request_hash(body.model_dump(mode="json", exclude={"id"}))
         existing = state.store.get(body.id)
         if existing is not None:
             return None, _resubmitted(existing, caller, fingerprint)
