@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -77,3 +79,54 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONVOY_API_KEYS", "no-colon")
     with pytest.raises(UnsafeSettings):
         Settings().keys()
+
+
+def test_the_submissions_fast_path_answers_as_the_route_does(tmp_path: Path) -> None:
+    """POST /v1/jobs goes through a thin ASGI path (service.routes.jobs.SubmitFastPath);
+    the same requests through the framework's route get the same answers."""
+    from PIL import Image
+
+    from service.routes.jobs import SubmitFastPath
+    from tests.helpers import b64_png
+
+    def answers(fast: bool) -> list[tuple[int, Any, str | None]]:
+        app = create_app(Settings(data_dir=tmp_path / str(fast), api_keys="ann:k1",
+                                  max_body_bytes=64 * 1024, rate_limit_per_s=1000))
+        if not fast:
+            app.user_middleware = [m for m in app.user_middleware if m.cls is not SubmitFastPath]
+        assert any(m.cls is SubmitFastPath for m in app.user_middleware) == fast
+        image = b64_png(Image.new("L", (32, 32), 200))
+        good = {"kind": "classify", "model": "lenet5-digits", "input": {"image": image}}
+        key = {"authorization": "Bearer k1"}
+        cases: list[tuple[dict[str, str], Any]] = [
+            ({}, good),  # no key
+            ({"authorization": "Bearer nope"}, good),
+            (key, b"{not json"),
+            (key, {"kind": "paint", "model": "lenet5-digits", "input": {}}),
+            (key, {**good, "model": "nope"}),
+            (key, {**good, "input": {"image": "not base64!"}}),
+            (key, {**good, "input": {"image": b64_png(Image.new("L", (4096, 4096)))}}),
+            (key, b"x" * (65 * 1024)),  # over the body limit
+            (key, good),
+            (key, {**good, "id": "mine-1"}),
+            (key, {**good, "id": "mine-1"}),  # the same again: the same record
+            (key, {**good, "id": "mine-1", "input": {"image": image, "top_k": 2}}),  # conflict
+        ]
+        out = []
+        with TestClient(app) as client:
+            for headers, body in cases:
+                content = body if isinstance(body, bytes) else json.dumps(body).encode()
+                r = client.post("/v1/jobs", content=content,
+                                headers={**headers, "content-type": "application/json"})
+                data = r.json()
+                if "id" in data and data["id"] != "mine-1":
+                    data = {k: v for k, v in data.items()
+                            if k not in ("id", "created_at", "links")}
+                elif "id" in data:
+                    data = {k: v for k, v in data.items() if k != "created_at"}
+                out.append((r.status_code, data, r.headers.get("retry-after")))
+        return out
+
+    fast, route = answers(True), answers(False)
+    assert [a[0] for a in fast] == [401, 401, 422, 422, 404, 422, 422, 413, 202, 202, 200, 409]
+    assert fast == route
