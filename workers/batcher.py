@@ -124,7 +124,8 @@ class Batcher:
     ones, or a dict: job id → why): it is asked once before each batch and then at most
     every ``poll_s`` between steps, for the whole batch at once (each member's ``wanted``
     answers the rest, such as its deadline). ``on_device(job_ids)``, where given, is told
-    of a batch just before it runs, and answers as ``canceled`` does.
+    of a batch just before it runs, and answers as ``canceled`` does, in place of the
+    cancel read before the batch.
     ``progress(job_ids, step, total)``, where given, reports a step for all the batch's
     members in one call instead of each member's ``on_progress``. With ``stepping``, the
     jobs of models that offer a stepper run in step loops (``workers/stepper.py``).
@@ -264,18 +265,23 @@ class Batcher:
             flagged = dict.fromkeys(flagged, "canceled")
         return [flagged.get(it.job_id) or it.wanted() for it in items]
 
+    def _starting(self, items: list[Item]) -> list[str | None]:
+        """Why each item of a batch about to run must not (None: it runs). Where
+        ``on_device`` is given, it marks the batch and answers in one store step;
+        otherwise the cancel flags are read fresh."""
+        if self.on_device is None:
+            return self._stopped(items, fresh=True)
+        self._polled = time.monotonic()
+        stopped = self.on_device([it.job_id for it in items])
+        return [stopped.get(it.job_id) or it.wanted() for it in items]
+
     def _run_safe(self, items: list[Item]) -> None:
         live = []
-        for it, reason in zip(items, self._stopped(items, fresh=True), strict=True):
+        for it, reason in zip(items, self._starting(items), strict=True):
             if reason:
                 self._resolve(it, error=Stopped(reason))
             else:
                 live.append(it)
-        if live and self.on_device is not None:
-            lost = self.on_device([it.job_id for it in live])
-            for it in [it for it in live if it.job_id in lost]:
-                self._resolve(it, error=Stopped(lost[it.job_id]))
-                live.remove(it)
         if not live:
             return
         try:

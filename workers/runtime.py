@@ -305,10 +305,11 @@ class WorkerRuntime:
 
     def _on_device(self, job_ids: list[str]) -> dict[str, str]:
         """Mark a batch's runs as on the device before it runs (a worker lost from now on
-        is charged an attempt for them); the runs whose claim is over must not start. A
-        store that does not answer is no reason to hold the device: the batch runs unmarked."""
+        is charged an attempt for them), in the same store step as reading which must not
+        start: 'canceled', or 'lost' where the claim is over. A store that does not answer
+        is no reason to hold the device: the batch runs unmarked."""
         try:
-            return dict.fromkeys(self.store.mark_on_device(self._claims(job_ids)), "lost")
+            return self.store.start_on_device(self._claims(job_ids))
         except StoreUnavailable as e:
             log.warning("batch of %d not marked on the device (%s)", len(job_ids), e)
             return {}

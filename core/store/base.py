@@ -148,6 +148,14 @@ class JobStore(ABC):
         worker lost from here on is charged an attempt for them (``requeue``). Returns the
         ids whose claim is over (those runs must not start)."""
 
+    def start_on_device(self, claims: dict[str, int]) -> dict[str, str]:
+        """``stopped_among`` and ``mark_on_device`` at once, where the store can do both
+        in one step: why each run of ``claims`` must not start ('lost' or 'canceled'); the
+        others are marked as on the device."""
+        stopped = self.stopped_among(claims)
+        lost = self.mark_on_device({j: t for j, t in claims.items() if j not in stopped})
+        return {**stopped, **dict.fromkeys(lost, "lost")}
+
     @abstractmethod
     def finish(self, outcomes: list[Outcome]) -> list[bool]:
         """Record each outcome (see ``Outcome`` for when one takes effect) with its final

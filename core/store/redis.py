@@ -204,10 +204,17 @@ class RedisStore(JobStore):
     def mark_on_device(self, claims: dict[str, int]) -> set[str]:
         if not claims:
             return set()
+        return {j for j, why in self.start_on_device(claims).items() if why == "lost"}
+
+    @_guard
+    def start_on_device(self, claims: dict[str, int]) -> dict[str, str]:
+        if not claims:
+            return {}
         script = _SCRIPTS["mark"]
         replies = self._eval([(script, script.bind(job=self._k(j), token=token))
                               for j, token in claims.items()])
-        return {j for j, r in zip(claims, replies, strict=True) if r != 1}
+        return {j: "lost" if r == -1 else "canceled"
+                for j, r in zip(claims, replies, strict=True) if r != 1}
 
     def _finish_call(self, o: Outcome, at: str) -> tuple[Script, tuple[list[Any], list[Any]]]:
         script = _SCRIPTS["finish"]

@@ -198,6 +198,20 @@ def test_a_requeued_run_is_charged_only_if_it_reached_the_device(store: JobStore
     assert charged.device == second.token
 
 
+def test_a_batch_starts_in_one_step_that_tells_the_runs_that_must_not(store: JobStore
+                                                                        ) -> None:
+    for name in ("ok", "flagged", "moved"):
+        put(store, job(name))
+    runs = {name: claim(store, name, "w1").token for name in ("ok", "flagged", "moved")}
+    assert store.cancel("flagged") is not None  # running: its flag is set
+    assert store.requeue({"moved": "w1"}) == {"moved"}  # taken for dead: the claim is over
+    assert store.start_on_device(runs) == {"flagged": "canceled", "moved": "lost"}
+    ok, flagged = store.get("ok"), store.get("flagged")
+    assert ok is not None and ok.device == runs["ok"]  # marked: a loss now costs an attempt
+    assert flagged is not None and flagged.device != runs["flagged"]  # it never starts
+    assert store.start_on_device({}) == {}
+
+
 def test_writes_of_a_run_whose_claim_is_over_are_refused(store: JobStore) -> None:
     put(store, job("a"))
     stale = claim(store, "a", "w1")
