@@ -261,14 +261,20 @@ return out
 """
 
 
-# KEYS: the level set, the where hash, the queues set, the taken mark. ARGV: id, created,
-# queue. → 1 if indexed (a job taken already is not indexed again)
+# A group of jobs indexed in one step. ARGV: the key prefix, then (id, created, queue,
+# priority) for each job. A job taken already is not indexed again. → the number indexed
 _ADD = """
-if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
-redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[3])
-return 1
+local P, n = ARGV[1], 0
+for i = 2, #ARGV, 4 do
+  local id, created, queue, level = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if redis.call('EXISTS', P .. 'taken:' .. id) == 0 then
+    redis.call('ZADD', P .. queue .. ':' .. level, 'NX', created, id)
+    redis.call('HSET', P .. 'where', id, queue)
+    redis.call('SADD', P .. 'queues', queue)
+    n = n + 1
+  end
+end
+return n
 """
 
 
@@ -294,12 +300,14 @@ class RedisOrder(QueueOrder):
         return [f"{_P}{queue}:{p}" for p in range(MAX_PRIORITY + 1)]
 
     def add(self, entries: list[tuple[str, Entry]]) -> None:
-        pipe = self.r.pipeline(transaction=False)
+        """One script call for the group (one round trip, where a pipeline of scripts
+        would first ask whether the server has them)."""
+        if not entries:
+            return
+        args: list[Any] = [_P]
         for queue, e in entries:
-            self._add_script(keys=[f"{_P}{queue}:{e.priority}", f"{_P}where", f"{_P}queues",
-                                   f"{_P}taken:{e.job_id}"],
-                             args=[e.job_id, e.created, queue], client=pipe)
-        self._call(pipe.execute)
+            args += [e.job_id, e.created, queue, e.priority]
+        self._call(self._add_script, args=args)
 
     def queues(self) -> list[str]:
         return sorted(q.decode() for q in self._call(self.r.smembers, f"{_P}queues"))
