@@ -43,6 +43,7 @@ class Request(Generic[A]):
 
     kind: str
     input: A
+    pixels: Any = None  # what ``Predictor.preprocess`` made of the input, where it did
 
 
 class StepCallback(Protocol):
@@ -84,6 +85,13 @@ class Predictor:
     ) -> list[dict[str, Any] | None]:
         """One result per request (None for a member dropped through ``on_step``)."""
         raise NotImplementedError
+
+    def preprocess(self, request: Request) -> None:
+        """Work of one request that needs no device and no other request (resizing its
+        image into a tensor, say), done on the job's own thread before it joins a batch,
+        so that the device's thread does not do it between forwards: ``predict`` then
+        finds it in ``request.pixels``. Nothing by default; ``predict`` must also take
+        requests that were not preprocessed."""
 
     def stepper(self) -> Stepper | None:
         """Step-level batching of this model (``models.stepping``), where it has one: requests

@@ -393,8 +393,10 @@ class WorkerRuntime:
             except StoreUnavailable as e:
                 log.warning("job %s: preview %s not recorded (%s)", job_id, artifact.name, e)
 
+        request = Request(job.kind, data)
+        predictor.preprocess(request)  # here, beside the device's forwards, not between them
         return Item(job_id=job_id, predictor=predictor, entry=entry,
-                    request=Request(job.kind, data), wanted=wanted, on_preview=on_preview)
+                    request=request, wanted=wanted, on_preview=on_preview)
 
     # -- heartbeat and reaping -------------------------------------------------------------------
     def info(self) -> dict[str, Any]:

@@ -127,11 +127,15 @@ class TorchvisionPredictor(Predictor):
     def modules_for_memory(self) -> list[torch.nn.Module]:
         return [self.model]
 
+    def preprocess(self, request: Request[ClassifyArgs]) -> None:
+        request.pixels = _resize_crop(request.input.image, self.pre)
+
     @torch.inference_mode()
     def predict(
         self, batch: list[Request[ClassifyArgs]], on_step: StepCallback | None = None
     ) -> list[dict[str, Any] | None]:
-        x = torch.stack([_resize_crop(r.input.image, self.pre) for r in batch])
+        x = torch.stack([r.pixels if r.pixels is not None else _resize_crop(r.input.image, self.pre)
+                         for r in batch])
         x = to_device((x - self.mean) / self.std, self.device, self.dtype)
         logits = self.model(x)  # (B, num_classes)
         ranked = top_k_rows(logits, self.entry.labels, [r.input.top_k for r in batch])

@@ -138,6 +138,25 @@ def test_random_resnet18_classifies_with_torchvision_preprocessing(
     assert predictor.memory_bytes() > 40_000_000  # resnet18's 11.7M float32 parameters
 
 
+def test_a_request_preprocessed_on_its_own_thread_gets_the_same_answer(
+    tmp_path: Path, resnet18_weights: tuple[Path, torch.nn.Module]
+) -> None:
+    path, _ = resnet18_weights
+    predictor = TorchvisionPredictor(_resnet18_entry(tmp_path, path))
+    predictor.load()
+    images = [_image(3, (300, 260)), _image(4, (64, 64))]
+    plain = [Request("classify", ClassifyArgs(image=im, top_k=4)) for im in images]
+    early = [Request("classify", ClassifyArgs(image=im, top_k=4)) for im in images]
+    for request in early[:1]:  # a batch may mix both
+        predictor.preprocess(request)
+    assert early[0].pixels is not None and early[0].pixels.shape == (3, 224, 224)
+    for a, b in zip(predictor.predict(plain), predictor.predict(early), strict=True):
+        assert a is not None and b is not None
+        assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
+        for p, q in zip(a["predictions"], b["predictions"], strict=True):
+            assert abs(p["score"] - q["score"]) < 1e-4
+
+
 def test_preprocessing_follows_the_architecture() -> None:
     assert (preprocess_for("resnet18").resize, preprocess_for("resnet18").crop) == (256, 224)
     assert preprocess_for("inception_v3").crop == 299
