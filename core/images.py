@@ -95,6 +95,17 @@ class DecodeBudget:
 DECODE_BUDGET = DecodeBudget(4096 * 4096, 2.0)
 
 
+def _open(data: bytes, formats: set[str] | None) -> Image.Image | None:
+    """The image's header read by the decoders of ``formats`` (None: any), or None."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Image.open(io.BytesIO(data), formats=None if formats is None
+                              else sorted(formats))
+    except Exception:  # noqa: BLE001  (no decoder of these formats reads it)
+        return None
+
+
 def decode_image(value: str, max_pixels: int, field: str = "image",
                  budget: DecodeBudget | None = None) -> Image.Image:
     """A fully decoded PIL image from a base64 string (optionally a data URL).
@@ -116,12 +127,11 @@ def decode_image(value: str, max_pixels: int, field: str = "image",
         raise UnsupportedMediaType(
             f"{field}: this format is not accepted; send {', '.join(sorted(ALLOWED_FORMATS))}"
         )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data), formats=None)
-    except Exception:
-        raise InvalidInput(f"{field} is not a readable image") from None
+    image = _open(data, ALLOWED_FORMATS)  # the formats served: no other decoder is tried
+    if image is None:
+        image = _open(data, None)  # a format not served (415), or not an image (422)
+    if image is None:
+        raise InvalidInput(f"{field} is not a readable image")
     if image.format not in ALLOWED_FORMATS:
         raise UnsupportedMediaType(
             f"{field}: {image.format} is not accepted; send "

@@ -222,9 +222,9 @@ async def _accept(state: State, caller: Caller, body: JobRequest, job: Job,
 
 def _has_uploads(body: JobRequest) -> bool:
     """Whether an image of the input names an upload (checking it reads the blob store)."""
-    data = body.input
-    values = [getattr(data, name, None) for name in IMAGE_FIELDS]
-    values += list(getattr(data, "interpolate_between", None) or [])
+    fields = vars(body.input)  # a model's fields (getattr of a missing one costs a raise)
+    values = [fields.get(name) for name in IMAGE_FIELDS]
+    values += list(fields.get("interpolate_between") or [])
     return any(v is not None and not isinstance(v, str) for v in values)
 
 
