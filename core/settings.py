@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     heartbeat_s: float = 1.0  # worker heartbeat interval
     worker_dead_after_s: float = 5.0  # a worker silent this long is gone; its jobs requeue
     batching: bool = True  # micro-batch concurrent jobs of the same model
-    step_batching: bool = False  # generation jobs join a running sampling loop at its next step, where the model allows (off: measured slower on CPUs, docs/performance.md)
+    step_batching: bool = True  # generation jobs join a running sampling loop at its next step, where the model allows (docs/operations.md)
     preload: Annotated[list[str], NoDecode] = Field(default_factory=list)  # models loaded at worker start
     memory_budget: str | None = None  # per device: bytes ("2GB") or fraction ("0.8")
     poll_interval_s: float = 0.02  # embedded broker polling
