@@ -68,6 +68,12 @@ def error_response(exc: Exception) -> JSONResponse | None:
         log.warning("blob store: %s", exc)
         return _error(503, "unavailable", "the blob store does not answer; try again shortly",
                       headers={"Retry-After": "2"})
+    if isinstance(exc, StarletteHTTPException):
+        if exc.status_code == 400:  # a body that is not JSON at all: invalid input, as in API.md
+            return _error(422, "invalid_input", str(exc.detail))
+        code = _HTTP_CODES.get(exc.status_code, "invalid_input" if exc.status_code < 500
+                               else "internal")
+        return _error(exc.status_code, code, str(exc.detail))
     return None
 
 
@@ -77,7 +83,8 @@ def _install_handlers(app: FastAPI) -> None:
         assert response is not None, f"no answer for {type(exc).__name__}"
         return response
 
-    for kind in (ConvoyError, ModelNotFound, StoreUnavailable, BlobError):
+    for kind in (ConvoyError, ModelNotFound, StoreUnavailable, BlobError,
+                 StarletteHTTPException):
         app.add_exception_handler(kind, own)
 
     @app.exception_handler(RequestValidationError)
@@ -86,14 +93,6 @@ def _install_handlers(app: FastAPI) -> None:
         max_errors = request.app.state.convoy.settings.max_error_details
         message, details = bounded_errors(errors, len(errors), max_errors, prefix=())
         return _error(422, "invalid_input", message, details)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 400:  # a body that is not JSON at all: invalid input, as in API.md
-            return _error(422, "invalid_input", str(exc.detail))
-        code = _HTTP_CODES.get(exc.status_code, "invalid_input" if exc.status_code < 500
-                               else "internal")
-        return _error(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)
     async def internal(_: Request, exc: Exception) -> JSONResponse:
