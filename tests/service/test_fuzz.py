@@ -19,7 +19,7 @@ from service.app import create_app
 
 DATA = Path(tempfile.mkdtemp(prefix="convoy-fuzz-"))
 APP = create_app(Settings(data_dir=DATA, redis_url=None, api_keys="alice:ka,bob:kb",
-                          max_wait_s=1.0, rate_limit_per_s=1000.0, rate_limit_burst=100000))
+                          max_wait_s=0.2, rate_limit_per_s=1000.0, rate_limit_burst=100000))
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 CHECKS = [checks.not_a_server_error, checks.status_code_conformance,
           checks.content_type_conformance, checks.response_schema_conformance,
