@@ -22,6 +22,7 @@ from typing import Any
 
 from core.sqlite_local import ThreadLocalDB
 from core.store.base import JobStore, StoreUnavailable
+from core.store.redis_errors import as_store_errors, redis_call
 
 
 def merge(a: Any, b: Any) -> Any:
@@ -101,22 +102,16 @@ class RedisClusterStats(ClusterStats):
     def __init__(self, client: Any) -> None:
         import redis
 
-        from core.store.redis_errors import REDIS_ERRORS
-
         self.r = client
-        self._errors = REDIS_ERRORS
         self._watch_error = redis.WatchError
 
     def save(self, worker: str, snapshot: dict[str, Any]) -> None:
-        try:
-            self.r.hset(f"{_P}workers", worker, json.dumps(
-                {"saved": time.time(), "data": counters(snapshot)}))
-        except self._errors as e:
-            raise _store_error(e) from e
+        redis_call(self.r.hset, f"{_P}workers", worker, json.dumps(
+            {"saved": time.time(), "data": counters(snapshot)}))
 
     def fold(self, live: set[str]) -> int:
         for _ in range(5):  # optimistic: another folder's change starts the step again
-            with self.r.pipeline() as pipe:
+            with as_store_errors(), self.r.pipeline() as pipe:
                 try:
                     pipe.watch(f"{_P}workers", f"{_P}retired")
                     saved = {k.decode(): json.loads(v) for k, v in
@@ -136,16 +131,12 @@ class RedisClusterStats(ClusterStats):
                     return len(gone)
                 except self._watch_error:
                     continue
-                except self._errors as e:
-                    raise _store_error(e) from e
         return 0
 
     def totals(self) -> dict[str, Any]:
-        try:
+        with as_store_errors():
             raw = self.r.get(f"{_P}retired")
             saved = self.r.hvals(f"{_P}workers")
-        except self._errors as e:
-            raise _store_error(e) from e
         total: dict[str, Any] = json.loads(raw) if raw else {}
         for v in saved:
             total = merge(total, json.loads(v)["data"])
@@ -162,10 +153,3 @@ def open_cluster_stats(store: JobStore) -> ClusterStats | None:
     if isinstance(store, RedisStore):
         return RedisClusterStats(store.r)
     return None
-
-
-def _store_error(exc: Exception) -> StoreUnavailable:
-    """A Redis failure as the store error the API maps (a full Redis is StoreFull)."""
-    from core.store.redis_errors import store_errors
-
-    return store_errors(exc) or StoreUnavailable(f"redis: {exc}")

@@ -27,6 +27,7 @@ from core.blobs import BlobInfo, BlobStore, job_prefix, upload_key
 from core.job import Job
 from core.sqlite_local import ThreadLocalDB
 from core.store.base import JobStore, StoreUnavailable, input_size, usage_buckets
+from core.store.redis_errors import redis_call
 
 Charge = tuple[str, str, str, float]  # job id, owner, model, seconds
 SENT_WITH = "job"  # an upload's metadata: the job whose submission carried it
@@ -140,19 +141,10 @@ return 1
 
 class RedisMeter(Meter):
     def __init__(self, client: Any, period_s: int, retention_s: int) -> None:
-        from core.store.redis_errors import REDIS_ERRORS
-
         super().__init__(period_s)
         self.r = client
         self.retention_s = retention_s
-        self._errors = REDIS_ERRORS
         self._charge = client.register_script(_CHARGE)
-
-    def _call(self, fn: Any, *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except self._errors as e:
-            raise _store_error(e) from e
 
     def charge(self, charges: Iterable[Charge]) -> None:
         """All of the charges in one script call (all or none), the owners' and models'
@@ -168,20 +160,20 @@ class RedisMeter(Meter):
                            max(self.retention_s, 2 * self.period_s), len(jobs) // 2, *jobs]
         for (owner, model), seconds in by_model.items():
             args += [owner, model, seconds]
-        self._call(lambda: self._charge(args=args))
+        redis_call(lambda: self._charge(args=args))
 
     def job_seconds(self, job_ids: list[str]) -> dict[str, float]:
         if not job_ids:
             return {}
-        values = self._call(self.r.mget, [f"{_P}job:{j}" for j in job_ids])
+        values = redis_call(self.r.mget, [f"{_P}job:{j}" for j in job_ids])
         return {j: float(v) for j, v in zip(job_ids, values, strict=True) if v is not None}
 
     def owner_seconds(self, owner: str, period: int) -> dict[str, float]:
-        raw = self._call(self.r.hgetall, f"{_P}owner:{owner}:{period}")
+        raw = redis_call(self.r.hgetall, f"{_P}owner:{owner}:{period}")
         return {k.decode(): float(v) for k, v in raw.items()}
 
     def totals(self) -> dict[tuple[str, str], float]:
-        raw = self._call(self.r.hgetall, f"{_P}totals")
+        raw = redis_call(self.r.hgetall, f"{_P}totals")
         out: dict[tuple[str, str], float] = {}
         for k, v in raw.items():
             owner, _, model = k.decode().rpartition("|")
@@ -200,13 +192,6 @@ def open_meter(store: JobStore, period_s: int) -> Meter | None:
     if isinstance(store, RedisStore):
         return RedisMeter(store.r, period_s, store.retention_s)
     return None
-
-
-def _store_error(exc: Exception) -> StoreUnavailable:
-    """A Redis failure as the store error the API maps (a full Redis is StoreFull)."""
-    from core.store.redis_errors import store_errors
-
-    return store_errors(exc) or StoreUnavailable(f"redis: {exc}")
 
 
 def _refs(job: Job, kind: str) -> set[str]:

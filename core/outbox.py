@@ -31,6 +31,7 @@ from typing import Any
 
 from core.sqlite_local import ThreadLocalDB
 from core.store.base import JobStore, StoreUnavailable
+from core.store.redis_errors import redis_call
 
 
 @dataclass
@@ -191,56 +192,46 @@ return 1
 
 class RedisOutbox(Outbox):
     def __init__(self, client: Any, retention_s: int) -> None:
-
-        from core.store.redis_errors import REDIS_ERRORS
-
         self.r = client
         self.retention_s = retention_s
-        self._errors = REDIS_ERRORS
         self._claim = client.register_script(_CLAIM)
         self._enqueue = client.register_script(_ENQUEUE)
 
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except self._errors as e:
-            raise _store_error(e) from e
-
     def watch(self, job_id: str) -> None:
-        self._call(self.r.zadd, f"{_P}watch", {job_id: time.time()}, nx=True)
+        redis_call(self.r.zadd, f"{_P}watch", {job_id: time.time()}, nx=True)
 
     def watched(self, limit: int = 500) -> list[tuple[str, int, float]]:
-        pairs = self._call(self.r.zrange, f"{_P}watch", 0, limit - 1, withscores=True)
+        pairs = redis_call(self.r.zrange, f"{_P}watch", 0, limit - 1, withscores=True)
         if not pairs:
             return []
         ids = [p[0].decode() for p in pairs]
-        cursors = self._call(self.r.hmget, f"{_P}cursor", ids)
+        cursors = redis_call(self.r.hmget, f"{_P}cursor", ids)
         return [(i, int(c or 0), float(p[1])) for i, c, p in zip(ids, cursors, pairs, strict=True)]
 
     def advance(self, job_id: str, cursor: int, done: bool) -> None:
         if done:
             pipe = self.r.pipeline()
             pipe.zrem(f"{_P}watch", job_id).hdel(f"{_P}cursor", job_id)
-            self._call(pipe.execute)
+            redis_call(pipe.execute)
         else:
-            self._call(self.r.hset, f"{_P}cursor", job_id, cursor)
+            redis_call(self.r.hset, f"{_P}cursor", job_id, cursor)
 
     def enqueue(self, deliveries: list[Delivery]) -> int:
         now, new = time.time(), 0
         for d in deliveries:
             d.first_at = d.first_at or now
-            new += int(self._call(self._enqueue, keys=[f"{_P}d:{d.id}", f"{_P}due"],
+            new += int(redis_call(self._enqueue, keys=[f"{_P}d:{d.id}", f"{_P}due"],
                                   args=[d.id, json.dumps(asdict(d)), now, self.retention_s]))
         return new
 
     def claim_due(self, limit: int, lease_s: float) -> list[Delivery]:
         now = time.time()
-        ids = self._call(self._claim, keys=[f"{_P}due"], args=[now, limit, now + lease_s])
+        ids = redis_call(self._claim, keys=[f"{_P}due"], args=[now, limit, now + lease_s])
         out = []
         for raw in ids:
             found = self.get(raw.decode())
             if found is None:  # expired: drop it from the schedule
-                self._call(self.r.zrem, f"{_P}due", raw)
+                redis_call(self.r.zrem, f"{_P}due", raw)
             elif found.state == "pending":
                 out.append(found)
         return out
@@ -253,16 +244,16 @@ class RedisOutbox(Outbox):
             pipe.zadd(f"{_P}due", {delivery.id: due_at or time.time()})
         else:
             pipe.zrem(f"{_P}due", delivery.id)
-        self._call(pipe.execute)
+        redis_call(pipe.execute)
 
     def get(self, delivery_id: str) -> Delivery | None:
-        raw = self._call(self.r.hget, f"{_P}d:{delivery_id}", "data")
+        raw = redis_call(self.r.hget, f"{_P}d:{delivery_id}", "data")
         return Delivery(**json.loads(raw)) if raw else None
 
     def secret(self, owner: str) -> str:
         key = f"{_P}secret:{owner}"
-        self._call(self.r.set, key, new_secret(), nx=True)
-        return str(self._call(self.r.get, key).decode())
+        redis_call(self.r.set, key, new_secret(), nx=True)
+        return str(redis_call(self.r.get, key).decode())
 
 
 def open_outbox(store: JobStore) -> Outbox:
@@ -272,10 +263,3 @@ def open_outbox(store: JobStore) -> Outbox:
     if isinstance(store, SQLiteStore):
         return SQLiteOutbox(store.path, store.retention_s)
     return RedisOutbox(store.r, store.retention_s)  # type: ignore[attr-defined]
-
-
-def _store_error(exc: Exception) -> StoreUnavailable:
-    """A Redis failure as the store error the API maps (a full Redis is StoreFull)."""
-    from core.store.redis_errors import store_errors
-
-    return store_errors(exc) or StoreUnavailable(f"redis: {exc}")

@@ -25,6 +25,7 @@ from typing import Any
 from core.job import Job
 from core.sqlite_local import ThreadLocalDB
 from core.store.base import JobStore, StoreUnavailable
+from core.store.redis_errors import redis_call
 
 MAX_PRIORITY = 9  # priorities are 0 (default) .. MAX_PRIORITY
 
@@ -280,20 +281,11 @@ return n
 
 class RedisOrder(QueueOrder):
     def __init__(self, client: Any, starvation_s: float, retention_s: int) -> None:
-        from core.store.redis_errors import REDIS_ERRORS
-
         super().__init__(starvation_s)
         self.r = client
         self.retention_s = retention_s
-        self._errors = REDIS_ERRORS
         self._pick_script = client.register_script(_PICK)
         self._add_script = client.register_script(_ADD)
-
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except self._errors as e:
-            raise _store_error(e) from e
 
     @staticmethod
     def _levels(queue: str) -> list[str]:
@@ -307,34 +299,34 @@ class RedisOrder(QueueOrder):
         args: list[Any] = [_P]
         for queue, e in entries:
             args += [e.job_id, e.created, queue, e.priority]
-        self._call(self._add_script, args=args)
+        redis_call(self._add_script, args=args)
 
     def queues(self) -> list[str]:
-        return sorted(q.decode() for q in self._call(self.r.smembers, f"{_P}queues"))
+        return sorted(q.decode() for q in redis_call(self.r.smembers, f"{_P}queues"))
 
     def tidy(self) -> int:
         dropped = 0
         for queue in self.queues():
             for key in self._levels(queue):
-                ids = [m.decode() for m in self._call(self.r.zrange, key, 0, -1)]
+                ids = [m.decode() for m in redis_call(self.r.zrange, key, 0, -1)]
                 if not ids:
                     continue
-                queued = self._call(self.r.smismember, "convoy:queued", ids)
+                queued = redis_call(self.r.smismember, "convoy:queued", ids)
                 for job_id, q in zip(ids, queued, strict=True):
-                    status = None if q else self._call(self.r.hget, f"convoy:job:{job_id}",
+                    status = None if q else redis_call(self.r.hget, f"convoy:job:{job_id}",
                                                        "status")
                     if not q and status != b"running":
-                        self._call(self.r.zrem, key, job_id)
-                        self._call(self.r.hdel, f"{_P}where", job_id)
+                        redis_call(self.r.zrem, key, job_id)
+                        redis_call(self.r.hdel, f"{_P}where", job_id)
                         dropped += 1
         return dropped
 
     def lead(self, name: str, holder: str, ttl_s: float) -> bool:
         key, ms = f"{_P}lease:{name}", int(ttl_s * 1000)
-        if self._call(self.r.set, key, holder, nx=True, px=ms):
+        if redis_call(self.r.set, key, holder, nx=True, px=ms):
             return True
-        if self._call(self.r.get, key) == holder.encode():
-            self._call(self.r.pexpire, key, ms)
+        if redis_call(self.r.get, key) == holder.encode():
+            redis_call(self.r.pexpire, key, ms)
             return True
         return False
 
@@ -343,10 +335,10 @@ class RedisOrder(QueueOrder):
         for key in self._levels(queue):
             pipe.zrange(key, 0, -1, withscores=True)
         found = [Entry(m.decode(), p, float(s))
-                 for p, level in enumerate(self._call(pipe.execute)) for m, s in level]
+                 for p, level in enumerate(redis_call(pipe.execute)) for m, s in level]
         if not found:
             return []
-        queued = self._call(self.r.smismember, "convoy:queued", [e.job_id for e in found])
+        queued = redis_call(self.r.smismember, "convoy:queued", [e.job_id for e in found])
         now = time.time()
         return sorted((e for e, q in zip(found, queued, strict=True) if q),
                       key=lambda e: rank(e, now, self.starvation_s))
@@ -354,7 +346,7 @@ class RedisOrder(QueueOrder):
     def pick(self, job_ids: list[str], store: JobStore | None = None) -> list[str]:
         """One round trip for the whole message (a script), however many jobs it names."""
         try:
-            picked = self._call(self._pick_script, args=[
+            picked = redis_call(self._pick_script, args=[
                 time.time(), self.starvation_s, _P, self.retention_s, MAX_PRIORITY, *job_ids])
         except StoreUnavailable:
             return list(job_ids)
@@ -374,10 +366,3 @@ def open_order(store: JobStore, starvation_s: float) -> QueueOrder | None:
     if isinstance(store, RedisStore):
         return RedisOrder(store.r, starvation_s, store.retention_s)
     return None
-
-
-def _store_error(exc: Exception) -> StoreUnavailable:
-    """A Redis failure as the store error the API maps (a full Redis is StoreFull)."""
-    from core.store.redis_errors import store_errors
-
-    return store_errors(exc) or StoreUnavailable(f"redis: {exc}")

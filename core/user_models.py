@@ -27,6 +27,7 @@ from typing import Any
 from core.blobs import KEPT_PREFIX, BlobStore, check_key
 from core.sqlite_local import ThreadLocalDB
 from core.store.base import JobStore, StoreUnavailable
+from core.store.redis_errors import redis_call
 from models.catalog import Catalog, ModelEntry, ModelNotFound
 from models.kinds.finetune import NAME_PATTERN
 
@@ -95,32 +96,21 @@ _P = "convoy:models:"
 
 class RedisUserModels(UserModels):
     def __init__(self, client: Any) -> None:
-        from core.store.redis_errors import REDIS_ERRORS
-
         self.r = client
-        self._errors = REDIS_ERRORS
-
-    def _call(self, fn: Any, *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except self._errors as e:
-            from core.store.redis_errors import store_errors
-
-            raise (store_errors(e) or StoreUnavailable(f"redis: {e}")) from e
 
     def put(self, record: dict[str, Any]) -> None:
-        self._call(self.r.hset, f"{_P}{record['owner']}", record["name"], json.dumps(record))
+        redis_call(self.r.hset, f"{_P}{record['owner']}", record["name"], json.dumps(record))
 
     def get(self, owner: str, name: str) -> dict[str, Any] | None:
-        raw = self._call(self.r.hget, f"{_P}{owner}", name)
+        raw = redis_call(self.r.hget, f"{_P}{owner}", name)
         return None if raw is None else json.loads(raw)
 
     def list(self, owner: str) -> list[dict[str, Any]]:
-        raw = self._call(self.r.hgetall, f"{_P}{owner}")
+        raw = redis_call(self.r.hgetall, f"{_P}{owner}")
         return sorted((json.loads(v) for v in raw.values()), key=lambda r: r["name"])
 
     def delete(self, owner: str, name: str) -> bool:
-        return bool(self._call(self.r.hdel, f"{_P}{owner}", name))
+        return bool(redis_call(self.r.hdel, f"{_P}{owner}", name))
 
 
 def open_user_models(store: JobStore) -> UserModels | None:

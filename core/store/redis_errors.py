@@ -4,6 +4,10 @@ Redis is ``StoreFull`` (503 with a longer Retry-After), a lost one ``StoreUnavai
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
 import redis
 
 from core.store.base import StoreFull, StoreUnavailable
@@ -21,3 +25,21 @@ def store_errors(exc: Exception) -> StoreUnavailable | None:
     if isinstance(exc, REDIS_ERRORS):
         return StoreUnavailable(f"redis: {exc}")
     return None
+
+
+T = TypeVar("T")
+
+
+@contextmanager
+def as_store_errors() -> Iterator[None]:
+    """Within the block, a Redis failure is raised as the store error it stands for."""
+    try:
+        yield
+    except REDIS_ERRORS as e:
+        raise (store_errors(e) or StoreUnavailable(f"redis: {e}")) from e
+
+
+def redis_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, a Redis failure raised as the store error it stands for."""
+    with as_store_errors():
+        return fn(*args, **kwargs)
